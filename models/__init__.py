@@ -1,0 +1,1 @@
+"""The model zoo (installed as mpinet.models)."""

@@ -1,0 +1,11 @@
+"""mpinet: data-parallel deep learning on NumPy (CPU) or CuPy (GPU) with MPI and NCCL."""
+import os as _os
+
+__version__ = "0.1.0"
+
+# The model zoo lives in the repository's top-level models/ and installs as `mpinet.models`
+# (see pyproject.toml). Run from a source checkout without installing, make the same name work
+# by letting this package's path include the checkout root.
+_checkout = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
+if _os.path.isfile(_os.path.join(_checkout, "models", "__init__.py")):
+    __path__.append(_checkout)  # noqa: F821 - module __path__ of this package

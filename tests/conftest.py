@@ -1,0 +1,56 @@
+"""Test-wide setup.
+
+* GPU tests (``@pytest.mark.gpu``) are skipped where no CUDA GPU is usable; checking that never
+  imports cupy on a CPU machine.
+* Under MPI, a failure on one rank must end every rank, not leave the others blocked in a
+  collective: the failing rank prints its report (with its rank) and calls MPI_Abort.
+"""
+import os
+import sys
+
+import pytest
+
+from mpinet import backend
+
+
+def _world():
+    """COMM_WORLD if this pytest runs under mpiexec with more than one rank, else None."""
+    if "mpi4py.MPI" not in sys.modules:
+        return None
+    from mpi4py import MPI
+
+    return MPI.COMM_WORLD if MPI.COMM_WORLD.Get_size() > 1 else None
+
+
+def pytest_collection_modifyitems(config, items):
+    if backend.gpu_available():
+        return
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU (run on the GPU machine)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip_gpu)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if not report.failed:
+        return
+    world = _world()
+    if world is None:
+        return
+    rank = world.Get_rank()
+    sys.stderr.write(f"\n[mpinet test] rank {rank}/{world.Get_size()} FAILED {item.nodeid} "
+                     f"({report.when}):\n{report.longreprtext}\n"
+                     f"[mpinet test] rank {rank} aborting all ranks so none is left hanging\n")
+    sys.stderr.flush()
+    world.Abort(1)
+
+
+@pytest.fixture(autouse=True)
+def _cpu_backend_by_default():
+    """Each test starts on the CPU backend unless it selects the GPU itself."""
+    if os.environ.get("MPINET_TEST_DEVICE", "cpu") == "cpu":
+        backend.use_cpu()
+    yield
