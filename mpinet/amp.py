@@ -1,0 +1,76 @@
+"""Mixed precision: compute in bf16/fp16 while parameters (the master weights) stay fp32.
+
+Inside ``autocast("bf16")`` the compute-heavy layers (Linear, Conv2d, ConvTranspose2d) cast their
+float inputs and weights to the compute dtype through ``autocast_inputs``; the cast's backward
+casts the gradient back, so every parameter's ``.grad`` is fp32 like the parameter. Losses,
+softmax and normalisation statistics stay in fp32. fp16 additionally needs dynamic loss scaling
+(``mpinet.optim.LossScaler``) because its range underflows small gradients.
+"""
+from __future__ import annotations
+
+import contextlib
+import threading
+
+import numpy as np
+
+from .autograd import Function, Variable
+
+_state = threading.local()
+
+_NAMES = {"bf16": "bfloat16", "bfloat16": "bfloat16", "fp16": "float16", "float16": "float16",
+          "fp32": None, "float32": None, "none": None, None: None}
+
+
+def resolve_dtype(name):
+    """'bf16' | 'fp16' | 'fp32'/None -> a NumPy dtype (or None for full precision)."""
+    if name not in _NAMES:
+        raise ValueError(f"precision must be one of 'fp32', 'bf16', 'fp16', got {name!r}")
+    kind = _NAMES[name]
+    if kind == "bfloat16":
+        from .backend import bfloat16  # noqa: PLC0415 - ml_dtypes is optional
+
+        return bfloat16()
+    return None if kind is None else np.dtype(kind)
+
+
+def compute_dtype():
+    """The active autocast dtype, or None outside autocast."""
+    return getattr(_state, "dtype", None)
+
+
+@contextlib.contextmanager
+def autocast(precision="bf16"):
+    """Run the enclosed forward pass with matmul/conv in ``precision`` ('bf16', 'fp16', 'fp32')."""
+    previous = compute_dtype()
+    _state.dtype = resolve_dtype(precision)
+    try:
+        yield
+    finally:
+        _state.dtype = previous
+
+
+class Cast(Function):
+    def __init__(self, dtype):
+        self.dtype = dtype
+
+    def forward(self, x):
+        self.in_dtype = x.dtype
+        return x.astype(self.dtype)
+
+    def backward(self, gy):
+        return (gy.astype(self.in_dtype),)
+
+
+def cast(x: Variable, dtype) -> Variable:
+    """Differentiable dtype conversion (the gradient comes back in the input's dtype)."""
+    if x.dtype == dtype:
+        return x
+    return Cast(dtype).apply(x)
+
+
+def autocast_inputs(*xs):
+    """Cast float Variables to the autocast dtype when one is active; else return them as-is."""
+    dtype = compute_dtype()
+    if dtype is None:
+        return xs
+    return tuple(cast(x, dtype) if x is not None and x.dtype.kind == "f" else x for x in xs)

@@ -1,0 +1,72 @@
+"""Function: one differentiable op, forward and backward written once with ``xp``.
+
+Subclass and implement::
+
+    class Square(Function):
+        def forward(self, x):            # raw arrays in, raw array(s) out
+            self.save(x)                 # keep only what backward needs
+            return x * x
+        def backward(self, gy):          # one gradient per output, one result per input
+            (x,) = self.saved
+            return 2 * x * gy,
+
+    y = Square().apply(x)                # Variables (or arrays) in, Variable(s) out
+
+``backward`` returns a tuple with one entry per input: an array, or None where that input needs
+no gradient (``self.needs_input_grad[i]`` says which inputs do, so work can be skipped).
+Options (stride, axis, ...) go to ``__init__``; a Function instance is used for one call.
+"""
+from __future__ import annotations
+
+import weakref
+
+from . import mode
+from .variable import Variable, as_variable
+
+
+class Function:
+    inputs: tuple[Variable, ...] | None = None
+    needs_input_grad: tuple[bool, ...] = ()
+    saved: tuple = ()
+    generation: int = 0
+
+    def forward(self, *xs):
+        raise NotImplementedError(f"{type(self).__name__}.forward")
+
+    def backward(self, *gys):
+        raise NotImplementedError(f"{type(self).__name__}.backward")
+
+    def save(self, *arrays) -> None:
+        """Keep arrays for backward (freed after backward unless the graph is retained)."""
+        self.saved = arrays
+
+    @property
+    def name(self) -> str:
+        return type(self).__name__
+
+    def apply(self, *inputs):
+        """Run forward on the inputs' data and, if any input requires grad, record the node."""
+        variables = tuple(as_variable(x) for x in inputs)
+        record = mode.is_grad_enabled() and any(v.requires_grad for v in variables)
+        self.needs_input_grad = tuple(record and v.requires_grad for v in variables)
+        ys = self.forward(*(v.data for v in variables))
+        single = not isinstance(ys, tuple)
+        outputs = tuple(Variable(y, requires_grad=record) for y in ((ys,) if single else ys))
+        if record:
+            self.inputs = variables
+            self.generation = max(v.generation for v in variables)
+            for out in outputs:
+                out.creator = self
+                out.generation = self.generation + 1
+            # Weak references: the graph must not keep outputs (activations) alive by itself;
+            # an output nobody uses again simply contributes no gradient.
+            self.outputs = tuple(weakref.ref(out) for out in outputs)
+            self.output_meta = tuple((out.shape, out.dtype) for out in outputs)
+        else:
+            self.saved = ()
+        return outputs[0] if single else outputs
+
+    def release(self) -> None:
+        """Drop inputs and saved arrays once backward has run (frees activation memory)."""
+        self.inputs = None
+        self.saved = ()

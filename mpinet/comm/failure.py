@@ -1,0 +1,65 @@
+"""End every rank when one fails, so no rank is left blocked in a collective.
+
+An uncaught exception on one rank would otherwise leave its peers waiting forever in the next
+allreduce. ``install_abort_handler`` makes such an exception print a report that names the rank,
+then call MPI_Abort, which the launcher (mpirun, mpiexec, srun) turns into the end of the job.
+"""
+from __future__ import annotations
+
+import sys
+import threading
+import traceback
+
+_PREFIX = "[mpinet]"
+
+
+def _world(mpi_comm=None):
+    if mpi_comm is not None:
+        return mpi_comm
+    from mpi4py import MPI  # noqa: PLC0415 - only touch MPI when it is actually needed
+
+    return MPI.COMM_WORLD
+
+
+def _rank_tag(comm) -> str:
+    return f"rank {comm.Get_rank()}/{comm.Get_size()}"
+
+
+def abort(message: str, code: int = 1, mpi_comm=None):
+    """Print ``message`` with this rank's prefix to stderr and MPI_Abort the whole job."""
+    comm = _world(mpi_comm)
+    sys.stderr.write(f"{_PREFIX} {_rank_tag(comm)}: {message}\n")
+    sys.stderr.flush()
+    sys.stdout.flush()
+    comm.Abort(code)
+
+
+def install_abort_handler(mpi_comm=None) -> None:
+    """Make an uncaught exception (main thread or any thread) abort all ranks with a report.
+
+    Report format: ``[mpinet] rank R/N failed: <traceback>`` on stderr, then MPI_Abort(1).
+    """
+    comm = _world(mpi_comm)
+
+    def report_and_abort(exc_type, exc, tb, where=""):
+        text = "".join(traceback.format_exception(exc_type, exc, tb))
+        sys.stderr.write(f"{_PREFIX} {_rank_tag(comm)} failed{where}: {text}")
+        sys.stderr.flush()
+        sys.stdout.flush()
+        comm.Abort(1)
+
+    def excepthook(exc_type, exc, tb):
+        if issubclass(exc_type, KeyboardInterrupt):
+            # Ctrl-C reaches every rank from the launcher; still abort so none waits on another.
+            sys.__excepthook__(exc_type, exc, tb)
+        report_and_abort(exc_type, exc, tb)
+
+    def thread_excepthook(args):
+        if args.exc_type is SystemExit:
+            return
+        name = args.thread.name if args.thread is not None else "?"
+        report_and_abort(args.exc_type, args.exc_value, args.exc_traceback,
+                         where=f" in thread {name!r}")
+
+    sys.excepthook = excepthook
+    threading.excepthook = thread_excepthook

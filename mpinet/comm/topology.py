@@ -1,0 +1,68 @@
+"""Where each rank sits: world rank, node-local rank, node index; and the comms that follow.
+
+The node-local group comes from ``Split_type(COMM_TYPE_SHARED)``, which every MPI (Open MPI,
+MPICH, under mpirun or srun) answers from shared-memory reachability, so it needs no launcher
+variables (OMPI_COMM_WORLD_LOCAL_RANK was seen to lie under oversubscription).
+
+``MPINET_EMULATE_NODES=K`` instead cuts the world into K "nodes" of contiguous ranks, so the
+multi-node code paths (hierarchical allreduce) run in tests on one machine. It is read each time
+a topology is built, so a test can set it (monkeypatch) before creating a communicator.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+EMULATE_ENV = "MPINET_EMULATE_NODES"
+
+
+@dataclass(frozen=True)
+class Topology:
+    rank: int  # rank in the world communicator
+    size: int
+    local_rank: int  # rank among the ranks of this node
+    local_size: int
+    node: int  # node index, 0..num_nodes-1, ordered by the lowest world rank on each node
+    num_nodes: int
+    emulated: bool = False  # True when MPINET_EMULATE_NODES drew the nodes
+
+
+def _emulated_nodes(size: int) -> int | None:
+    raw = os.environ.get(EMULATE_ENV, "").strip()
+    if not raw:
+        return None
+    try:
+        k = int(raw)
+    except ValueError:
+        raise ValueError(f"${EMULATE_ENV}={raw!r} is not an integer; set it to a node count "
+                         f"that divides the number of ranks ({size}), or unset it") from None
+    if k < 1 or size % k:
+        raise ValueError(f"${EMULATE_ENV}={k} does not divide the {size} ranks into equal "
+                         f"emulated nodes; use a divisor of {size} or unset it")
+    return k
+
+
+def build(mpi_comm):
+    """Topology plus the node-local comm and the cross-node comm (same local rank on each node).
+
+    Collective over ``mpi_comm``. Returns ``(Topology, local_comm, cross_comm)``; the caller owns
+    (and frees) both comms.
+    """
+    rank, size = mpi_comm.Get_rank(), mpi_comm.Get_size()
+    k = _emulated_nodes(size)
+    if k is not None:
+        per_node = size // k
+        local = mpi_comm.Split(color=rank // per_node, key=rank)
+    else:
+        from mpi4py import MPI  # noqa: PLC0415 - mpi4py initialises MPI on import
+
+        local = mpi_comm.Split_type(MPI.COMM_TYPE_SHARED, key=rank)
+    local_rank, local_size = local.Get_rank(), local.Get_size()
+    # A node is named by its lowest world rank; sorting those names numbers the nodes the same
+    # way on every rank.
+    leader = local.bcast(rank, root=0)
+    leaders = sorted(set(mpi_comm.allgather(leader)))
+    node = leaders.index(leader)
+    cross = mpi_comm.Split(color=local_rank, key=node)
+    topo = Topology(rank, size, local_rank, local_size, node, len(leaders), emulated=k is not None)
+    return topo, local, cross

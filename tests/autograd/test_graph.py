@@ -1,0 +1,93 @@
+import numpy as np
+import pytest
+
+from mpinet.autograd import Parameter, Variable, no_grad
+from mpinet.testing import check_backward
+
+
+def test_shared_leaf_gets_summed_gradient_and_one_ready_hook_after_last_use():
+    w = Parameter(np.array([2.0, 3.0]))
+    seen = []
+    w.register_grad_ready_hook(lambda p: seen.append(p.grad.copy()))
+    y = (w * w + w * 3.0).sum()  # dy/dw = 2w + 3
+    y.backward()
+    np.testing.assert_allclose(w.grad, [7.0, 9.0])
+    assert len(seen) == 1
+    np.testing.assert_allclose(seen[0], [7.0, 9.0])  # the hook saw the final value
+
+
+def test_hooks_fire_in_reverse_layer_order():
+    x = Variable(np.ones((2, 3)))
+    w1, w2 = Parameter(np.full((3, 3), 0.5)), Parameter(np.full((3, 1), 0.5))
+    order = []
+    w1.register_grad_ready_hook(lambda p: order.append("w1"))
+    w2.register_grad_ready_hook(lambda p: order.append("w2"))
+    ((x @ w1) @ w2).sum().backward()
+    assert order == ["w2", "w1"]
+
+
+def test_gradients_accumulate_across_backward_calls():
+    w = Parameter(np.array([1.0]))
+    (w * 2.0).sum().backward()
+    (w * 5.0).sum().backward()
+    np.testing.assert_allclose(w.grad, [7.0])
+
+
+def test_no_grad_records_nothing():
+    w = Parameter(np.array([1.0]))
+    with no_grad():
+        y = w * 2.0
+    assert y.creator is None and not y.requires_grad
+    with pytest.raises(RuntimeError, match="does not require grad"):
+        y.backward()
+
+
+def test_second_backward_without_retain_graph_is_refused():
+    w = Parameter(np.array([1.0, 2.0]))
+    y = (w * w).sum()
+    y.backward()
+    with pytest.raises(RuntimeError, match="retain_graph"):
+        y.backward()
+
+
+def test_non_scalar_backward_needs_grad():
+    w = Parameter(np.ones(3))
+    with pytest.raises(RuntimeError, match="explicit grad"):
+        (w * 2.0).backward()
+
+
+@pytest.mark.parametrize("op", [
+    lambda a, b: a + b, lambda a, b: a - b, lambda a, b: a * b, lambda a, b: a / (b * b + 1.0),
+])
+def test_broadcasting_arithmetic_gradients(op):
+    rng = np.random.default_rng(1)
+    check_backward(op, [rng.standard_normal((3, 4)), rng.standard_normal((1, 4))])
+    check_backward(op, [rng.standard_normal((2, 3, 4)), rng.standard_normal((4,))])
+
+
+def test_reductions_matmul_pow_exp_log_gradients():
+    rng = np.random.default_rng(2)
+    a, b = rng.standard_normal((3, 4)), rng.standard_normal((4, 5))
+    check_backward(lambda a, b: a @ b, [a, b])
+    check_backward(lambda a: a.sum(axis=1), [a])
+    check_backward(lambda a: a.mean(axis=(0,), keepdims=True), [a])
+    check_backward(lambda a: (a ** 3).mean(), [a])
+    from mpinet.ops import arith
+    check_backward(lambda a: arith.log(arith.exp(a) + 1.0), [a])
+
+
+def test_shape_ops_gradients():
+    from mpinet.ops import shape
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((2, 3, 4))
+    check_backward(lambda a: a.reshape(6, 4) * 2.0, [a])
+    check_backward(lambda a: a.transpose(2, 0, 1), [a])
+    check_backward(lambda a: a[:, 1:, ::2], [a])
+    check_backward(lambda a: a[np.array([0, 0, 1])], [a])  # repeated index accumulates
+    b = rng.standard_normal((2, 2, 4))
+    check_backward(lambda a, b: shape.concat([a, b], axis=1), [a, b])
+
+
+def test_scalar_operands_keep_float32():
+    x = Variable(np.ones(3, np.float32), requires_grad=True)
+    assert (x * 0.5 + 1).dtype == np.float32
