@@ -1,0 +1,68 @@
+"""One flat buffer for all parameters and one for all gradients (llm.c style).
+
+After ``FlatParameters(params)``, every ``p.data`` is a view into ``flat.data`` and every
+``p.grad`` a view into ``flat.grad``. Then:
+  * an optimizer updates all parameters with one fused kernel over ``flat.data``;
+  * a gradient bucket for communication is a slice of ``flat.grad``, not a copy;
+  * autograd accumulates into the views in place (graph._accumulate_leaf adds into an existing
+    grad), so gradients land directly in the communication buffer.
+Parameters are laid out in the given order; data parallelism passes them in reverse so that the
+last layers (whose gradients are ready first) come first in the buffer.
+"""
+from __future__ import annotations
+
+from ..autograd import Parameter
+from .. import backend
+
+
+class FlatParameters:
+    def __init__(self, params: list[Parameter]):
+        if not params:
+            raise ValueError("FlatParameters: got no parameters")
+        dtypes = {p.dtype for p in params}
+        if len(dtypes) != 1:
+            raise TypeError(f"FlatParameters needs one dtype for all parameters, got "
+                            f"{sorted(str(d) for d in dtypes)}; keep master weights fp32")
+        self.params = list(params)
+        xp = backend.xp_of(params[0].data)
+        self.dtype = params[0].dtype
+        self.offsets: list[int] = []  # start of each parameter in the flat buffers
+        total = 0
+        for p in self.params:
+            self.offsets.append(total)
+            total += p.size
+        self.size = total
+        self.data = xp.empty(total, self.dtype)
+        self.grad = xp.zeros(total, self.dtype)
+        for p, start in zip(self.params, self.offsets):
+            view = self.data[start:start + p.size]
+            view[...] = p.data.reshape(-1)
+            p.data = view.reshape(p.shape)
+            if p.grad is not None:
+                self.grad[start:start + p.size] = p.grad.reshape(-1)
+            p.grad = self.grad[start:start + p.size].reshape(p.shape)
+
+    def zero_grad(self) -> None:
+        """Zero the gradient buffer in place (the per-parameter views stay valid)."""
+        self.grad.fill(0)
+
+    def span(self, p: Parameter) -> tuple[int, int]:
+        """(start, stop) of a parameter in the flat buffers."""
+        i = self.index(p)
+        return self.offsets[i], self.offsets[i] + p.size
+
+    def index(self, p: Parameter) -> int:
+        for i, q in enumerate(self.params):
+            if q is p:
+                return i
+        raise KeyError(f"parameter {p.name!r} is not in this FlatParameters")
+
+    def check_views(self) -> None:
+        """Raise if code replaced a parameter's data or grad instead of writing into it."""
+        for p, start in zip(self.params, self.offsets):
+            for what, arr, buf in (("data", p.data, self.data), ("grad", p.grad, self.grad)):
+                base = arr.base if arr is not None else None
+                ok = base is not None and (base is buf or getattr(base, "base", None) is buf)
+                if not ok:
+                    raise RuntimeError(f"parameter {p.name!r}: .{what} no longer views the flat "
+                                       f"buffer; update it in place (p.{what}[...] = ...)")
