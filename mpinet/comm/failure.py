@@ -49,9 +49,6 @@ def install_abort_handler(mpi_comm=None) -> None:
         comm.Abort(1)
 
     def excepthook(exc_type, exc, tb):
-        if issubclass(exc_type, KeyboardInterrupt):
-            # Ctrl-C reaches every rank from the launcher; still abort so none waits on another.
-            sys.__excepthook__(exc_type, exc, tb)
         report_and_abort(exc_type, exc, tb)
 
     def thread_excepthook(args):

@@ -1,0 +1,98 @@
+"""Who has reached which collective: the data behind "ranks that did not arrive".
+
+Each rank keeps ``(sequence number, op code)`` of the last collective it entered in a 16-byte
+MPI RMA window. Entering a collective is a local store (no communication, ~1 us), so it costs
+nothing on the fast path. Only when a wait times out does the waiting rank read every rank's
+slot with ``Rget`` inside a passive-target epoch opened once at creation; the target does not
+have to call MPI for that (shared memory, or RDMA between nodes), so a rank that sleeps or spins
+in Python is still readable. A rank whose slot cannot be read within a few seconds is reported
+as unreachable rather than waited for, so the timeout report itself can never hang.
+"""
+from __future__ import annotations
+
+import atexit
+import time
+
+import numpy as np
+
+# Op codes stored in the window (and in debug signatures); the order is part of no file format.
+OPS = ("allreduce", "bcast", "allgather", "reduce_scatter", "barrier",
+       "bcast_obj", "allgather_obj", "allreduce_obj")
+
+_open_trackers: list = []
+
+
+def _free_open_trackers():
+    # Windows are freed collectively before MPI_Finalize (mpi4py's finalizer was registered at
+    # import, so this runs first); every rank creates the same communicators in the same order.
+    while _open_trackers:
+        _open_trackers.pop().free()
+
+
+class ArrivalTracker:
+    def __init__(self, mpi_comm):
+        from mpi4py import MPI  # noqa: PLC0415
+
+        self._MPI = MPI
+        self._comm = mpi_comm
+        self._win = MPI.Win.Allocate(16, 8, comm=mpi_comm)
+        self._slot = np.frombuffer(self._win.tomemory(), dtype=np.int64)
+        self._slot[:] = (0, -1)
+        self._win.Lock_all(MPI.MODE_NOCHECK)
+        self._world_ranks = mpi_comm.Get_group().Translate_ranks(
+            list(range(mpi_comm.Get_size())), MPI.COMM_WORLD.Get_group())
+        self.seq = 0
+        if not _open_trackers:
+            atexit.register(_free_open_trackers)
+        _open_trackers.append(self)
+        mpi_comm.Barrier()  # every slot is initialised before anyone can read it
+
+    def enter(self, op: str) -> int:
+        """Record that this rank entered collective ``op``; return its sequence number (1, 2, ...)."""
+        self.seq += 1
+        self._slot[:] = (self.seq, OPS.index(op))
+        self._win.Sync()  # make the store visible to remote Rget (MPI unified memory model)
+        return self.seq
+
+    def positions(self, read_timeout_s: float = 3.0) -> list[tuple[int, int, str] | None]:
+        """Per rank of the comm: ``(world rank, seq, last op)``, or None when unreadable in time."""
+        MPI, size = self._MPI, self._comm.Get_size()
+        bufs = [np.zeros(2, np.int64) for _ in range(size)]
+        reqs = [self._win.Rget(bufs[r], r, (0, 2, MPI.INT64_T)) for r in range(size)]
+        done = [False] * size
+        deadline = time.monotonic() + read_timeout_s
+        while not all(done) and time.monotonic() < deadline:
+            for r, req in enumerate(reqs):
+                done[r] = done[r] or req.Test()
+            time.sleep(0.001)
+        return [(self._world_ranks[r], int(b[0]), OPS[b[1]] if b[1] >= 0 else "none") if ok
+                else None for r, (b, ok) in enumerate(zip(bufs, done))]
+
+    def missing_report(self, seq: int) -> str:
+        """Text naming the ranks that have not entered collective number ``seq``."""
+        late, unreadable = [], []
+        for r, pos in enumerate(self.positions()):
+            if pos is None:
+                unreadable.append(str(self._world_ranks[r]))
+            elif pos[1] < seq:
+                late.append(f"rank {pos[0]} (last entered #{pos[1]} {pos[2]})")
+        parts = []
+        if late:
+            parts.append("ranks that did not arrive: " + ", ".join(late))
+        else:
+            parts.append("every readable rank has entered it (a rank may have stopped calling "
+                         "into MPI between posting and waiting, or the op mismatches: try "
+                         "MPINET_COMM_DEBUG=1)")
+        if unreadable:
+            parts.append("ranks whose position could not be read: " + ", ".join(unreadable))
+        return "; ".join(parts)
+
+    def free(self):
+        if self._win is None:
+            return
+        self._win.Unlock_all()
+        self._slot = None  # the view would dangle once the window memory is freed
+        self._win.Free()
+        self._win = None
+        if self in _open_trackers:
+            _open_trackers.remove(self)

@@ -1,0 +1,327 @@
+"""The Communicator interface, its handles, input checks, and the no-hang machinery they share.
+
+Subclasses (mpi.py, nccl.py, hierarchical.py) implement only the ``_i<op>`` methods that start a
+collective on already-checked arrays; everything a user can get wrong is refused here, with the
+op, shape, dtype and the fix in the message. Blocking collectives are the non-blocking ones plus
+``wait()``, so one code path carries timeouts and debug checks for both.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from mpinet import backend
+from mpinet.comm import failure, topology
+from mpinet.comm.arrival import OPS, ArrivalTracker
+
+TIMEOUT_ENV = "MPINET_COMM_TIMEOUT"
+DEBUG_ENV = "MPINET_COMM_DEBUG"
+DEFAULT_TIMEOUT_S = 600.0
+
+DTYPE_NAMES = ("float16", "bfloat16", "float32", "float64", "int32", "int64")
+REDUCE_OPS = ("sum", "mean")
+OBJ_REDUCE_OPS = ("sum", "max", "min", "lor", "land")
+
+
+class CommError(RuntimeError):
+    """A collective was called wrongly (same on every rank, so raising cannot strand a peer)."""
+
+
+def env_timeout_s() -> float:
+    raw = os.environ.get(TIMEOUT_ENV, "").strip()
+    if not raw:
+        return DEFAULT_TIMEOUT_S
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"${TIMEOUT_ENV}={raw!r} is not a number of seconds; "
+                         f"set e.g. {TIMEOUT_ENV}=600 or unset it") from None
+    if value <= 0:
+        raise ValueError(f"${TIMEOUT_ENV}={raw!r} must be positive seconds")
+    return value
+
+
+def env_debug() -> bool:
+    return os.environ.get(DEBUG_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def poll(test, deadline: float) -> bool:
+    """Call ``test()`` until it is true (-> True) or ``time.monotonic()`` passes ``deadline``.
+
+    MPI without an async-progress thread advances only inside MPI calls, so waiting *is* calling
+    Test. Spin for the first 10 ms (latency of small messages), then yield the core (ranks may
+    outnumber cores), and after 1 s sleep 1 ms per poll (a peer is clearly late).
+    """
+    start = time.monotonic()
+    while not test():
+        now = time.monotonic()
+        if now > deadline:
+            return False
+        if now - start > 1.0:
+            time.sleep(0.001)
+        elif now - start > 0.01:
+            os.sched_yield()
+    return True
+
+
+@dataclass(frozen=True)
+class OpInfo:
+    """What a collective is, for timeout and mismatch reports."""
+
+    impl: str
+    op: str
+    seq: int
+    count: int
+    dtype: str
+    detail: str = ""
+
+    def describe(self) -> str:
+        return (f"{self.impl} {self.op} (collective #{self.seq}) of {self.count} elements "
+                f"of {self.dtype}{self.detail}")
+
+
+class Handle:
+    """A started collective. ``wait()`` returns its result array; ``test()`` says if it is done."""
+
+    def wait(self):
+        raise NotImplementedError
+
+    def test(self) -> bool:
+        raise NotImplementedError
+
+
+def wait_all(handles) -> list:
+    """Wait for every handle, in order; returns their results."""
+    return [h.wait() for h in handles]
+
+
+def _dtype_name(dtype) -> str:
+    return np.dtype(dtype).name
+
+
+class Communicator:
+    """Collectives on arrays over one MPI communicator (see the package docstring for the API)."""
+
+    name = "base"
+    dtypes: tuple[str, ...] = DTYPE_NAMES
+
+    def __init__(self, mpi_comm=None, timeout_s=None, debug=None, layout=None):
+        if mpi_comm is None:
+            from mpi4py import MPI  # noqa: PLC0415
+
+            mpi_comm = MPI.COMM_WORLD
+        self.mpi_comm = mpi_comm
+        self.timeout_s = float(timeout_s) if timeout_s is not None else env_timeout_s()
+        self.debug = bool(debug) if debug is not None else env_debug()
+        topo, self._local_comm, self._cross_comm = layout or topology.build(mpi_comm)
+        self.topology = topo
+        self.rank, self.size = topo.rank, topo.size
+        self.local_rank, self.local_size = topo.local_rank, topo.local_size
+        self.node, self.num_nodes = topo.node, topo.num_nodes
+        # Control messages (object collectives, barrier, debug signatures) get their own comm so
+        # they can never match a data collective that a peer has posted.
+        self._ctl = mpi_comm.Dup()
+        self._tracker = ArrivalTracker(self._ctl)
+
+    def __repr__(self):
+        return (f"<{type(self).__name__} {self.name} rank {self.rank}/{self.size} "
+                f"node {self.node}/{self.num_nodes} local {self.local_rank}/{self.local_size}>")
+
+    # ---- checks -------------------------------------------------------------------------------
+
+    def _accept_array_type(self, op: str, x) -> None:
+        """Refuse array types this implementation cannot move (NumPy vs CuPy)."""
+
+    def _check_array(self, op: str, x, what: str = "x") -> None:
+        if not hasattr(x, "dtype") or not hasattr(x, "flags"):
+            raise TypeError(f"{self.name} {op}: {what} must be a NumPy or CuPy array, got "
+                            f"{type(x).__name__}; wrap it with xp.asarray(...)")
+        self._accept_array_type(op, x)
+        dt = _dtype_name(x.dtype)
+        if dt not in self.dtypes:
+            raise TypeError(f"{self.name} {op}: {what} with shape {tuple(x.shape)} has dtype {dt}, "
+                            f"which this communicator does not support; cast it to one of "
+                            f"{', '.join(self.dtypes)}")
+        if not x.flags.c_contiguous:
+            raise ValueError(f"{self.name} {op}: {what} with shape {tuple(x.shape)} and dtype {dt} "
+                             f"is not C-contiguous; pass xp.ascontiguousarray({what}) (a copy)")
+
+    def _check_reduce_op(self, op: str, x, reduce_op: str) -> None:
+        if reduce_op not in REDUCE_OPS:
+            raise ValueError(f"{self.name} {op}: op={reduce_op!r} is not supported; use 'sum' or "
+                             f"'mean'")
+        if reduce_op == "mean" and _dtype_name(x.dtype).startswith("int"):
+            raise TypeError(f"{self.name} {op}: op='mean' on integer dtype {x.dtype} would "
+                            f"truncate; use op='sum' and divide, or cast to a float dtype")
+
+    def _resolve_out(self, op: str, x, out, shape):
+        """``out`` as given (checked), or a new array of ``shape`` on x's device."""
+        shape = tuple(int(s) for s in shape)
+        if out is None:
+            return backend.xp_of(x).empty(shape, dtype=x.dtype)
+        if backend.is_gpu_array(out) != backend.is_gpu_array(x):
+            raise TypeError(f"{self.name} {op}: out is a {type(out).__module__} array but x is a "
+                            f"{type(x).__module__} array; put both on the same device")
+        if tuple(out.shape) != shape or out.dtype != x.dtype:
+            raise ValueError(f"{self.name} {op}: out has shape {tuple(out.shape)} and dtype "
+                             f"{out.dtype}, expected shape {shape} and dtype {x.dtype}; pass a "
+                             f"matching array or out=None to allocate one")
+        if not out.flags.c_contiguous:
+            raise ValueError(f"{self.name} {op}: out with shape {shape} is not C-contiguous; "
+                             f"pass a contiguous array or out=None")
+        return out
+
+    # ---- bookkeeping every collective goes through ---------------------------------------------
+
+    def _enter(self, op: str, x=None, reduce_op: str = "", root: int = -1) -> OpInfo:
+        """Record arrival (for timeout reports) and, in debug mode, check all ranks agree."""
+        seq = self._tracker.enter(op)
+        count = int(x.size) if x is not None else 0
+        dtype = _dtype_name(x.dtype) if x is not None else "object"
+        if self.debug:
+            self._debug_check(seq, op, x, reduce_op, root)
+        detail = (f", op={reduce_op}" if reduce_op else "") + (f", root={root}" if root >= 0 else "")
+        return OpInfo(self.name, op, seq, count, dtype, detail)
+
+    def _debug_check(self, seq, op, x, reduce_op, root) -> None:
+        # Signature: seq, op, dtype, reduce op, root, ndim, shape[:6] (-1 padded), element count.
+        sig = np.full(13, -1, np.int64)
+        sig[0], sig[1], sig[4] = seq, OPS.index(op), root
+        sig[3] = REDUCE_OPS.index(reduce_op) if reduce_op in REDUCE_OPS else -1
+        if x is not None:
+            sig[2] = DTYPE_NAMES.index(_dtype_name(x.dtype))
+            sig[5] = x.ndim
+            sig[6:6 + min(x.ndim, 6)] = x.shape[:6]
+            sig[12] = x.size
+        sigs = np.empty((self.size, 13), np.int64)
+        req = self._ctl.Iallgather(sig, sigs)
+        info = OpInfo(self.name, f"{op} (debug signature check)", seq, 13, "int64")
+        self._wait_requests([req], info)
+        bad = [r for r in range(self.size) if not np.array_equal(sigs[r], sigs[0])]
+        if bad:
+            raise CommError(f"collective mismatch at collective #{seq}: rank 0 calls "
+                            f"{_describe_sig(sigs[0])} but rank {bad[0]} calls "
+                            f"{_describe_sig(sigs[bad[0]])} (ranks differing from rank 0: {bad}); "
+                            f"every rank must issue the same collectives in the same order")
+
+    def _wait_requests(self, reqs, info: OpInfo) -> None:
+        """Poll MPI requests to completion, or abort the job with a report after timeout_s."""
+        from mpi4py import MPI  # noqa: PLC0415
+
+        if not poll(lambda: MPI.Request.Testall(reqs), time.monotonic() + self.timeout_s):
+            self._abort_timeout(info)
+
+    def _abort_timeout(self, info: OpInfo, extra: str = "") -> None:
+        msg = (f"{info.describe()} did not complete within {self.timeout_s:g} s "
+               f"(${TIMEOUT_ENV}); {self._tracker.missing_report(info.seq)}{extra}")
+        self._before_abort()
+        failure.abort(msg)
+
+    def _before_abort(self) -> None:
+        """Hook: release device-side resources (NCCL abort) before MPI_Abort."""
+
+    # ---- the array collectives ----------------------------------------------------------------
+
+    def iallreduce(self, x, op: str = "sum", out=None) -> Handle:
+        self._check_array("allreduce", x)
+        self._check_reduce_op("allreduce", x, op)
+        out = self._resolve_out("allreduce", x, out, x.shape)
+        return self._iallreduce(x, op, out, self._enter("allreduce", x, reduce_op=op))
+
+    def allreduce(self, x, op: str = "sum", out=None):
+        """Sum (or mean) of x over all ranks into ``out`` (x itself for in place; None: new)."""
+        return self.iallreduce(x, op=op, out=out).wait()
+
+    def ibcast(self, x, root: int = 0) -> Handle:
+        self._check_array("bcast", x)
+        if not 0 <= root < self.size:
+            raise ValueError(f"{self.name} bcast: root={root} is not a rank of this "
+                             f"{self.size}-rank communicator; use 0..{self.size - 1}")
+        return self._ibcast(x, root, self._enter("bcast", x, root=root))
+
+    def bcast(self, x, root: int = 0):
+        """Overwrite x on every rank with root's x (in place); returns x."""
+        return self.ibcast(x, root=root).wait()
+
+    def iallgather(self, x) -> Handle:
+        self._check_array("allgather", x)
+        out = self._resolve_out("allgather", x, None, (self.size, *x.shape))
+        return self._iallgather(x, out, self._enter("allgather", x))
+
+    def allgather(self, x):
+        """Every rank's x stacked by rank: shape (size, *x.shape)."""
+        return self.iallgather(x).wait()
+
+    def ireduce_scatter(self, x, op: str = "sum") -> Handle:
+        self._check_array("reduce_scatter", x)
+        self._check_reduce_op("reduce_scatter", x, op)
+        if x.ndim != 1 or x.size % self.size:
+            raise ValueError(f"{self.name} reduce_scatter: x has shape {tuple(x.shape)} ({x.dtype});"
+                             f" it must be 1-D with a length divisible by the {self.size} ranks; "
+                             f"flatten it and pad to a multiple of {self.size}")
+        out = self._resolve_out("reduce_scatter", x, None, (x.size // self.size,))
+        return self._ireduce_scatter(x, op, out, self._enter("reduce_scatter", x, reduce_op=op))
+
+    def reduce_scatter(self, x, op: str = "sum"):
+        """Rank r gets elements [r*m, (r+1)*m) of the reduced x, m = x.size // size."""
+        return self.ireduce_scatter(x, op=op).wait()
+
+    def barrier(self) -> None:
+        """Wait until every rank is here and this rank's queued collectives have finished."""
+        self._drain()
+        self._gate(self._enter("barrier"))
+
+    def _drain(self) -> None:
+        """Hook: finish this rank's queued device work (host wait, with timeout)."""
+
+    def _gate(self, info: OpInfo) -> None:
+        """An Ibarrier polled with the timeout: after it, no peer is missing from the op."""
+        self._wait_requests([self._ctl.Ibarrier()], info)
+
+    # ---- small Python values, over the control comm ---------------------------------------------
+
+    def bcast_obj(self, obj, root: int = 0):
+        self._gate(self._enter("bcast_obj", root=root))
+        return self._ctl.bcast(obj, root=root)
+
+    def allgather_obj(self, obj) -> list:
+        self._gate(self._enter("allgather_obj"))
+        return self._ctl.allgather(obj)
+
+    def allreduce_obj(self, value, op: str = "sum"):
+        from mpi4py import MPI  # noqa: PLC0415
+
+        ops = {"sum": MPI.SUM, "max": MPI.MAX, "min": MPI.MIN, "lor": MPI.LOR, "land": MPI.LAND}
+        if op not in ops:
+            raise ValueError(f"{self.name} allreduce_obj: op={op!r} is not supported; use one of "
+                             f"{', '.join(OBJ_REDUCE_OPS)}")
+        self._gate(self._enter("allreduce_obj", reduce_op=""))
+        result = self._ctl.allreduce(value, op=ops[op])
+        return bool(result) if op in ("lor", "land") else result
+
+    # ---- implemented by subclasses -------------------------------------------------------------
+
+    def _iallreduce(self, x, op, out, info) -> Handle:
+        raise NotImplementedError
+
+    def _ibcast(self, x, root, info) -> Handle:
+        raise NotImplementedError
+
+    def _iallgather(self, x, out, info) -> Handle:
+        raise NotImplementedError
+
+    def _ireduce_scatter(self, x, op, out, info) -> Handle:
+        raise NotImplementedError
+
+
+def _describe_sig(sig) -> str:
+    op = OPS[sig[1]]
+    if sig[2] < 0:
+        return f"{op} (collective #{sig[0]}{f', root={sig[4]}' if sig[4] >= 0 else ''})"
+    shape = tuple(int(s) for s in sig[6:6 + min(int(sig[5]), 6)])
+    extra = (f", op={REDUCE_OPS[sig[3]]}" if sig[3] >= 0 else "") + \
+            (f", root={sig[4]}" if sig[4] >= 0 else "")
+    return f"{op}(shape={shape}, dtype={DTYPE_NAMES[sig[2]]}{extra}) (collective #{sig[0]})"
