@@ -1,0 +1,212 @@
+"""A loader that prepares the next batches in a background thread while the current one trains.
+
+    loader = DataLoader(dataset, sampler, transform=Augment(4, flip=True, mean=m, std=s))
+    for x, y, global_count in loader:   # x: (n, C, H, W) float32 on the backend's device
+        ...                             # y: (n,) or (n, H, W) int64; global_count: step's samples on all ranks
+
+What runs where:
+  * the thread: walks the sampler, gathers the batch's rows from host memory (the costly host
+    part), and on the CPU backend also converts uint8 to float32 / 255 and applies the transform;
+  * on the GPU backend the thread gathers into pinned host memory, and the consuming thread
+    queues the copy asynchronously (``cupy.asarray`` from pinned memory does not block the host)
+    and the conversion and transform on its *current stream*. Keeping every device operation on
+    the consumer's stream means no block of the memory pool can be reused by one stream while
+    another still reads it; the copy is small (uint8 = a quarter of float32) next to a step.
+  * Exceptions in the thread re-raise in the consumer, with the epoch and offset of the batch.
+  * Leaving the loop early (break, exception, close(), ``with loader:``) stops and joins the
+    thread; it is a daemon thread besides, so it can never keep the interpreter from exiting.
+
+Resume: the thread runs ahead of training, so the sampler's own state is ahead too.
+``loader.state_dict()`` is the sampler state after the last batch *handed to the consumer* —
+save that one. When an iteration ends (finished or abandoned) the sampler is put back to that
+position, so ``sampler.state_dict()`` is also right between epochs and after a break.
+"""
+from __future__ import annotations
+
+import collections
+import queue
+import threading
+import weakref
+
+import numpy as np
+
+from .. import backend as backend_mod
+from .dataset import ArrayDataset
+
+_DONE = object()  # end-of-epoch marker from the thread
+_POLL_S = 0.1  # how often a blocked thread checks whether it should stop
+
+
+class _Failure:
+    """An exception raised in the thread, carried to the consumer with the batch it hit."""
+
+    def __init__(self, exc: BaseException, where: str):
+        self.exc, self.where = exc, where
+
+
+class DataLoader:
+    """Batches of ``dataset`` in the order of ``sampler`` (a ``DistributedSampler`` or
+    ``ShardSampler``), delivered as (x, y, global_count) on ``device`` (default: the current backend).
+
+    prefetch: batches prepared ahead (>= 1); 0 prepares each batch in the consumer's thread, which
+    is simpler to debug and gives the same batches.
+    """
+
+    def __init__(self, dataset: ArrayDataset, sampler, transform=None, prefetch: int = 2, device=None):
+        if prefetch < 0:
+            raise ValueError(f"prefetch must be >= 0 batches, got {prefetch}")
+        if getattr(sampler, "num_samples", len(dataset)) != len(dataset):
+            raise ValueError(f"sampler covers {sampler.num_samples} samples but the data set has "
+                             f"{len(dataset)}; build the sampler with num_samples=len(dataset)")
+        self.dataset = dataset
+        self.sampler = sampler
+        self.transform = transform
+        self.prefetch = int(prefetch)
+        self.device = device or backend_mod.current()
+        self._delivered_state = self._sampler_state()
+        self._active = None  # the running iteration's generator, for close()
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def _sampler_state(self):
+        return self.sampler.state_dict() if hasattr(self.sampler, "state_dict") else None
+
+    def state_dict(self) -> dict | None:
+        """Sampler state after the last batch delivered (None for an evaluation sampler)."""
+        return self._delivered_state
+
+    # ---- preparing one batch -------------------------------------------------------------
+    def _gather(self, batch):
+        """Host part: rows of the batch. On GPU into pinned memory so the copy can be async."""
+        idx = batch.indices
+        images, labels = self.dataset.images, self.dataset.labels
+        if self.device.is_gpu:
+            import cupyx  # noqa: PLC0415 - GPU only
+
+            x = cupyx.empty_pinned((len(idx),) + images.shape[1:], dtype=images.dtype)
+            y = cupyx.empty_pinned((len(idx),) + labels.shape[1:], dtype=labels.dtype)
+            np.take(images, idx, axis=0, out=x)
+            np.take(labels, idx, axis=0, out=y)
+            return x, y
+        return images[idx], labels[idx]
+
+    def _finish(self, x, y, batch):
+        """Array-module part: uint8 -> float32 / 255, then the transform (numpy or cupy alike)."""
+        xp = backend_mod.xp_of(x)
+        if x.dtype == np.uint8:
+            x = x.astype(xp.float32) * xp.float32(1.0 / 255.0)
+        if self.transform is not None:
+            x, y = self.transform(x, y, batch)
+        return x, y
+
+    def _prepare_host(self, batch):
+        """Everything the thread does for one batch."""
+        x, y = self._gather(batch)
+        if not self.device.is_gpu:
+            x, y = self._finish(x, y, batch)
+        return x, y, batch
+
+    # ---- iteration -----------------------------------------------------------------------
+    def __iter__(self):
+        self.close()  # one live iteration per loader: a new loop ends an abandoned one
+        self._delivered_state = self._sampler_state()
+        gen = self._iterate()
+        # A weak reference: a loop left by `break` drops the last strong one, and CPython then
+        # finalizes the generator at once, which stops the thread (its `finally`).
+        self._active = weakref.ref(gen)
+        return gen
+
+    def close(self) -> None:
+        """Stop the running iteration, if any, join its thread, rewind the sampler to what was delivered."""
+        gen = self._active() if self._active is not None else None
+        self._active = None
+        if gen is not None:
+            gen.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _iterate(self):
+        pending = collections.deque()  # (event, pinned x, pinned y): kept alive until the copy is done
+        if self.prefetch == 0:
+            source, stop = (self._prepare_host(b) for b in self.sampler), None
+        else:
+            source, stop = self._start_thread()
+        try:
+            for x, y, batch in source:
+                if self.device.is_gpu:
+                    x, y = self._to_gpu(x, y, batch, pending)
+                self._delivered_state = batch.state
+                yield x, y, batch.global_count
+        finally:
+            if stop is not None:
+                stop()
+            for event, _, _ in pending:
+                event.synchronize()
+            if self._delivered_state is not None:
+                self.sampler.load_state_dict(self._delivered_state)
+
+    def _to_gpu(self, x_pinned, y_pinned, batch, pending):
+        cp = self.device.xp
+        while pending and pending[0][0].done:  # copies finished: their host buffers may go
+            pending.popleft()
+        x = cp.asarray(x_pinned)  # asynchronous on the current stream (source is pinned)
+        y = cp.asarray(y_pinned)
+        pending.append((cp.cuda.get_current_stream().record(), x_pinned, y_pinned))
+        return self._finish(x, y, batch)
+
+    def _start_thread(self):
+        """Start the producer; return (iterator over prepared items, stop function)."""
+        q: queue.Queue = queue.Queue(maxsize=self.prefetch)
+        stopping = threading.Event()
+
+        def put(item) -> bool:
+            while not stopping.is_set():
+                try:
+                    q.put(item, timeout=_POLL_S)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        def produce():
+            if self.device.is_gpu:  # pinned memory belongs to this rank's GPU context
+                self.device.xp.cuda.Device(self.device.device_id).use()
+            where = "the sampler, before the first batch"
+            try:
+                for batch in self.sampler:
+                    where = f"epoch {batch.epoch}, offset {batch.offset} ({batch.local_count} samples)"
+                    if not put(self._prepare_host(batch)):
+                        return
+                    where = f"the sampler, after the batch at {where}"
+                put(_DONE)
+            except BaseException as e:  # noqa: BLE001 - carried to the consumer and re-raised there
+                put(_Failure(e, where))
+
+        thread = threading.Thread(target=produce, name="mpinet-data-loader", daemon=True)
+        thread.start()
+
+        def items():
+            while True:
+                try:
+                    item = q.get(timeout=_POLL_S)
+                except queue.Empty:
+                    if not thread.is_alive() and q.empty():
+                        raise RuntimeError("data loader thread ended without finishing the epoch")
+                    continue
+                if item is _DONE:
+                    return
+                if isinstance(item, _Failure):
+                    raise RuntimeError(f"data loader thread failed in {item.where}: "
+                                       f"{type(item.exc).__name__}: {item.exc}") from item.exc
+                yield item
+
+        def stop():
+            stopping.set()
+            thread.join()
+
+        return items(), stop
