@@ -70,11 +70,38 @@ class RequestsHandle(Handle):
         return self._result
 
 
-def _divide(arr, n):
+def divide_by(arr, n):
+    """A finishing step that turns a sum into a mean, in place (keeps float16/bfloat16)."""
     def finish():
-        arr[...] = arr / n  # in place; the float16/bfloat16 result stays in its dtype
+        arr[...] = arr / n
 
     return finish
+
+
+# Posting functions: start one MPI collective on host arrays, return its request. Shared by the
+# mpi impl and the hierarchical one (which runs them on host copies of GPU arrays).
+
+def post_allreduce(comm, x, out):
+    from mpi4py import MPI  # noqa: PLC0415
+
+    if out is x:
+        buf, mpi_op = buffer_and_op(x)
+        return comm.Iallreduce(MPI.IN_PLACE, buf, op=mpi_op)
+    src, mpi_op = buffer_and_op(x)
+    return comm.Iallreduce(src, buffer_and_op(out)[0], op=mpi_op)
+
+
+def post_bcast(comm, x, root):
+    return comm.Ibcast(buffer_and_op(x)[0], root=root)
+
+
+def post_allgather(comm, x, out):
+    return comm.Iallgather(buffer_and_op(x)[0], buffer_and_op(out)[0])
+
+
+def post_reduce_scatter(comm, x, out):
+    src, mpi_op = buffer_and_op(x)
+    return comm.Ireduce_scatter_block(src, buffer_and_op(out)[0], op=mpi_op)
 
 
 class MpiCommunicator(Communicator):
@@ -93,31 +120,18 @@ class MpiCommunicator(Communicator):
                             f"with x.get()")
 
     def _iallreduce(self, x, op, out, info):
-        from mpi4py import MPI  # noqa: PLC0415
-
-        if out is x:
-            buf, mpi_op = buffer_and_op(x)
-            req = self._data.Iallreduce(MPI.IN_PLACE, buf, op=mpi_op)
-        else:
-            src, mpi_op = buffer_and_op(x)
-            dst, _ = buffer_and_op(out)
-            req = self._data.Iallreduce(src, dst, op=mpi_op)
-        finish = _divide(out, self.size) if op == "mean" else None
+        req = post_allreduce(self._data, x, out)
+        finish = divide_by(out, self.size) if op == "mean" else None
         return RequestsHandle(self, [req], out, info, finish, keep=(x, out))
 
     def _ibcast(self, x, root, info):
-        buf, _ = buffer_and_op(x)
-        return RequestsHandle(self, [self._data.Ibcast(buf, root=root)], x, info, keep=(x,))
+        return RequestsHandle(self, [post_bcast(self._data, x, root)], x, info, keep=(x,))
 
     def _iallgather(self, x, out, info):
-        src, _ = buffer_and_op(x)
-        dst, _ = buffer_and_op(out)
-        req = self._data.Iallgather(src, dst)
+        req = post_allgather(self._data, x, out)
         return RequestsHandle(self, [req], out, info, keep=(x, out))
 
     def _ireduce_scatter(self, x, op, out, info):
-        src, mpi_op = buffer_and_op(x)
-        dst, _ = buffer_and_op(out)
-        req = self._data.Ireduce_scatter_block(src, dst, op=mpi_op)
-        finish = _divide(out, self.size) if op == "mean" else None
+        req = post_reduce_scatter(self._data, x, out)
+        finish = divide_by(out, self.size) if op == "mean" else None
         return RequestsHandle(self, [req], out, info, finish, keep=(x, out))

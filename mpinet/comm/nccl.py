@@ -1,0 +1,206 @@
+"""Collectives on CuPy arrays through NCCL (cupy.cuda.nccl), one rank per GPU.
+
+Ordering without host syncs: NCCL runs on its own non-blocking stream. Before each collective an
+event recorded on the caller's (compute) stream makes the NCCL stream wait, so the collective sees
+finished gradients; ``handle.wait()`` makes the compute stream wait on the collective's done
+event and returns at once, so the host keeps queuing work (the GPU does the waiting).
+
+No hangs: GPU waits cannot time out by themselves, so a watchdog thread looks at the oldest
+unfinished collective every half second; past ``timeout_s`` (or on an NCCL async error) it aborts
+the NCCL communicator and MPI_Aborts the job with a report. Host waits (barrier) poll the event
+with the same deadline.
+"""
+from __future__ import annotations
+
+import collections
+import threading
+import time
+
+from mpinet import backend
+from mpinet.comm.base import Communicator, Handle, OpInfo, poll
+
+# ncclDataType_t / ncclRedOp_t values (stable NCCL ABI; cupy does not export AVG or BFLOAT16 in
+# every version).
+NCCL_TYPES = {"int32": 2, "int64": 4, "float16": 6, "float32": 7, "float64": 8, "bfloat16": 9}
+NCCL_SUM, NCCL_AVG = 0, 4
+_AVG_MIN_VERSION = 21000  # ncclAvg appeared in NCCL 2.10
+
+
+class DeviceLane:
+    """One NCCL communicator over ``mpi_comm``, its stream, in-flight list and watchdog.
+
+    Shared by the nccl impl (world) and the hierarchical impl (node-local). ``owner`` supplies
+    ``timeout_s``, ``_abort_timeout(info, extra)`` and ``_gate(info)``.
+    """
+
+    def __init__(self, mpi_comm, owner: Communicator):
+        self._mpi = mpi_comm
+        self._owner = owner
+        self.nccl = None
+        self.stream = None
+        self.device_id = None
+        self._inflight = collections.deque()  # (done event, OpInfo, post time, kept arrays)
+        self._lock = threading.Lock()
+
+    def ensure(self, x, op: str):
+        """Create the NCCL communicator on first use (after the caller chose its GPU)."""
+        cp = backend.xp_of(x)
+        if self.nccl is None:
+            from cupy.cuda import nccl  # noqa: PLC0415
+
+            self._nccl_mod = nccl
+            # NCCL init blocks until every rank joins: gate with a timed barrier first so a
+            # missing rank is reported instead of hanging in ncclCommInitRank.
+            rank, size = self._mpi.Get_rank(), self._mpi.Get_size()
+            self._owner._gate(OpInfo(self._owner.name, "NCCL communicator setup", 0, 0, "-"))
+            uid = self._mpi.bcast(nccl.get_unique_id() if rank == 0 else None, root=0)
+            self.device_id = cp.cuda.Device().id
+            self.nccl = nccl.NcclCommunicator(size, uid, rank)
+            self.stream = cp.cuda.Stream(non_blocking=True)
+            self.avg = nccl.get_version() >= _AVG_MIN_VERSION
+            threading.Thread(target=self._watchdog, name="mpinet-nccl-watchdog",
+                             daemon=True).start()
+        if x.device.id != self.device_id:
+            raise ValueError(f"{self._owner.name} {op}: x with shape {tuple(x.shape)} ({x.dtype}) "
+                             f"is on GPU {x.device.id} but this communicator's NCCL runs on GPU "
+                             f"{self.device_id}; create arrays under backend.select_device(...)")
+        return cp
+
+    def launch(self, cp, fn, info: OpInfo, keep):
+        """Run ``fn(nccl_comm, stream_ptr)`` on the NCCL stream after the compute stream's work."""
+        ready = cp.cuda.Event(disable_timing=True)
+        ready.record(cp.cuda.get_current_stream())
+        self.stream.wait_event(ready)
+        fn(self.nccl, self.stream.ptr)
+        done = cp.cuda.Event(disable_timing=True)
+        done.record(self.stream)
+        with self._lock:
+            # Drop finished entries: their arrays may now be freed (the GPU is done with them).
+            while self._inflight and self._inflight[0][0].query():
+                self._inflight.popleft()
+            self._inflight.append((done, info, time.monotonic(), keep))
+        return done
+
+    def host_wait(self, event, info: OpInfo) -> None:
+        """Block the host until ``event`` fires, checking NCCL errors; abort past the timeout."""
+        def finished():
+            self._check_async(info)
+            return event.query()
+
+        if not poll(finished, time.monotonic() + self._owner.timeout_s):
+            self._owner._abort_timeout(info, extra="; the NCCL stream is still busy")
+
+    def drain(self, info: OpInfo) -> None:
+        with self._lock:
+            last = self._inflight[-1][0] if self._inflight else None
+        if last is not None:
+            self.host_wait(last, info)
+
+    def _check_async(self, info: OpInfo) -> None:
+        try:
+            self.nccl.check_async_error()
+        except Exception as err:  # NcclError: a peer died or the network failed
+            self._owner._abort_timeout(info, extra=f"; NCCL reported an asynchronous error: {err}")
+
+    def _watchdog(self):
+        while self.nccl is not None:
+            time.sleep(min(0.5, self._owner.timeout_s / 4))
+            with self._lock:
+                pending = next((e for e in self._inflight if not e[0].query()), None)
+            if pending is None:
+                continue
+            self._check_async(pending[1])
+            if time.monotonic() - pending[2] > self._owner.timeout_s:
+                self._owner._abort_timeout(
+                    pending[1], extra="; detected by the NCCL watchdog (the GPU is stuck in it)")
+
+    def abort(self) -> None:
+        nccl, self.nccl = self.nccl, None
+        if nccl is not None:
+            nccl.abort()
+
+
+class EventHandle(Handle):
+    """A collective queued on the NCCL stream; ``done`` fires when it has finished on the GPU."""
+
+    def __init__(self, cp, done, result, keep, finish=None):
+        self._cp, self._done, self._result = cp, done, result
+        self._keep = keep  # arrays the NCCL stream still uses
+        self._finish = finish  # runs on the compute stream after it waits (e.g. unpadding)
+        self._waited = False
+
+    def test(self) -> bool:
+        return self._done.query()
+
+    def wait(self):
+        if not self._waited:
+            self._cp.cuda.get_current_stream().wait_event(self._done)
+            if self._finish is not None:
+                self._finish()
+            self._waited, self._keep = True, ()
+        return self._result
+
+
+class NcclCommunicator(Communicator):
+    name = "nccl"
+    dtypes = tuple(NCCL_TYPES)
+
+    def __init__(self, mpi_comm=None, timeout_s=None, debug=None, layout=None):
+        super().__init__(mpi_comm, timeout_s, debug, layout)
+        self._lane = DeviceLane(self.mpi_comm.Dup(), self)
+
+    def _accept_array_type(self, op, x):
+        if not backend.is_gpu_array(x):
+            raise TypeError(f"nccl {op}: x is a {type(x).__name__} with shape {tuple(x.shape)} "
+                            f"({x.dtype}); NCCL moves GPU arrays only: pass a CuPy array "
+                            f"(backend.to_device(x)) or use impl='mpi' for host arrays")
+
+    def _before_abort(self):
+        self._lane.abort()
+
+    def _drain(self):
+        if self._lane.nccl is not None:
+            self._lane.drain(OpInfo(self.name, "barrier (finishing queued NCCL work)",
+                                    self._tracker.seq, 0, "-"))
+
+    def _run(self, x, out, info, fn, finish=None):
+        cp = self._lane.ensure(x, info.op)
+        done = self._lane.launch(cp, fn, info, keep=(x, out))
+        return EventHandle(cp, done, out, (x, out), finish)
+
+    def _iallreduce(self, x, op, out, info):
+        t = NCCL_TYPES[x.dtype.name]
+        native_avg = op == "mean" and self._lane_avg(x)
+        nccl_op = NCCL_AVG if native_avg else NCCL_SUM
+        finish = None
+        if op == "mean" and not native_avg:
+            def finish():
+                out[...] = out / self.size
+
+        return self._run(x, out, info, lambda c, s: c.allReduce(
+            x.data.ptr, out.data.ptr, x.size, t, nccl_op, s), finish)
+
+    def _lane_avg(self, x) -> bool:
+        self._lane.ensure(x, "allreduce")
+        return self._lane.avg
+
+    def _ibcast(self, x, root, info):
+        t = NCCL_TYPES[x.dtype.name]
+        return self._run(x, x, info, lambda c, s: c.bcast(x.data.ptr, x.size, t, root, s))
+
+    def _iallgather(self, x, out, info):
+        t = NCCL_TYPES[x.dtype.name]
+        return self._run(x, out, info, lambda c, s: c.allGather(
+            x.data.ptr, out.data.ptr, x.size, t, s))
+
+    def _ireduce_scatter(self, x, op, out, info):
+        t = NCCL_TYPES[x.dtype.name]
+        native_avg = op == "mean" and self._lane_avg(x)
+        finish = None
+        if op == "mean" and not native_avg:
+            def finish():
+                out[...] = out / self.size
+
+        return self._run(x, out, info, lambda c, s: c.reduceScatter(
+            x.data.ptr, out.data.ptr, out.size, t, NCCL_AVG if native_avg else NCCL_SUM, s),
+            finish)
