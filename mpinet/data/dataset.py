@@ -29,7 +29,7 @@ def to_pixels(images_u8: np.ndarray, raw: bool) -> np.ndarray:
     """uint8 pixels -> the reader's output convention (uint8 if raw, else float32 in [0, 1])."""
     if raw:
         return np.ascontiguousarray(images_u8, dtype=np.uint8)
-    return images_u8.astype(np.float32) * np.float32(1.0 / 255.0)
+    return images_u8.astype(np.float32) / np.float32(255.0)  # the same op as DataLoader on uint8
 
 
 class ArrayDataset:

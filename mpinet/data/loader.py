@@ -95,7 +95,7 @@ class DataLoader:
         """Array-module part: uint8 -> float32 / 255, then the transform (numpy or cupy alike)."""
         xp = backend_mod.xp_of(x)
         if x.dtype == np.uint8:
-            x = x.astype(xp.float32) * xp.float32(1.0 / 255.0)
+            x = x.astype(xp.float32) / xp.float32(255.0)  # as the readers do: raw or not, same floats
         if self.transform is not None:
             x, y = self.transform(x, y, batch)
         return x, y
