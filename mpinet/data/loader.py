@@ -81,7 +81,7 @@ class DataLoader:
         """Host part: rows of the batch. On GPU into pinned memory so the copy can be async."""
         idx = batch.indices
         images, labels = self.dataset.images, self.dataset.labels
-        if self.device.is_gpu:
+        if self.device.is_gpu and len(idx):  # (an empty batch needs no pinned buffer)
             import cupyx  # noqa: PLC0415 - GPU only
 
             x = cupyx.empty_pinned((len(idx),) + images.shape[1:], dtype=images.dtype)
