@@ -9,13 +9,16 @@ scripts rely on:
   the end of training, so the newest file always holds the final weights;
 * SIGUSR1 or SIGTERM on any rank: all ranks agree (an allreduce of the flag each step), write a
   checkpoint at the same step and exit 0;
-* ``--resume auto``: continue from the newest checkpoint in DIR if there is one, else start fresh.
+* ``--resume auto``: continue from the newest checkpoint in DIR if there is one, else start fresh;
+* ``--metrics FILE``: rank 0 appends one JSON line per step (written after the signal handlers are
+  installed, so a non-empty file means the run can be preempted cleanly).
 
 The "model" is a float64 vector updated by a deterministic, rank-dependent gradient averaged over
 ranks, so an interrupted-and-resumed run must end bit-identical to an uninterrupted one.
 """
 import argparse
 import glob
+import json
 import os
 import signal
 import sys
@@ -56,6 +59,7 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint-dir", default=None)
     p.add_argument("--resume", default=None, help="'auto' or a checkpoint path")
+    p.add_argument("--metrics", default=None, help="JSON-lines file rank 0 appends to")
     args = p.parse_args(argv)
 
     signal.signal(signal.SIGUSR1, _request_stop)
@@ -102,6 +106,10 @@ def main(argv=None) -> int:
         comm.Allreduce(_gradient(w, rank, step), grad, op=MPI.SUM)
         w = w - args.lr * grad / size
         step += 1
+        if rank == 0 and args.metrics:
+            os.makedirs(os.path.dirname(os.path.abspath(args.metrics)), exist_ok=True)
+            with open(args.metrics, "a") as f:
+                f.write(json.dumps({"step": step, "loss": float(np.sum((grad / size) ** 2))}) + "\n")
         time.sleep(args.step_time)
     save(step)
     if rank == 0:
