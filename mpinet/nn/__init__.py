@@ -1,4 +1,15 @@
 """Layers that own parameters. Ops (mpinet.ops) do the math; layers never write gradients."""
+from .conv import Conv2d, ConvTranspose2d
 from .module import Module, Sequential
+from .activation import GELU, LeakyReLU, LogSoftmax, PReLU, ReLU, Sigmoid, Softmax, Tanh
+from .basic import Flatten, Identity
+from .dropout import Dropout
+from .linear import Linear
+from .normalization import BatchNorm1d, BatchNorm2d
+from .pooling import AdaptiveAvgPool2d, AvgPool2d, GlobalAvgPool2d, MaxPool2d, Upsample
 
 __all__ = ["Module", "Sequential"]
+__all__ += ["Linear", "ReLU", "LeakyReLU", "PReLU", "Sigmoid", "Tanh", "GELU", "Softmax",
+            "LogSoftmax", "Dropout", "BatchNorm1d", "BatchNorm2d", "Flatten", "Identity"]
+__all__ += ["Conv2d", "ConvTranspose2d", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d",
+            "GlobalAvgPool2d", "Upsample"]
