@@ -1,0 +1,73 @@
+"""Batch normalisation layers (PyTorch's names: weight, bias, running_mean, running_var,
+num_batches_tracked), so torchvision state dicts load by name."""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import backend
+from ..ops import norm
+from . import init
+from .basic import input_error
+from .module import Module
+
+
+class _BatchNorm(Module):
+    """Shared by BatchNorm1d/2d: which input ranks are accepted is the only difference.
+
+    Training normalises with the batch's statistics and replaces the running buffers (via
+    ``set_buffer``) with PyTorch's momentum update; eval uses the running statistics.
+    ``momentum=None`` gives the cumulative average over all batches seen (as PyTorch).
+    Statistics stay float32 whatever the input dtype (bf16/fp16 input is cast inside the op).
+    """
+
+    _ranks: tuple[int, ...] = ()
+    _layout: str = ""
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1):
+        super().__init__()
+        if num_features <= 0:
+            raise ValueError(f"{type(self).__name__}: num_features must be positive, got "
+                             f"{num_features}")
+        self.num_features, self.eps, self.momentum = num_features, eps, momentum
+        self.weight = init.constant((num_features,), 1.0)
+        self.bias = init.constant((num_features,), 0.0)
+        xp = backend.current().xp
+        self.register_buffer("running_mean", xp.zeros(num_features, np.float32))
+        self.register_buffer("running_var", xp.ones(num_features, np.float32))
+        self.register_buffer("num_batches_tracked", xp.zeros((), np.int64))
+
+    def forward(self, x):
+        if x.ndim not in self._ranks or x.shape[1] != self.num_features:
+            raise input_error(self, self._layout.format(C=self.num_features), x)
+        if not self.training:
+            y, _, _ = norm.batch_norm(x, self.weight, self.bias, self.running_mean,
+                                      self.running_var, False, eps=self.eps)
+            return y
+        count = self.num_batches_tracked
+        # asarray: NumPy turns 0-d array + 1 into a scalar; the buffer stays a 0-d array.
+        self.set_buffer("num_batches_tracked", backend.xp_of(count).asarray(count + 1))
+        momentum = self.momentum
+        if momentum is None:  # cumulative moving average; reads the counter (a GPU sync point)
+            momentum = 1.0 / float(self.num_batches_tracked)
+        y, mean, var = norm.batch_norm(x, self.weight, self.bias, self.running_mean,
+                                       self.running_var, True, momentum, self.eps)
+        self.set_buffer("running_mean", mean)
+        self.set_buffer("running_var", var)
+        return y
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
+
+
+class BatchNorm1d(_BatchNorm):
+    """Over (N, C) or (N, C, L)."""
+
+    _ranks = (2, 3)
+    _layout = "(N, {C}) or (N, {C}, L)"
+
+
+class BatchNorm2d(_BatchNorm):
+    """Over (N, C, H, W)."""
+
+    _ranks = (4,)
+    _layout = "(N, {C}, H, W)"

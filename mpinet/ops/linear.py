@@ -1,0 +1,45 @@
+"""Fully connected layer math: y = x @ w.T + b (PyTorch's weight layout, (out, in))."""
+from __future__ import annotations
+
+from ..autograd import Function
+
+
+class Linear(Function):
+    """x (..., in), w (out, in), optional b (out,) -> y (..., out)."""
+
+    def forward(self, x, w, b=None):
+        if w.ndim != 2:
+            raise ValueError(f"linear: weight must be 2-D (out_features, in_features), "
+                             f"got shape {tuple(w.shape)}")
+        if x.ndim < 1 or x.shape[-1] != w.shape[1]:
+            raise ValueError(f"linear: input's last dimension must equal in_features="
+                             f"{w.shape[1]} (weight {tuple(w.shape)}), got input shape "
+                             f"{tuple(x.shape)}")
+        if b is not None and tuple(b.shape) != (w.shape[0],):
+            raise ValueError(f"linear: bias must have shape ({w.shape[0]},) to match weight "
+                             f"{tuple(w.shape)}, got {tuple(b.shape)}")
+        self.save(x, w)
+        self.has_bias = b is not None
+        y = x @ w.T
+        if b is not None:
+            y += b  # in place: y is a fresh array, saves a temporary of the output's size
+        return y
+
+    def backward(self, gy):
+        x, w = self.saved
+        out_features, in_features = w.shape
+        gx = gw = gb = None
+        if self.needs_input_grad[0]:
+            gx = gy @ w  # (..., out) @ (out, in) -> (..., in)
+        # Fold leading axes into one batch axis: (M, out).T @ (M, in) -> (out, in).
+        gy2 = gy.reshape(-1, out_features)
+        if self.needs_input_grad[1]:
+            gw = gy2.T @ x.reshape(-1, in_features)
+        if self.has_bias and self.needs_input_grad[2]:
+            gb = gy2.sum(axis=0)
+        return (gx, gw, gb) if self.has_bias else (gx, gw)
+
+
+def linear(x, w, b=None):
+    """y = x @ w.T + b for x (N, in) or (..., in), w (out, in), b (out,) or None."""
+    return Linear().apply(x, w) if b is None else Linear().apply(x, w, b)
