@@ -24,6 +24,7 @@ class Module:
         object.__setattr__(self, "_modules", OrderedDict())
         object.__setattr__(self, "training", True)
         object.__setattr__(self, "path", type(self).__name__)  # e.g. "features.3"; set by parent
+        object.__setattr__(self, "_forward_pre_hooks", [])
 
     # ---- registration -------------------------------------------------------------------
     def __setattr__(self, name: str, value) -> None:
@@ -126,7 +127,7 @@ class Module:
                                                        if not backend.is_gpu_array(target) else value,
                                                        dtype=target.dtype)
             if key in own:
-                own[key].data = converted.copy()
+                own[key].data[...] = converted  # in place: data may view a flat buffer
             else:
                 module.register_buffer(name, converted.copy())
 
@@ -164,7 +165,18 @@ class Module:
         raise NotImplementedError(f"{type(self).__name__}.forward")
 
     def __call__(self, *args, **kwargs):
+        for hook in self._forward_pre_hooks:
+            hook(self)
         return self.forward(*args, **kwargs)
+
+    def register_forward_pre_hook(self, hook: Callable[["Module"], None]) -> Callable[[], None]:
+        """Call ``hook(module)`` right before each forward of this module; returns a remover.
+
+        Data parallelism uses it to wait for a layer's reduced gradients and apply its update
+        only right before the layer's weights are needed again (cxxnet's PullWait).
+        """
+        self._forward_pre_hooks.append(hook)
+        return lambda: self._forward_pre_hooks.remove(hook)
 
     def extra_repr(self) -> str:
         return ""

@@ -1,0 +1,261 @@
+"""``python -m mpinet.train``: train a zoo model on a data set, on 1 or N ranks.
+
+    python -m mpinet.train                         # MLP on scikit-learn's digits, no download
+    mpirun -n 2 python -m mpinet.train             # the same, data-parallel on 2 ranks
+    mpirun -n 8 python -m mpinet.train --model resnet18 --dataset cifar10 --data-dir DIR \\
+        --epochs 30 --batch-size 128 --lr 0.1 --schedule cosine --warmup-steps 500 --precision bf16
+
+Every rank parses the same flags. Configuration errors are found on every rank before any
+training, gathered, and reported once by rank 0 (exit code 2) — no traceback per rank, no hang.
+Any later uncaught exception on any rank aborts the whole job with that rank's traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+DEFAULTS = {
+    "model": "mlp", "dataset": "digits", "data_dir": None, "epochs": 30, "batch_size": 32,
+    "lr": 0.05, "optimizer": "sgd", "momentum": 0.9, "weight_decay": 0.0, "nesterov": False,
+    "schedule": "constant", "warmup_steps": 0, "scale_lr": False, "base_batch": 256,
+    "label_smoothing": 0.0, "precision": "fp32", "comm": "auto", "device": "auto",
+    "dp_mode": "backward", "bucket_mb": 25.0, "grad_dtype": None, "accumulation_steps": 1,
+    "augment": False, "sync_batchnorm": False, "checkpoint_dir": None, "checkpoint_every": 0,
+    "keep_checkpoints": 3, "resume": None, "seed": 0, "metrics": None, "log_every": 10,
+    "train_samples": None, "quiet": False, "save_weights": None,
+}
+
+
+class ConfigError(ValueError):
+    """A bad flag or config value; reported once, by rank 0, before training starts."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m mpinet.train",
+        description="Train an mpinet zoo model, data-parallel under mpirun/srun. With no flags: "
+                    "an MLP on scikit-learn's bundled digits (no download).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    a = p.add_argument
+    a("--config", help="JSON or TOML file of flag values (keys as the long flags, '-' or '_'); "
+                       "flags on the command line override it")
+    g = p.add_argument_group("model and data")
+    g.add_argument("--model", help="zoo model name (see mpinet.models.available_models())")
+    g.add_argument("--dataset", help="data set name: digits, fashion-mnist, mnist, cifar10, "
+                                     "cifar100, image-folder, synthetic, synthetic-segmentation")
+    g.add_argument("--data-dir", help="directory of the data set's files")
+    g.add_argument("--train-samples", type=int, help="use only the first N training samples")
+    g.add_argument("--augment", action="store_true", default=None,
+                   help="random crop (padding 4 for 32px, 2 below) + horizontal flip")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=int)
+    g.add_argument("--batch-size", type=int, help="samples per rank per step")
+    g.add_argument("--lr", type=float, help="learning rate (before --scale-lr)")
+    g.add_argument("--optimizer", choices=["sgd", "adam", "adamw"])
+    g.add_argument("--momentum", type=float)
+    g.add_argument("--weight-decay", type=float)
+    g.add_argument("--nesterov", action="store_true", default=None)
+    g.add_argument("--schedule", choices=["constant", "step", "cosine"])
+    g.add_argument("--warmup-steps", type=int, help="linear LR warmup steps")
+    g.add_argument("--scale-lr", action="store_true", default=None,
+                   help="linear scaling rule: lr * global_batch / --base-batch")
+    g.add_argument("--base-batch", type=int)
+    g.add_argument("--label-smoothing", type=float)
+    g.add_argument("--accumulation-steps", type=int,
+                   help="split each rank's batch into this many micro-batches (no comm between)")
+    g = p.add_argument_group("parallelism and precision")
+    g.add_argument("--comm", choices=["auto", "mpi", "nccl", "hierarchical"])
+    g.add_argument("--device", choices=["auto", "cpu", "gpu"])
+    g.add_argument("--precision", choices=["fp32", "bf16", "fp16"])
+    g.add_argument("--dp-mode", choices=["backward", "forward", "sync"],
+                   help="when gradients are reduced: overlapped with backprop (backward), "
+                        "waited per layer before its next forward (forward, cxxnet style), or "
+                        "after backprop (sync)")
+    g.add_argument("--bucket-mb", type=float, help="gradient bucket size in MiB")
+    g.add_argument("--grad-dtype", choices=["bf16", "fp16"], help="compress gradients on the wire")
+    g.add_argument("--sync-batchnorm", action="store_true", default=None,
+                   help="batch statistics over all ranks")
+    g = p.add_argument_group("checkpoints and output")
+    g.add_argument("--checkpoint-dir")
+    g.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (0: per epoch)")
+    g.add_argument("--keep-checkpoints", type=int)
+    g.add_argument("--resume", help="'auto' (newest good checkpoint in --checkpoint-dir) or a path")
+    g.add_argument("--save-weights", help="write the final weights (safetensors) here")
+    g.add_argument("--seed", type=int)
+    g.add_argument("--metrics", help="JSON-lines metrics file (rank 0 writes)")
+    g.add_argument("--log-every", type=int)
+    g.add_argument("--quiet", action="store_true", default=None, help="no progress bar")
+    return p
+
+
+def load_config(argv=None) -> dict:
+    """Defaults < --config file < command-line flags."""
+    args = vars(build_parser().parse_args(argv))
+    cfg = dict(DEFAULTS)
+    path = args.pop("config")
+    if path:
+        cfg.update(_read_config_file(path))
+    cfg.update({k: v for k, v in args.items() if v is not None})
+    return cfg
+
+
+def _read_config_file(path: str) -> dict:
+    if not os.path.isfile(path):
+        raise ConfigError(f"--config {path!r}: no such file")
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        if path.endswith(".toml"):
+            import tomllib  # noqa: PLC0415
+
+            data = tomllib.loads(raw.decode())
+        else:
+            data = json.loads(raw)
+    except Exception as e:  # noqa: BLE001 - any parse error becomes a config error
+        raise ConfigError(f"--config {path!r} is not valid {'TOML' if path.endswith('.toml') else 'JSON'}: {e}")
+    data = {k.replace("-", "_"): v for k, v in data.items()}
+    unknown = sorted(set(data) - set(DEFAULTS))
+    if unknown:
+        raise ConfigError(f"--config {path!r} has unknown keys {unknown}; valid keys: "
+                          f"{sorted(DEFAULTS)}")
+    return data
+
+
+def validate(cfg: dict, world_size: int) -> None:
+    """Everything that can be checked before touching data or devices."""
+    from mpinet.data.registry import DATASET_NAMES  # noqa: PLC0415
+    from mpinet.models import available_models  # noqa: PLC0415
+
+    if cfg["model"] not in available_models():
+        raise ConfigError(f"--model {cfg['model']!r} is unknown; choose one of: "
+                          f"{', '.join(available_models())}")
+    if cfg["dataset"] not in DATASET_NAMES:
+        raise ConfigError(f"--dataset {cfg['dataset']!r} is unknown; choose one of: "
+                          f"{', '.join(DATASET_NAMES)}")
+    if cfg["data_dir"] is not None and not os.path.isdir(cfg["data_dir"]):
+        raise ConfigError(f"--data-dir {cfg['data_dir']!r} does not exist or is not a directory")
+    for key in ("epochs", "batch_size", "accumulation_steps", "log_every", "base_batch"):
+        if int(cfg[key]) <= 0:
+            raise ConfigError(f"--{key.replace('_', '-')} must be > 0, got {cfg[key]}")
+    if cfg["lr"] <= 0:
+        raise ConfigError(f"--lr must be > 0, got {cfg['lr']}")
+    if cfg["checkpoint_every"] and not cfg["checkpoint_dir"]:
+        raise ConfigError("--checkpoint-every needs --checkpoint-dir")
+    if cfg["resume"] == "auto" and not cfg["checkpoint_dir"]:
+        raise ConfigError("--resume auto needs --checkpoint-dir to look in")
+    if cfg["resume"] not in (None, "auto") and not os.path.exists(cfg["resume"]):
+        raise ConfigError(f"--resume {cfg['resume']!r}: no such checkpoint")
+
+
+def _pick_model_opts(name: str, train) -> dict:
+    c, h, w = train.input_shape
+    opts = {"num_classes": train.num_classes, "in_channels": c, "input_size": h}
+    if name.startswith("resnet") and h <= 64:
+        opts["stem"] = "cifar"
+    return opts
+
+
+def setup(cfg: dict, comm):
+    """Data, model, compiled Model; raises ConfigError/ValueError/OSError on bad input."""
+    from mpinet.optim.factory import build_schedule  # noqa: PLC0415
+    from mpinet.data import augment as aug  # noqa: PLC0415
+    from mpinet.data.registry import get_dataset  # noqa: PLC0415
+    from mpinet.model import Model  # noqa: PLC0415
+    from mpinet.models import build_model  # noqa: PLC0415
+    from mpinet.nn import init  # noqa: PLC0415
+
+    train = get_dataset(cfg["dataset"], "train", data_dir=cfg["data_dir"], raw=True)
+    test = get_dataset(cfg["dataset"], "test", data_dir=cfg["data_dir"], raw=True)
+    if cfg["train_samples"]:
+        from mpinet.data.dataset import ArrayDataset  # noqa: PLC0415
+
+        n = int(cfg["train_samples"])
+        train = ArrayDataset(train.images[:n], train.labels[:n], train.num_classes, train.name)
+    if len(train) < comm.size:
+        raise ConfigError(f"{len(train)} training samples for {comm.size} ranks: every rank "
+                          f"needs at least one sample; use fewer ranks or more data")
+    init.manual_seed(cfg["seed"])
+    net = build_model(cfg["model"], **_pick_model_opts(cfg["model"], train))
+    if cfg["sync_batchnorm"]:
+        from mpinet.parallel.sync_batchnorm import convert_sync_batchnorm  # noqa: PLC0415
+
+        net = convert_sync_batchnorm(net, comm)
+    model = Model(net, comm)
+
+    global_batch = cfg["batch_size"] * comm.size
+    lr = cfg["lr"] * global_batch / cfg["base_batch"] if cfg["scale_lr"] else cfg["lr"]
+    steps_per_epoch = -(-len(train) // global_batch)
+    total_steps = steps_per_epoch * cfg["epochs"]
+    model.compile(cfg["optimizer"], loss="cross_entropy", lr=lr, momentum=cfg["momentum"],
+                  weight_decay=cfg["weight_decay"], nesterov=cfg["nesterov"],
+                  metrics=("iou", "accuracy") if train.labels.ndim == 3 else ("accuracy",),
+                  schedule=lambda opt: build_schedule(
+                      cfg["schedule"], opt, total_steps=total_steps,
+                      warmup_steps=cfg["warmup_steps"]),
+                  precision=cfg["precision"],
+                  label_smoothing=cfg["label_smoothing"], dp_mode=cfg["dp_mode"],
+                  bucket_mb=cfg["bucket_mb"], grad_dtype=cfg["grad_dtype"])
+    transform = None
+    if cfg["augment"]:
+        h = train.input_shape[1]
+        mean, std = aug.channel_stats(train.images)
+        transform = aug.Augment(crop_padding=4 if h >= 32 else 2, flip=True, mean=mean, std=std,
+                                seed=cfg["seed"])
+    return model, train, test, transform
+
+
+def main(argv=None) -> int:
+    from mpinet import backend  # noqa: PLC0415
+    from mpinet.comm import create_communicator, topology  # noqa: PLC0415
+    from mpinet.comm.failure import install_abort_handler  # noqa: PLC0415
+    from mpi4py import MPI  # noqa: PLC0415
+
+    world = MPI.COMM_WORLD
+    rank = world.Get_rank()
+    install_abort_handler(world)  # from here on, an unexpected error ends every rank
+
+    error = None
+    try:
+        cfg = load_config(argv)
+        validate(cfg, world.Get_size())
+        topo = topology.build(world)[0]
+        backend.select_device(topo.local_rank, cfg["device"])
+        comm = create_communicator(cfg["comm"], world)
+        model, train, test, transform = setup(cfg, comm)
+    except SystemExit:  # argparse already printed usage (same on every rank)
+        raise
+    except (ConfigError, ValueError, OSError, KeyError) as e:
+        error = f"{type(e).__name__}: {e}" if not isinstance(e, ConfigError) else str(e)
+    errors = world.allgather(error)
+    if any(errors):
+        if rank == 0:
+            first = next(i for i, e in enumerate(errors) if e)
+            where = "" if all(e == errors[first] for e in errors) else f" (on rank {first})"
+            print(f"mpinet.train: error{where}: {errors[first]}", file=sys.stderr, flush=True)
+        return 2
+
+    if rank == 0 and not cfg["quiet"]:
+        print(f"mpinet: {cfg['model']} on {cfg['dataset']} ({len(train)} train / {len(test)} "
+              f"test), {comm.size} rank(s), comm={comm.name}, device={backend.current()}, "
+              f"batch {cfg['batch_size']}/rank, precision {cfg['precision']}", flush=True)
+    model.fit(train, epochs=cfg["epochs"], batch_size=cfg["batch_size"], validation_data=test,
+              seed=cfg["seed"], transform=transform, accumulation_steps=cfg["accumulation_steps"],
+              log_every=cfg["log_every"], verbose=not cfg["quiet"], metrics_file=cfg["metrics"],
+              checkpoint_dir=cfg["checkpoint_dir"], checkpoint_every=cfg["checkpoint_every"],
+              keep_checkpoints=cfg["keep_checkpoints"], resume=cfg["resume"])
+    if model.preempted:
+        return 0  # checkpoint written; a requeued job resumes with --resume auto
+    if cfg["checkpoint_dir"]:
+        model.save_checkpoint(cfg["checkpoint_dir"], keep=cfg["keep_checkpoints"])
+    if cfg["save_weights"]:
+        model.save_weights(cfg["save_weights"])
+    final = model.evaluate(test)
+    if rank == 0:
+        print("final test: " + ", ".join(f"{k} {v:.4f}" for k, v in final.items()), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
