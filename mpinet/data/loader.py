@@ -1,8 +1,8 @@
 """A loader that prepares the next batches in a background thread while the current one trains.
 
     loader = DataLoader(dataset, sampler, transform=Augment(4, flip=True, mean=m, std=s))
-    for x, y, global_count in loader:   # x: (n, C, H, W) float32 on the backend's device
-        ...                             # y: (n,) or (n, H, W) int64; global_count: step's samples on all ranks
+    for x, y, global_count in loader:  # x: (n, C, H, W) float32 on the backend's device
+        ...  # y: (n,) or (n, H, W) int64; global_count: this step's samples summed over all ranks
 
 What runs where:
   * the thread: walks the sampler, gathers the batch's rows from host memory (the costly host

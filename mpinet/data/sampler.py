@@ -122,7 +122,9 @@ class DistributedSampler:
             return np.arange(self.num_samples, dtype=np.int64)
         key = (self.seed, epoch)
         if self._order_cache is None or self._order_cache[0] != key:
-            self._order_cache = (key, keyed_permutation((SHUFFLE_STREAM, *key), self.num_samples))
+            order = keyed_permutation((SHUFFLE_STREAM, *key), self.num_samples)
+            order.flags.writeable = False  # batches are views of it: nobody may reorder the epoch
+            self._order_cache = (key, order)
         return self._order_cache[1]
 
     def _steps_from(self, consumed: int) -> int:

@@ -11,8 +11,8 @@ import pytest
 from mpinet.data import DATASET_NAMES, ArrayDataset, DataFormatError, get_dataset
 from mpinet.data import registry
 from mpinet.data.builtin import load_synthetic, load_synthetic_segmentation
-from mpinet.data.cifar import load_cifar10, load_cifar100
-from mpinet.data.idx import FASHION_MNIST_DIR, load_idx_dataset, read_idx
+from mpinet.data.cifar import load_cifar10
+from mpinet.data.idx import FASHION_MNIST_DIR, read_idx
 from mpinet.data.image_folder import load_image_folder
 
 # ---------------------------------------------------------------- real Fashion-MNIST (Debian)
@@ -258,7 +258,8 @@ def test_image_folder_classes_sorted_and_pixels(tmp_path):
     assert d.class_names == ["ant", "cat", "zebra"] and d.num_classes == 3
     assert d.labels.tolist() == [0, 0, 1, 1, 2, 2]
     assert d.images.shape == (6, 3, 6, 5)
-    np.testing.assert_array_equal(d.images[4], pics[("train", "zebra", 0)].transpose(2, 0, 1) / np.float32(255))
+    zebra0 = pics[("train", "zebra", 0)].transpose(2, 0, 1)  # HWC file -> CHW
+    np.testing.assert_array_equal(d.images[4], zebra0 / np.float32(255))
     t = get_dataset("image-folder", split="test", data_dir=tmp_path, size=(4, 4), raw=True)
     assert t.images.shape == (6, 3, 4, 4) and t.images.dtype == np.uint8
 
