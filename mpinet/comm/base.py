@@ -130,6 +130,16 @@ class Communicator:
         return (f"<{type(self).__name__} {self.name} rank {self.rank}/{self.size} "
                 f"node {self.node}/{self.num_nodes} local {self.local_rank}/{self.local_size}>")
 
+    def close(self) -> None:
+        """Free the MPI resources (collective: every rank calls it). Optional: exit frees too."""
+        self._drain()
+        for c in self._owned_comms():
+            c.Free()
+        self._tracker.free()
+
+    def _owned_comms(self) -> list:
+        return [self._ctl, self._local_comm, self._cross_comm]
+
     # ---- checks -------------------------------------------------------------------------------
 
     def _accept_array_type(self, op: str, x) -> None:

@@ -6,8 +6,10 @@ then call MPI_Abort, which the launcher (mpirun, mpiexec, srun) turns into the e
 """
 from __future__ import annotations
 
+import os
 import sys
 import threading
+import time
 import traceback
 
 _PREFIX = "[mpinet]"
@@ -31,7 +33,17 @@ def abort(message: str, code: int = 1, mpi_comm=None):
     sys.stderr.write(f"{_PREFIX} {_rank_tag(comm)}: {message}\n")
     sys.stderr.flush()
     sys.stdout.flush()
+    _abort_now(comm, code)
+
+
+def _abort_now(comm, code: int):
+    # MPI_Abort tears down the launcher's output forwarding at once; a report still in the pipe
+    # was seen to be lost. Give the launcher a moment to forward it: this path runs once.
+    time.sleep(0.3)
     comm.Abort(code)
+    # MPICH's MPI_Abort was seen to return while the launcher tears the job down; this rank
+    # must not run on (it would print results or enter the next collective), so exit now.
+    os._exit(code)
 
 
 def install_abort_handler(mpi_comm=None) -> None:
@@ -46,7 +58,7 @@ def install_abort_handler(mpi_comm=None) -> None:
         sys.stderr.write(f"{_PREFIX} {_rank_tag(comm)} failed{where}: {text}")
         sys.stderr.flush()
         sys.stdout.flush()
-        comm.Abort(1)
+        _abort_now(comm, 1)
 
     def excepthook(exc_type, exc, tb):
         report_and_abort(exc_type, exc, tb)

@@ -106,6 +106,13 @@ class HierarchicalCommunicator(Communicator):
     def _before_abort(self):
         self._lane.abort()
 
+    def _owned_comms(self):
+        return super()._owned_comms() + [self._local_ag, self._data]
+
+    def close(self):
+        super().close()
+        self._lane.close()
+
     def _drain(self):
         info = OpInfo(self.name, "barrier (finishing queued collectives)", self._tracker.seq, 0, "-")
         for h in list(self._pending):

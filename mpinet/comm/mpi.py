@@ -112,6 +112,9 @@ class MpiCommunicator(Communicator):
         # Data collectives on their own comm: never confused with control traffic.
         self._data = self.mpi_comm.Dup()
 
+    def _owned_comms(self):
+        return super()._owned_comms() + [self._data]
+
     def _accept_array_type(self, op, x):
         if backend.is_gpu_array(x):
             raise TypeError(f"mpi {op}: x is a CuPy array with shape {tuple(x.shape)} and dtype "

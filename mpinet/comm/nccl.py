@@ -40,7 +40,7 @@ class DeviceLane:
         self.stream = None
         self.device_id = None
         self._inflight = collections.deque()  # (done event, OpInfo, post time, kept arrays)
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
 
     def ensure(self, x, op: str):
         """Create the NCCL communicator on first use (after the caller chose its GPU)."""
@@ -97,10 +97,16 @@ class DeviceLane:
             self.host_wait(last, info)
 
     def _check_async(self, info: OpInfo) -> None:
-        try:
-            self.nccl.check_async_error()
-        except Exception as err:  # NcclError: a peer died or the network failed
-            self._owner._abort_timeout(info, extra=f"; NCCL reported an asynchronous error: {err}")
+        # Under the lock: close()/abort() from another thread must not free the comm mid-call.
+        with self._lock:
+            if self.nccl is None:
+                return
+            try:
+                self.nccl.check_async_error()
+                return
+            except Exception as err:  # NcclError: a peer died or the network failed
+                error = err
+        self._owner._abort_timeout(info, extra=f"; NCCL reported an asynchronous error: {error}")
 
     def _watchdog(self):
         while self.nccl is not None:
@@ -114,8 +120,16 @@ class DeviceLane:
                 self._owner._abort_timeout(
                     pending[1], extra="; detected by the NCCL watchdog (the GPU is stuck in it)")
 
+    def close(self) -> None:
+        with self._lock:
+            nccl, self.nccl = self.nccl, None  # also stops the watchdog loop
+        if nccl is not None:
+            nccl.destroy()
+        self._mpi.Free()
+
     def abort(self) -> None:
-        nccl, self.nccl = self.nccl, None
+        with self._lock:
+            nccl, self.nccl = self.nccl, None
         if nccl is not None:
             nccl.abort()
 
@@ -157,6 +171,10 @@ class NcclCommunicator(Communicator):
 
     def _before_abort(self):
         self._lane.abort()
+
+    def close(self):
+        super().close()
+        self._lane.close()
 
     def _drain(self):
         if self._lane.nccl is not None:

@@ -1,0 +1,54 @@
+"""No hangs: a rank that raises ends the whole job; a late rank makes the others time out with
+a report naming the op, size, dtype and the missing rank. Each case launches its own
+``mpiexec -n 2`` (a job must really die), so these tests run in the single-process session."""
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+
+from helpers import mpi_env
+
+SCRIPTS = os.path.join(os.path.dirname(__file__), "mpi_scripts")
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def run_job(script, *args, env_extra=None, limit_s=30):
+    mpiexec = shutil.which("mpiexec")
+    if mpiexec is None:
+        pytest.skip("mpiexec not found")
+    env = mpi_env()
+    env.update({"PYTHONPATH": ROOT + os.pathsep + env.get("PYTHONPATH", ""),
+                "OMP_NUM_THREADS": "1", "MPIR_CVAR_ENABLE_HEAVY_YIELD": "1",
+                "OMPI_MCA_mpi_yield_when_idle": "1", **(env_extra or {})})
+    start = time.monotonic()
+    proc = subprocess.run([mpiexec, "-n", "2", sys.executable, os.path.join(SCRIPTS, script),
+                           *args], env=env, capture_output=True, text=True, timeout=limit_s)
+    return proc, time.monotonic() - start
+
+
+# ids must not be the bare word "mpi": pytest-mpi would take it for the mpi marker and skip.
+@pytest.mark.parametrize("impl", ["mpi", "hierarchical"], ids=["impl-mpi", "impl-hierarchical"])
+def test_raising_rank_ends_job_within_10s(impl):
+    proc, elapsed = run_job("raise_while_peer_waits.py", impl, limit_s=60)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out
+    assert elapsed < 10, f"job took {elapsed:.1f} s to end:\n{out}"
+    assert "[mpinet] rank 1/2 failed" in out, out
+    assert "RuntimeError: deliberate failure on rank 1" in out, out
+    assert "rank 0 finished" not in out, out
+
+
+@pytest.mark.parametrize("impl", ["mpi", "hierarchical"], ids=["impl-mpi", "impl-hierarchical"])
+def test_timeout_names_op_and_missing_rank(impl):
+    proc, elapsed = run_job("late_rank.py", impl, "20", env_extra={"MPINET_COMM_TIMEOUT": "1.5"},
+                            limit_s=60)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out
+    assert elapsed < 15, f"rank 0 did not time out (job took {elapsed:.1f} s):\n{out}"
+    assert "finished" not in out, out
+    assert f"[mpinet] rank 0/2: {impl} allreduce (collective #2) of 1234 elements of float32" in out, out
+    assert "did not complete within 1.5 s" in out, out
+    assert "ranks that did not arrive: rank 1 (last entered #1 allreduce)" in out, out
