@@ -1,0 +1,45 @@
+"""Helpers the model families share: re-initialising weights in place, checking input sizes.
+
+Re-initialising writes ``param.data`` instead of assigning a new Parameter: assigning would move
+the parameter to the end of its layer's registry (``bias`` before ``weight``), and state-dict order
+is kept identical to torchvision's.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from mpinet import backend
+from mpinet.autograd import Parameter
+from mpinet.nn import init
+
+
+def kaiming_normal_(param: Parameter, mode: str = "fan_out") -> None:
+    """He-normal for ReLU nets; torchvision's ResNet/VGG use mode="fan_out"."""
+    param.data = init.kaiming_normal(tuple(param.shape), mode=mode, dtype=param.dtype).data
+
+
+def kaiming_uniform_(param: Parameter, a: float = 0.0) -> None:
+    """U(+-sqrt(6 / ((1 + a^2) fan_in))); torchvision's SqueezeNet uses a=0."""
+    param.data = init.kaiming_uniform(tuple(param.shape), a=a, dtype=param.dtype).data
+
+
+def normal_(param: Parameter, std: float) -> None:
+    """N(0, std^2), drawn in float32 from the shared seeded generator (VGG's 102M-weight
+    classifier.0 would need 0.8 GB as a float64 draw)."""
+    draw = init.generator().standard_normal(tuple(param.shape), dtype=np.float32) * np.float32(std)
+    param.data = backend.to_device(draw.astype(param.dtype, copy=False))
+
+
+def constant_(param: Parameter, value: float) -> None:
+    param.data = init.constant(tuple(param.shape), value, dtype=param.dtype).data
+
+
+def check_positive(model: str, name: str, value: int) -> int:
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{model}: {name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def conv_out(size: int, kernel: int, stride: int = 1, padding: int = 0) -> int:
+    """Spatial size after a convolution or (floor-mode) pooling window."""
+    return (size + 2 * padding - kernel) // stride + 1
