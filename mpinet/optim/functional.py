@@ -17,14 +17,16 @@ import math
 from .. import backend
 
 
-def sgd_update_(p, g, buf, lr, momentum, dampening, weight_decay, nesterov) -> None:
+def sgd_update_(p, g, buf, lr, momentum, dampening, weight_decay, nesterov,
+                first_step=False) -> None:
     """One SGD step in place on ``p`` (and ``buf`` when momentum != 0). See ``sgd_update_xp_``."""
     if backend.is_gpu_array(p):
         from ..ops.cuda import fused  # noqa: PLC0415 - GPU only
 
-        fused.sgd_update_(p, g, buf, lr, momentum, dampening, weight_decay, nesterov)
+        fused.sgd_update_(p, g, buf, lr, momentum, dampening, weight_decay, nesterov,
+                          first_step=first_step)
         return
-    sgd_update_xp_(p, g, buf, lr, momentum, dampening, weight_decay, nesterov)
+    sgd_update_xp_(p, g, buf, lr, momentum, dampening, weight_decay, nesterov, first_step)
 
 
 def adam_update_(p, g, m, v, lr, beta1, beta2, eps, weight_decay, step, decoupled) -> None:
@@ -37,17 +39,18 @@ def adam_update_(p, g, m, v, lr, beta1, beta2, eps, weight_decay, step, decouple
     adam_update_xp_(p, g, m, v, lr, beta1, beta2, eps, weight_decay, step, decoupled)
 
 
-def sgd_update_xp_(p, g, buf, lr, momentum, dampening, weight_decay, nesterov) -> None:
+def sgd_update_xp_(p, g, buf, lr, momentum, dampening, weight_decay, nesterov,
+                   first_step=False) -> None:
     """torch.optim.SGD's update (its docs, "Algorithm"), in place::
 
         d = g + weight_decay * p                      (if weight_decay != 0)
+        buf = d  on the first step, else
         buf = momentum * buf + (1 - dampening) * d     (if momentum != 0)
         d = d + momentum * buf  if nesterov  else  buf (if momentum != 0)
         p = p - lr * d
 
-    PyTorch initialises ``buf = d`` on the first step; callers get the same result by passing a
-    zeroed ``buf`` with ``dampening=0`` on that step (momentum * 0 + 1 * d == d exactly).
-    ``buf`` may be None when momentum == 0.
+    ``first_step=True`` on a parameter's first update (PyTorch starts the buffer as a copy of d,
+    not from zeros). ``buf`` may be None when momentum == 0.
     """
     xp = backend.xp_of(p)
     d, own_d = g, False  # own_d: d is a temporary we may overwrite
@@ -56,10 +59,13 @@ def sgd_update_xp_(p, g, buf, lr, momentum, dampening, weight_decay, nesterov) -
         d += g
         own_d = True
     if momentum != 0:
-        buf *= momentum
-        if dampening != 0:
+        if first_step:
+            buf[...] = d
+        elif dampening != 0:
+            buf *= momentum
             buf += xp.multiply(d, 1 - dampening)
         else:
+            buf *= momentum
             buf += d
         if nesterov:
             if own_d:

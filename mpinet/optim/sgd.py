@@ -35,7 +35,5 @@ class SGD(Optimizer):
         return ("momentum_buffer",) if self.momentum != 0 else ()
 
     def _update_(self, p, g, state: dict, step: int) -> None:
-        # First step: the buffer is fresh zeros; dampening 0 makes it exactly d (PyTorch's clone).
-        dampening = 0.0 if step == 1 else self.dampening
-        sgd_update_(p, g, state.get("momentum_buffer"), self.lr, self.momentum, dampening,
-                    self.weight_decay, self.nesterov)
+        sgd_update_(p, g, state.get("momentum_buffer"), self.lr, self.momentum, self.dampening,
+                    self.weight_decay, self.nesterov, first_step=step == 1)

@@ -29,8 +29,9 @@ SGD_KW = [
 ]
 
 
+@pytest.mark.parametrize("first_step", [False, True])
 @pytest.mark.parametrize("kw", SGD_KW, ids=lambda kw: "-".join(f"{k}{v}" for k, v in kw.items()))
-def test_fused_sgd_update_matches_cpu(kw):
+def test_fused_sgd_update_matches_cpu(kw, first_step):
     import cupy as cp
 
     p, g, buf = random_arrays(100_003, 3)  # odd size: no vector-width assumptions
@@ -38,8 +39,8 @@ def test_fused_sgd_update_matches_cpu(kw):
         buf = None
     g_before = g.copy()
     dev = [None if a is None else cp.asarray(a) for a in (p, g, buf)]
-    sgd_update_xp_(p, g, buf, **kw)
-    sgd_update_(*dev, **kw)  # GPU arrays: dispatches to fused.sgd_update_
+    sgd_update_xp_(p, g, buf, **kw, first_step=first_step)
+    sgd_update_(*dev, **kw, first_step=first_step)  # GPU arrays: fused.sgd_update_
     np.testing.assert_allclose(dev[0].get(), p, rtol=RTOL, atol=ATOL)
     if buf is not None:
         np.testing.assert_allclose(dev[2].get(), buf, rtol=RTOL, atol=ATOL)
