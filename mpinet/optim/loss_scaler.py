@@ -49,8 +49,9 @@ class LossScaler:
     def unscale_(self, grads) -> bool:
         """Divide gradients by the scale in place; return True if any is inf or nan (this rank).
 
-        ``grads``: a FlatParameters (one multiply and one reduction over the flat gradient), a
-        list of Parameters (those with grad None are skipped) or a list of arrays. Reading the
+        ``grads``: a FlatParameters or its ``.grad`` array (one multiply and one reduction over
+        the flat gradient), a list of Parameters (those with grad None are skipped) or a list of
+        arrays. Reading the
         flag back is a CPU-GPU sync point.
         """
         if not self.enabled:
@@ -117,6 +118,8 @@ class LossScaler:
 def _grad_arrays(grads) -> list:
     if isinstance(grads, FlatParameters):
         return [grads.grad]
+    if hasattr(grads, "shape"):  # one array, e.g. a flat gradient buffer
+        return [grads]
     grads = list(grads)
     if grads and isinstance(grads[0], Parameter):
         return [p.grad for p in grads if p.grad is not None]

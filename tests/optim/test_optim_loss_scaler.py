@@ -33,6 +33,15 @@ def test_unscale_on_flat_buffer_detects_non_finite(bad):
     assert scaler.unscale_(flat) is True
 
 
+def test_unscale_a_single_flat_gradient_array():
+    g = np.full(6, 64.0, np.float32)
+    scaler = LossScaler(init_scale=64.0)
+    assert scaler.unscale_(g) is False
+    np.testing.assert_array_equal(g, 1.0)  # in place on the array itself
+    g[5] = np.inf
+    assert scaler.unscale_(g) is True
+
+
 def test_unscale_list_of_arrays_and_params_with_none_grad():
     scaler = LossScaler(init_scale=4.0)
     a, b = np.full(3, 8.0), np.full(2, 8.0)
