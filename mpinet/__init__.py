@@ -9,3 +9,16 @@ __version__ = "0.1.0"
 _checkout = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
 if _os.path.isfile(_os.path.join(_checkout, "models", "__init__.py")):
     __path__.append(_checkout)  # noqa: F821 - module __path__ of this package
+
+
+def __getattr__(name):
+    # Lazy: `import mpinet` stays light (no MPI initialisation, no cupy) until these are used.
+    if name == "Model":
+        from .model import Model
+
+        return Model
+    if name in ("callbacks", "nn", "ops", "optim", "data", "comm", "parallel", "autograd", "amp"):
+        import importlib
+
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'mpinet' has no attribute {name!r}")

@@ -1,0 +1,89 @@
+"""Training-step throughput of mpinet on synthetic data, one MPI rank per GPU.
+
+The same measurement as ../shared/bench/torch_ddp_bench.py (fixed random batch on the device,
+SGD momentum 0.9, warm-up steps, then timed steps), so the two can run side by side:
+
+    mpirun --allow-run-as-root --bind-to none -x NCCL_NVLS_ENABLE=0 -n 2 \
+        python benchmarks/train_bench.py --model resnet50 --batch 64 --size 224 --precision bf16
+
+Prints one line per run with img/s over all ranks and ms/step; --out appends a JSON line
+(what `python -m mpinet.plot --scaling` and benchmarks/scaling.py read).
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from mpi4py import MPI  # noqa: E402
+
+from mpinet import backend  # noqa: E402
+from mpinet.comm import create_communicator, topology  # noqa: E402
+from mpinet.comm.failure import install_abort_handler  # noqa: E402
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--model", default="resnet18")
+    p.add_argument("--batch", type=int, default=128, help="per GPU")
+    p.add_argument("--size", type=int, default=32)
+    p.add_argument("--classes", type=int, default=10)
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    p.add_argument("--dp-mode", default="backward", choices=["backward", "forward", "sync"])
+    p.add_argument("--comm", default="auto")
+    p.add_argument("--bucket-mb", type=float, default=25.0)
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", default=None)
+    a = p.parse_args()
+
+    world = MPI.COMM_WORLD
+    install_abort_handler(world)
+    os.environ.setdefault("CUPY_TF32", "1")  # like torch's allow_tf32 in the anchor
+    topo = topology.build(world)[0]
+    be = backend.select_device(topo.local_rank, a.device)
+    comm = create_communicator(a.comm, world)
+
+    from mpinet.model import Model  # noqa: PLC0415
+    from mpinet.models import build_model  # noqa: PLC0415
+
+    opts = {"stem": "cifar"} if a.model.startswith("resnet") and a.size <= 64 else {}
+    net = build_model(a.model, num_classes=a.classes, in_channels=3, input_size=a.size, **opts)
+    model = Model(net, comm)
+    model.compile("sgd", lr=0.1, momentum=0.9, precision=a.precision, dp_mode=a.dp_mode,
+                  bucket_mb=a.bucket_mb)
+    xp = be.xp
+    rng = xp.random.default_rng(comm.rank) if hasattr(xp.random, "default_rng") else xp.random
+    x = rng.standard_normal((a.batch, 3, a.size, a.size), dtype=xp.float32)
+    y = xp.asarray(rng.integers(0, a.classes, size=(a.batch,)), dtype=xp.int64)
+    global_count = a.batch * comm.size
+
+    for _ in range(a.warmup):
+        model.train_step(x, y, global_count)
+    model.dp.synchronize()
+    backend.synchronize()
+    world.Barrier()
+    t = time.perf_counter()
+    for _ in range(a.steps):
+        model.train_step(x, y, global_count)
+    model.dp.synchronize()
+    backend.synchronize()
+    dt = time.perf_counter() - t
+    if comm.rank == 0:
+        rec = {"framework": "mpinet", "model": a.model, "batch_per_gpu": a.batch, "size": a.size,
+               "precision": a.precision, "dp_mode": a.dp_mode, "comm": comm.name,
+               "gpus": comm.size, "device": str(be), "img_per_s": global_count * a.steps / dt,
+               "ms_per_step": dt / a.steps * 1e3}
+        print(f"mpinet {a.model} batch {a.batch}/gpu {a.size}px {a.precision} mode={a.dp_mode} "
+              f"comm={comm.name} gpus={comm.size}: {rec['img_per_s']:.0f} img/s, "
+              f"{rec['ms_per_step']:.2f} ms/step", flush=True)
+        if a.out:
+            with open(a.out, "a") as f:
+                f.write(json.dumps(rec) + "\n")
+
+
+if __name__ == "__main__":
+    main()
