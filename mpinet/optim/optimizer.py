@@ -93,7 +93,7 @@ class Optimizer:
 
     def _step_flat(self) -> None:
         flat = self.flat
-        if not self._flat_state:
+        if not self._flat_state and self._buffer_names():  # first step: create the state
             xp = backend.xp_of(flat.data)
             self._flat_state = {name: xp.zeros_like(flat.data) for name in self._buffer_names()}
             self._bind_flat_views()
