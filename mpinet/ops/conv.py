@@ -121,7 +121,7 @@ def _fprop_im2col(x, w, geom: ConvGeometry):
     oh, ow = geom.out_size(x.shape[2:], (kh, kw))
     col = im2col(x, (kh, kw), geom, (oh, ow)).reshape(n, g, cg * kh * kw, oh * ow)
     y = backend.xp_of(x).matmul(w.reshape(g, o // g, cg * kh * kw), col)  # (N, G, O/G, L)
-    return y.reshape(n, o, oh, ow)
+    return y.reshape(n, o, oh, ow).astype(x.dtype, copy=False)  # NumPy's bf16 matmul gives fp32
 
 
 def _dgrad_col2im(gy, w, x_shape, geom: ConvGeometry):
@@ -130,7 +130,8 @@ def _dgrad_col2im(gy, w, x_shape, geom: ConvGeometry):
     g = geom.groups
     wt = w.reshape(g, o // g, cg * kh * kw).transpose(0, 2, 1)  # (G, K, O/G)
     gcol = backend.xp_of(gy).matmul(wt, gy.reshape(n, g, o // g, oh * ow))  # (N, G, K, L)
-    return col2im(gcol.reshape(n, g * cg, kh, kw, oh, ow), x_shape, geom)
+    gcol = gcol.reshape(n, g * cg, kh, kw, oh, ow).astype(gy.dtype, copy=False)
+    return col2im(gcol, x_shape, geom)
 
 
 def _wgrad_im2col(x, gy, w_shape, geom: ConvGeometry):
@@ -140,18 +141,17 @@ def _wgrad_im2col(x, gy, w_shape, geom: ConvGeometry):
     col = im2col(x, (kh, kw), geom, (oh, ow)).reshape(n, g, cg * kh * kw, oh * ow)
     gy_g = gy.reshape(n, g, o // g, oh * ow)
     gw = backend.xp_of(x).matmul(gy_g, col.transpose(0, 1, 3, 2)).sum(axis=0)  # (G, O/G, K)
-    return gw.reshape(w_shape)
+    return gw.reshape(w_shape).astype(x.dtype, copy=False)
 
 
 # ---- dispatch: cuDNN on CuPy arrays, im2col otherwise -------------------------------------
+# (the cuDNN hooks make their operands contiguous themselves)
 def fprop(x, w, geom: ConvGeometry):
     """conv2d forward: x (N, C, H, W), w (O, C/G, kh, kw) -> y (N, O, OH, OW)."""
     if backend.is_gpu_array(x):
         from .cuda import cudnn_conv  # noqa: PLC0415 - GPU only
 
-        xp = backend.xp_of(x)
-        return cudnn_conv.conv_fprop(xp.ascontiguousarray(x), xp.ascontiguousarray(w),
-                                     geom.stride, geom.padding, geom.dilation, geom.groups)
+        return cudnn_conv.conv_fprop(x, w, geom.stride, geom.padding, geom.dilation, geom.groups)
     return _fprop_im2col(x, w, geom)
 
 
@@ -161,9 +161,8 @@ def dgrad(gy, w, x_shape, geom: ConvGeometry):
     if backend.is_gpu_array(gy):
         from .cuda import cudnn_conv  # noqa: PLC0415 - GPU only
 
-        xp = backend.xp_of(gy)
-        return cudnn_conv.conv_dgrad(xp.ascontiguousarray(gy), xp.ascontiguousarray(w), x_shape,
-                                     geom.stride, geom.padding, geom.dilation, geom.groups)
+        return cudnn_conv.conv_dgrad(gy, w, x_shape, geom.stride, geom.padding, geom.dilation,
+                                     geom.groups)
     return _dgrad_col2im(gy, w, x_shape, geom)
 
 
@@ -173,9 +172,8 @@ def wgrad(x, gy, w_shape, geom: ConvGeometry):
     if backend.is_gpu_array(x):
         from .cuda import cudnn_conv  # noqa: PLC0415 - GPU only
 
-        xp = backend.xp_of(x)
-        return cudnn_conv.conv_wgrad(xp.ascontiguousarray(x), xp.ascontiguousarray(gy), w_shape,
-                                     geom.stride, geom.padding, geom.dilation, geom.groups)
+        return cudnn_conv.conv_wgrad(x, gy, w_shape, geom.stride, geom.padding, geom.dilation,
+                                     geom.groups)
     return _wgrad_im2col(x, gy, w_shape, geom)
 
 
@@ -200,6 +198,22 @@ def _check_out_size(op: str, out_hw, x, w, detail: str) -> None:
         raise ValueError(f"{op}: output size {tuple(out_hw)} is not positive for input "
                          f"{tuple(x.shape)} and weight {tuple(w.shape)} ({detail}); use a larger "
                          f"input, more padding or a smaller kernel/dilation")
+
+
+def _zero_extend(x, hw):
+    """x: (N, C, H, W) -> (N, C, *hw), zeros added at the bottom/right (x itself if it fits)."""
+    if tuple(x.shape[2:]) == tuple(hw):
+        return x
+    out = backend.xp_of(x).zeros(tuple(x.shape[:2]) + tuple(hw), dtype=x.dtype)
+    out[:, :, :x.shape[2], :x.shape[3]] = x
+    return out
+
+
+def _crop_to(x, hw):
+    """The adjoint of _zero_extend: keep the top-left hw of x."""
+    if tuple(x.shape[2:]) == tuple(hw):
+        return x
+    return backend.xp_of(x).ascontiguousarray(x[:, :, :hw[0], :hw[1]])
 
 
 def _bias_grad(gy):
@@ -265,6 +279,10 @@ class ConvTranspose2d(Function):
         _check_out_size("conv_transpose2d", out_hw, x, w,
                         f"stride={g.stride}, padding={g.padding}, dilation={g.dilation}, "
                         f"output_padding={self.output_padding}")
+        # With output_padding >= stride (allowed while < dilation) a conv2d over the output
+        # would give a larger map than x: x stands for that map with zeros at the bottom/right.
+        self.x_hw = tuple(x.shape[2:])
+        x = _zero_extend(x, g.out_size(out_hw, w.shape[2:]))
         self.save(x, w)
         y = dgrad(x, w, (x.shape[0], c_out) + tuple(out_hw), g)
         if b is not None:
@@ -274,7 +292,7 @@ class ConvTranspose2d(Function):
     def backward(self, gy):
         x, w = self.saved
         need = self.needs_input_grad
-        gx = fprop(gy, w, self.geom) if need[0] else None
+        gx = _crop_to(fprop(gy, w, self.geom), self.x_hw) if need[0] else None
         # In conv2d terms gy is the input and x the output gradient.
         gw = wgrad(gy, x, w.shape, self.geom) if need[1] else None
         if len(need) == 2:
