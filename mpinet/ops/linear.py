@@ -20,7 +20,8 @@ class Linear(Function):
                              f"{tuple(w.shape)}, got {tuple(b.shape)}")
         self.save(x, w)
         self.has_bias = b is not None
-        y = x @ w.T
+        # astype: NumPy's bf16 matmul (ml_dtypes) returns float32; keep the compute dtype.
+        y = (x @ w.T).astype(x.dtype, copy=False)
         if b is not None:
             y += b  # in place: y is a fresh array, saves a temporary of the output's size
         return y
@@ -30,11 +31,11 @@ class Linear(Function):
         out_features, in_features = w.shape
         gx = gw = gb = None
         if self.needs_input_grad[0]:
-            gx = gy @ w  # (..., out) @ (out, in) -> (..., in)
+            gx = (gy @ w).astype(x.dtype, copy=False)  # (..., out) @ (out, in) -> (..., in)
         # Fold leading axes into one batch axis: (M, out).T @ (M, in) -> (out, in).
         gy2 = gy.reshape(-1, out_features)
         if self.needs_input_grad[1]:
-            gw = gy2.T @ x.reshape(-1, in_features)
+            gw = (gy2.T @ x.reshape(-1, in_features)).astype(w.dtype, copy=False)
         if self.has_bias and self.needs_input_grad[2]:
             gb = gy2.sum(axis=0)
         return (gx, gw, gb) if self.has_bias else (gx, gw)
