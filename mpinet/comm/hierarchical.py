@@ -52,6 +52,7 @@ class StagedHandle(Handle):
         self._finish, self._keep = finish, keep
         self.started = 0  # stages started so far
         self.done = False
+        self.ready = False  # only the wait-only (GPU-queueing) stage is left
         self._test = None
         self._start_next()
 
@@ -68,13 +69,17 @@ class StagedHandle(Handle):
                 self.done, self._keep, self._stages = True, (), ()
                 return
             nxt = self._stages[self.started]
-            if self.started >= limit or (nxt.in_wait_only and not in_wait):
+            if nxt.in_wait_only and not in_wait:
+                self.ready = True
+                return
+            if self.started >= limit:
                 return
             self._start_next()
 
     def test(self) -> bool:
+        """True when ``wait()`` will not block the host (on GPU it then only queues GPU work)."""
         self._comm._advance(upto=None)
-        return self.done
+        return self.done or self.ready
 
     def wait(self):
         if not self.done:
@@ -214,7 +219,8 @@ class HierarchicalCommunicator(Communicator):
                 cp.cuda.runtime.memcpyAsync(host.ctypes.data, shard.data.ptr, nbytes,
                                             _DEVICE_TO_HOST, s)
 
-            return lane.launch(cp, fn, info, keep).query
+            done = lane.launch(cp, fn, info, keep)
+            return lambda: done.done
 
         def reduce_across_nodes():
             d, mpi_op = buffer_and_op(host)
@@ -259,7 +265,8 @@ class HierarchicalCommunicator(Communicator):
                 cp.cuda.runtime.memcpyAsync(hin.ctypes.data, x.data.ptr, x.nbytes,
                                             _DEVICE_TO_HOST, s)
 
-            return self._lane.launch(cp, fn, info, keep).query
+            done = self._lane.launch(cp, fn, info, keep)
+            return lambda: done.done
 
         def mpi_op():
             req = post(hin, hout)

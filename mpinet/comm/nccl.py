@@ -58,8 +58,8 @@ class DeviceLane:
             self.nccl = nccl.NcclCommunicator(size, uid, rank)
             self.stream = cp.cuda.Stream(non_blocking=True)
             self.avg = nccl.get_version() >= _AVG_MIN_VERSION
-            threading.Thread(target=self._watchdog, name="mpinet-nccl-watchdog",
-                             daemon=True).start()
+            threading.Thread(target=self._watchdog, args=(self.device_id,),
+                             name="mpinet-nccl-watchdog", daemon=True).start()
         if x.device.id != self.device_id:
             raise ValueError(f"{self._owner.name} {op}: x with shape {tuple(x.shape)} ({x.dtype}) "
                              f"is on GPU {x.device.id} but this communicator's NCCL runs on GPU "
@@ -76,7 +76,7 @@ class DeviceLane:
         done.record(self.stream)
         with self._lock:
             # Drop finished entries: their arrays may now be freed (the GPU is done with them).
-            while self._inflight and self._inflight[0][0].query():
+            while self._inflight and self._inflight[0][0].done:
                 self._inflight.popleft()
             self._inflight.append((done, info, time.monotonic(), keep))
         return done
@@ -85,7 +85,7 @@ class DeviceLane:
         """Block the host until ``event`` fires, checking NCCL errors; abort past the timeout."""
         def finished():
             self._check_async(info)
-            return event.query()
+            return event.done
 
         if not poll(finished, time.monotonic() + self._owner.timeout_s):
             self._owner._abort_timeout(info, extra="; the NCCL stream is still busy")
@@ -108,11 +108,16 @@ class DeviceLane:
                 error = err
         self._owner._abort_timeout(info, extra=f"; NCCL reported an asynchronous error: {error}")
 
-    def _watchdog(self):
+    def _watchdog(self, device_id):
+        import cupy  # noqa: PLC0415 - GPU only
+
+        # CUDA's current device is per thread: without this, the first event query here would
+        # create a context on GPU 0 (hundreds of MB) in every rank's process.
+        cupy.cuda.Device(device_id).use()
         while self.nccl is not None:
             time.sleep(min(0.5, self._owner.timeout_s / 4))
             with self._lock:
-                pending = next((e for e in self._inflight if not e[0].query()), None)
+                pending = next((e for e in self._inflight if not e[0].done), None)
             if pending is None:
                 continue
             self._check_async(pending[1])
@@ -144,7 +149,7 @@ class EventHandle(Handle):
         self._waited = False
 
     def test(self) -> bool:
-        return self._done.query()
+        return self._done.done
 
     def wait(self):
         if not self._waited:

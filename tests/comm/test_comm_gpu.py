@@ -1,0 +1,122 @@
+"""The GPU implementations (nccl; hierarchical on CuPy arrays) on real GPUs, one rank per GPU.
+
+Run on the GPU machine, e.g.
+  mpirun --allow-run-as-root --bind-to none -x NCCL_NVLS_ENABLE=0 -n 2 \\
+      python -m mpi4py -m pytest -q -p no:cacheprovider --with-mpi -m "mpi and gpu" tests/comm
+Expected values come from rank and size, checked on the host after the collective.
+"""
+import ml_dtypes
+import numpy as np
+import pytest
+
+from helpers import communicator, layout_id, ramp, ramp_sum
+from mpinet import backend
+from mpinet.comm import wait_all
+
+pytestmark = [pytest.mark.gpu, pytest.mark.mpi(min_size=2)]
+
+BF16 = np.dtype(ml_dtypes.bfloat16)
+GPU_LAYOUTS = [("nccl", None), ("hierarchical", None), ("hierarchical", "all"),
+               ("hierarchical", 2)]
+
+
+@pytest.fixture(scope="module", params=GPU_LAYOUTS, ids=layout_id)
+def comm(request):
+    from mpi4py import MPI
+
+    impl, nodes = request.param
+    size = MPI.COMM_WORLD.Get_size()
+    # The GPU follows the real node-local rank, whatever the emulated layout.
+    local = MPI.COMM_WORLD.Split_type(MPI.COMM_TYPE_SHARED, key=MPI.COMM_WORLD.Get_rank())
+    backend.select_device(local.Get_rank(), device="gpu")
+    local.Free()
+    with communicator(impl, nodes, size) as c:
+        yield c
+
+
+@pytest.fixture(autouse=True)
+def _gpu(comm):
+    backend.select_device(comm.topology.rank % backend._cupy().cuda.runtime.getDeviceCount(),
+                          device="gpu")
+    yield
+
+
+def host(a):
+    return backend.to_numpy(a).astype(np.float64)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, BF16, np.float64, np.int32],
+                         ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("n", [1, 1001, 1 << 20])
+def test_allreduce_sum(comm, dtype, n):
+    cp = backend.current().xp
+    x = ramp(n, comm.rank, dtype, xp=cp)
+    out = comm.allreduce(x)
+    assert out.dtype == np.dtype(dtype) and out.shape == (n,)
+    np.testing.assert_array_equal(host(out), ramp_sum(n, comm.size))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, BF16], ids=lambda d: np.dtype(d).name)
+def test_allreduce_mean_in_place(comm, dtype):
+    cp = backend.current().xp
+    x = ramp(4099, comm.rank, dtype, xp=cp)
+    assert comm.allreduce(x, op="mean", out=x) is x
+    np.testing.assert_allclose(host(x), ramp_sum(4099, comm.size) / comm.size, rtol=1e-2)
+
+
+def test_ordered_after_compute_stream_without_host_sync(comm):
+    # x is produced by a kernel on a non-default compute stream and consumed right after wait():
+    # only the event ordering makes the result right.
+    cp = backend.current().xp
+    with cp.cuda.Stream(non_blocking=True) as s:
+        xs = [cp.full(1 << 18, float(comm.rank + 1), cp.float32) * (i + 1) for i in range(16)]
+        handles = [comm.iallreduce(x, out=x) for x in xs]
+        totals = cp.stack([h.wait().sum() for h in handles])  # queued on s after each wait
+        got = totals.get()
+        s.synchronize()
+    expected = [(i + 1) * comm.size * (comm.size + 1) / 2 * (1 << 18) for i in range(16)]
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+
+
+def test_many_handles_then_wait_all(comm):
+    cp = backend.current().xp
+    xs = [cp.full(1000 + 13 * i, comm.rank * i, cp.float32) for i in range(32)]
+    handles = [comm.iallreduce(x) for x in xs]
+    for i, r in enumerate(wait_all(handles)):
+        np.testing.assert_array_equal(host(r), i * comm.size * (comm.size - 1) / 2)
+
+
+def test_test_turns_true(comm):
+    cp = backend.current().xp
+    h = comm.iallreduce(cp.ones(1 << 16, cp.float32))
+    for _ in range(1_000_000):
+        if h.test():
+            break
+    assert h.test()
+    np.testing.assert_array_equal(host(h.wait()), comm.size)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, BF16], ids=lambda d: np.dtype(d).name)
+def test_bcast_allgather_reduce_scatter(comm, dtype):
+    cp = backend.current().xp
+    x = ramp(6, comm.rank, dtype, xp=cp)
+    comm.bcast(x, root=comm.size - 1)
+    np.testing.assert_array_equal(host(x), host(ramp(6, comm.size - 1, dtype)))
+    g = comm.allgather(cp.full((2, 3), comm.rank, dtype))
+    assert g.shape == (comm.size, 2, 3)
+    for r in range(comm.size):
+        np.testing.assert_array_equal(host(g[r]), r)
+    y = ramp(5 * comm.size, comm.rank, dtype, xp=cp)
+    part = comm.reduce_scatter(y)
+    np.testing.assert_array_equal(host(part), ramp_sum(5 * comm.size, comm.size)
+                                  [5 * comm.rank:5 * comm.rank + 5])
+    np.testing.assert_allclose(host(comm.reduce_scatter(y, op="mean")),
+                               host(part) / comm.size, rtol=1e-2)
+    comm.barrier()
+
+
+def test_host_array_refused_by_nccl(comm):
+    if comm.name != "nccl":
+        pytest.skip("hierarchical accepts host arrays too")
+    with pytest.raises(TypeError, match="NCCL moves GPU arrays only"):
+        comm.allreduce(np.ones(3, np.float32))
