@@ -325,7 +325,8 @@ class Model:
     def _reduce_sums(self, sums: dict) -> dict:
         keys = sorted(sums)
         local = np.array([float(backend.to_numpy(sums[k])) for k in keys], dtype=np.float64)
-        total = self.comm.allreduce_obj(local.tolist(), op="sum") if self.comm.size > 1 else local
+        # A NumPy array, so the object reduction adds elementwise (a list would concatenate).
+        total = self.comm.allreduce_obj(local, op="sum") if self.comm.size > 1 else local
         return dict(zip(keys, np.asarray(total, dtype=np.float64).tolist()))
 
     def _logs_from_sums(self, sums: dict, count: int) -> dict:

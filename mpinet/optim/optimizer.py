@@ -101,6 +101,35 @@ class Optimizer:
         self._update_(flat.data, flat.grad, self._flat_state, step)
         self.steps = [step] * len(self.params)
 
+    def step_slice(self, start: int, stop: int, lr: float | None = None) -> None:
+        """Flat mode: update only ``flat[start:stop]``, as one part of a step closed by
+        ``finish_step()``. Data parallelism in mode "forward" (cxxnet's PullWait) updates one
+        gradient bucket at a time, right before its layers' next forward; ``lr`` is the rate of
+        the step the gradients belong to (a schedule may have moved ``self.lr`` since)."""
+        if self.flat is None:
+            raise TypeError(f"{type(self).__name__}.step_slice needs flat mode (build the "
+                            f"optimizer on a FlatParameters)")
+        flat = self.flat
+        if not 0 <= start <= stop <= flat.size:
+            raise ValueError(f"step_slice [{start}, {stop}) is outside the flat buffer of "
+                             f"{flat.size} elements")
+        if not self._flat_state:
+            xp = backend.xp_of(flat.data)
+            self._flat_state = {name: xp.zeros_like(flat.data) for name in self._buffer_names()}
+            self._bind_flat_views()
+        current = self.lr
+        self.lr = current if lr is None else float(lr)
+        try:
+            self._update_(flat.data[start:stop], flat.grad[start:stop],
+                          {name: buf[start:stop] for name, buf in self._flat_state.items()},
+                          self.steps[0] + 1)
+        finally:
+            self.lr = current
+
+    def finish_step(self) -> None:
+        """Close a step whose slices were applied with ``step_slice``."""
+        self.steps = [self.steps[0] + 1] * len(self.params)
+
     def _bind_flat_views(self) -> None:
         for i, (p, start) in enumerate(zip(self.params, self.flat.offsets)):
             self.state[i] = {name: buf[start:start + p.size].reshape(p.shape)

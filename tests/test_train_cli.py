@@ -1,0 +1,56 @@
+"""python -m mpinet.train as users run it: under mpiexec, as a subprocess, bounded in time."""
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1",
+           MPIR_CVAR_ENABLE_HEAVY_YIELD="1", OMPI_MCA_mpi_yield_when_idle="1",
+           PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+
+
+def run_train(n, *flags, timeout=170):
+    cmd = ["mpiexec", "-n", str(n), sys.executable, "-m", "mpinet.train", *flags]
+    t = time.monotonic()
+    proc = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=timeout)
+    return proc, time.monotonic() - t
+
+
+def test_default_run_on_two_ranks_reaches_95_percent_in_under_two_minutes():
+    proc, seconds = run_train(2, "--quiet")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    final = [l for l in proc.stdout.splitlines() if l.startswith("final test:")]
+    assert len(final) == 1, proc.stdout[-2000:]  # rank 0 alone reports
+    accuracy = float(final[0].split("accuracy")[1].split(",")[0])
+    print(f"default run: accuracy {accuracy:.4f} in {seconds:.1f} s")
+    assert accuracy >= 0.95
+    assert seconds < 120
+
+
+@pytest.mark.parametrize("flags, message", [
+    (("--model", "no-such-net"), "--model 'no-such-net' is unknown"),
+    (("--dataset", "imagenet-22k"), "--dataset 'imagenet-22k' is unknown"),
+    (("--batch-size", "0"), "--batch-size must be > 0"),
+    (("--dataset", "cifar10", "--data-dir", "/nonexistent/cifar"), "does not exist"),
+    (("--train-samples", "1"), "1 training samples for 2 ranks"),
+])
+def test_bad_configuration_stops_every_rank_with_one_message(flags, message):
+    proc, seconds = run_train(2, "--quiet", *flags, timeout=60)
+    assert proc.returncode != 0
+    errors = [l for l in proc.stderr.splitlines() if l.startswith("mpinet.train: error")]
+    assert len(errors) == 1, proc.stderr[-2000:]
+    assert message in errors[0]
+    assert "Traceback" not in proc.stderr
+    assert seconds < 60
+
+
+def test_help_lists_the_flags():
+    proc = subprocess.run([sys.executable, "-m", "mpinet.train", "--help"], cwd=ROOT, env=ENV,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0
+    for flag in ("--model", "--dataset", "--data-dir", "--epochs", "--batch-size", "--lr",
+                 "--schedule", "--comm", "--precision", "--checkpoint-dir", "--config"):
+        assert flag in proc.stdout
