@@ -1,0 +1,302 @@
+"""Convolution forward, data-grad and weight-grad through cuDNN (nvidia-cudnn-frontend's pygraph)
+on CuPy arrays.
+
+Why this shape:
+  * Building a cuDNN graph costs ~0.2 s, executing one ~20 us: graphs are built once per
+    (op, dtype, shapes, stride, padding, dilation, device) and kept in ``_plans``.
+  * Host overhead is the budget (a ResNet step makes hundreds of these calls), so a call does a
+    dict lookup, one or two pool allocations and one ``execute`` with raw device pointers; the
+    cuDNN handle's stream is re-set only when the current CuPy stream changed.
+  * ``benchmark`` (like ``torch.backends.cudnn.benchmark``) times the heuristics' candidate plans
+    once per shape on the caller's own arrays and keeps the fastest; off, the first plan the
+    heuristics rank and cuDNN can build is used.
+  * ``allow_tf32`` (like ``torch.backends.cudnn.allow_tf32``, default True): float32 convolutions
+    may run on TF32 tensor cores. Engines that down-convert inputs to half are never used, as in
+    PyTorch.
+
+Arrays are NCHW with contiguous (C-order) strides; the weight is (K, C/groups, R, S). Groups
+are implied by the shapes (cuDNN infers them from the image's C and the weight's C/groups).
+dtypes: float32 (compute float32, TF32 allowed), float16 and bfloat16 (compute float32),
+float64 (compute float64).
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+
+allow_tf32 = True
+benchmark = os.environ.get("MPINET_CUDNN_BENCHMARK", "1") != "0"
+# At most this many heuristic candidates are built and timed when benchmarking (each build can
+# take tens of ms; cuDNN's best plan is almost always among the first few it ranks).
+max_benchmark_plans = 8
+
+_plans: dict = {}     # cache key -> _Plan
+_handles: dict = {}   # device id -> [cudnn handle, stream pointer it is set to]
+_cudnn_mod = None
+
+
+def _cudnn():
+    """The cudnn frontend module, imported on first GPU use (never at import time)."""
+    global _cudnn_mod
+    if _cudnn_mod is None:
+        try:
+            import cudnn  # noqa: PLC0415 - GPU-only dependency
+        except ImportError as e:
+            raise ImportError("the cuDNN convolution path needs nvidia-cudnn-frontend 1.23.x: "
+                              "pip install 'nvidia-cudnn-frontend>=1.23,<1.24' "
+                              "(or the project's GPU extra, pip install 'mpinet[gpu]')") from e
+        _cudnn_mod = cudnn
+    return _cudnn_mod
+
+
+def _types(dtype):
+    """(io data type, compute data type) for a NumPy/CuPy dtype."""
+    dt = _cudnn().data_type
+    table = {"float32": (dt.FLOAT, dt.FLOAT), "float16": (dt.HALF, dt.FLOAT),
+             "bfloat16": (dt.BFLOAT16, dt.FLOAT), "float64": (dt.DOUBLE, dt.DOUBLE)}
+    try:
+        return table[dtype.name]
+    except KeyError:
+        raise TypeError(f"cuDNN convolution got dtype {dtype.name}; expected one of "
+                        f"{sorted(table)}: cast the arrays first") from None
+
+
+def _handle(cp, device_id: int):
+    """This device's cuDNN handle, bound to the current CuPy stream."""
+    entry = _handles.get(device_id)
+    if entry is None:
+        entry = _handles[device_id] = [_cudnn().create_handle(), None]
+    stream = cp.cuda.get_current_stream().ptr
+    if entry[1] != stream:
+        _cudnn().set_stream(handle=entry[0], stream=stream)
+        entry[1] = stream
+    return entry[0]
+
+
+def _contiguous_strides(shape):
+    strides, step = [], 1
+    for n in reversed(shape):
+        strides.append(step)
+        step *= n
+    return strides[::-1]
+
+
+def _pair(v, name):
+    if isinstance(v, int):
+        return (v, v)
+    v = tuple(int(a) for a in v)
+    if len(v) != 2:
+        raise ValueError(f"{name} must be an int or an (h, w) pair, got {v}")
+    return v
+
+
+def output_size(x_shape, w_shape, stride, padding, dilation):
+    """(N, K, Ho, Wo) of a convolution of x (N, C, H, W) with w (K, C/groups, R, S)."""
+    n, _, h, w = x_shape
+    k, _, r, s = w_shape
+    ho = (h + 2 * padding[0] - dilation[0] * (r - 1) - 1) // stride[0] + 1
+    wo = (w + 2 * padding[1] - dilation[1] * (s - 1) - 1) // stride[1] + 1
+    return (n, k, ho, wo)
+
+
+def _check(where, x_shape, w_shape, groups, stride, padding, dilation):
+    """Validate shapes and groups; return the output shape."""
+    if len(x_shape) != 4 or len(w_shape) != 4:
+        raise ValueError(f"{where}: expected input (N, C, H, W) and weight (K, C/groups, R, S), "
+                         f"got input {tuple(x_shape)} and weight {tuple(w_shape)}")
+    c, k, cg = x_shape[1], w_shape[0], w_shape[1]
+    if groups < 1 or c % groups or k % groups or cg * groups != c:
+        raise ValueError(f"{where}: groups={groups} does not fit input channels {c} and weight "
+                         f"{tuple(w_shape)}; expected weight (K, C/groups, R, S) with C and K "
+                         f"divisible by groups")
+    y = output_size(x_shape, w_shape, stride, padding, dilation)
+    if y[2] < 1 or y[3] < 1:
+        raise ValueError(f"{where}: input {tuple(x_shape)} is too small for weight "
+                         f"{tuple(w_shape)} with stride {stride}, padding {padding}, "
+                         f"dilation {dilation} (output would be {y})")
+    return y
+
+
+@dataclass
+class _Plan:
+    graph: object
+    uid_order: list        # variant-pack uids in the order _execute_with_ptrs expects them
+    roles: list            # for each uid in uid_order: 0, 1 (inputs) or 2 (output)
+    uid_of: list           # uid of role 0, 1, 2
+    workspace: int         # bytes
+    plan_index: int        # -1: execute the graph's own candidate; else execute this plan
+    raw_ptrs: bool         # the 1.23 fast path (_execute_with_ptrs) is usable
+
+
+def _build(op, dtype, a_shape, b_shape, out_shape, stride, padding, dilation, handle):
+    """Build (but do not yet tune) a graph for one convolution op on contiguous NCHW tensors.
+
+    op "fprop": a=x, b=w, out=y.  "dgrad": a=gy, b=w, out=gx.  "wgrad": a=x, b=gy, out=gw.
+    """
+    cudnn = _cudnn()
+    io, compute = _types(dtype)
+    g = cudnn.pygraph(io_data_type=io, intermediate_data_type=compute,
+                      compute_data_type=compute, handle=handle)
+    a = g.tensor(name="A", dim=list(a_shape), stride=_contiguous_strides(a_shape), data_type=io)
+    b = g.tensor(name="B", dim=list(b_shape), stride=_contiguous_strides(b_shape), data_type=io)
+    conv = dict(padding=list(padding), stride=list(stride), dilation=list(dilation),
+                compute_data_type=compute)
+    if op == "fprop":
+        out = g.conv_fprop(image=a, weight=b, **conv)
+    elif op == "dgrad":
+        out = g.conv_dgrad(loss=a, filter=b, **conv)
+    else:
+        out = g.conv_wgrad(image=a, loss=b, **conv)
+    out.set_output(True).set_dim(list(out_shape)).set_stride(
+        _contiguous_strides(out_shape)).set_data_type(io)
+    g.validate()
+    g.build_operation_graph()
+    g.create_execution_plans([cudnn.heur_mode.A, cudnn.heur_mode.FALLBACK])
+    # PyTorch's filter: never engines that down-convert inputs; TF32 only when allowed.
+    notes = [cudnn.numerical_note.DOWN_CONVERT_INPUTS]
+    if dtype.name == "float32" and not allow_tf32:
+        notes.append(cudnn.numerical_note.TENSOR_CORE)
+    g.deselect_numeric_notes(notes)
+    g.check_support()
+    uid_of = [a.get_uid(), b.get_uid(), out.get_uid()]
+    return g, uid_of
+
+
+def _finish(g, uid_of, workspace, plan_index):
+    """Record how to execute: by sorted raw pointers where this frontend build offers it (one
+    list, no dict to hash), else by a uid -> pointer dict."""
+    raw = plan_index < 0 and hasattr(g, "_execute_with_ptrs")
+    order = sorted(uid_of)
+    if raw:
+        try:
+            order = [int(u) for u in g._get_variant_pack_uids_sorted()]
+        except Exception:  # no prepared variant-pack template in this build: use the dict path
+            raw = False
+    if sorted(order) != sorted(uid_of):
+        raw, order = False, sorted(uid_of)
+    roles = [uid_of.index(u) for u in order]
+    return _Plan(g, order, roles, uid_of, workspace, plan_index, raw)
+
+
+def _plan_heuristic(g, uid_of):
+    g.build_plans(_cudnn().build_plan_policy.HEURISTICS_CHOICE)
+    return _finish(g, uid_of, g.get_workspace_size(), -1)
+
+
+def _plan_benchmarked(cp, g, uid_of, ptrs, handle):
+    """Build up to ``max_benchmark_plans`` candidates, time each on the caller's arrays (whose
+    output is overwritten by the final run anyway), keep the fastest."""
+    built = []
+    for i in range(min(g.get_execution_plan_count(), max_benchmark_plans)):
+        try:
+            g.build_plan_at_index(i)
+            built.append((i, g.get_workspace_size_plan_at_index(i)))
+        except Exception:  # a candidate cuDNN cannot build for this shape: skip it
+            continue
+    if not built:
+        return _plan_heuristic(g, uid_of)
+    ws = cp.empty(max(w for _, w in built) + 1, dtype=cp.uint8)
+    pack = dict(zip(uid_of, ptrs))
+    start, stop = cp.cuda.Event(), cp.cuda.Event()
+    best, error = None, None
+    for i, w in built:
+        try:
+            for rep in range(4):  # first run is warm-up
+                start.record()
+                g._execute_plan_at_index(pack, ws.data.ptr, i, handle, [], [], [])
+                stop.record()
+                stop.synchronize()
+                t = cp.cuda.get_elapsed_time(start, stop)
+                if rep and (best is None or t < best[0]):
+                    best = (t, i, w)
+        except Exception as e:  # built but not runnable here: skip it
+            error = e
+            continue
+    if best is None:
+        warnings.warn(f"cuDNN autotuning ran none of {len(built)} built plans (last error: "
+                      f"{error}); using the heuristics' plan", RuntimeWarning, stacklevel=3)
+        return _plan_heuristic(g, uid_of)
+    return _finish(g, uid_of, best[2], best[1])
+
+
+def _run(op, a, b, out_shape, stride, padding, dilation):
+    import cupy as cp  # noqa: PLC0415 - GPU-only module
+
+    if a.dtype != b.dtype:
+        raise TypeError(f"cuDNN conv_{op}: operands have dtypes {a.dtype.name} and "
+                        f"{b.dtype.name}; expected the same dtype for both")
+    a = cp.ascontiguousarray(a)
+    b = cp.ascontiguousarray(b)
+    device_id = a.device.id
+    handle = _handle(cp, device_id)
+    out = cp.empty(out_shape, dtype=a.dtype)
+    ptrs = (a.data.ptr, b.data.ptr, out.data.ptr)
+    key = (op, a.dtype.name, a.shape, b.shape,
+           out_shape, stride, padding, dilation, device_id, allow_tf32, benchmark)
+    plan = _plans.get(key)
+    if plan is None:
+        g, uid_of = _build(op, a.dtype, a.shape, b.shape, out_shape, stride, padding, dilation,
+                           handle)
+        plan = _plan_benchmarked(cp, g, uid_of, ptrs, handle) if benchmark \
+            else _plan_heuristic(g, uid_of)
+        _plans[key] = plan
+    # Workspace from CuPy's stream-ordered pool: safe on any stream, ~2 us.
+    ws = cp.empty(plan.workspace, dtype=cp.uint8) if plan.workspace else None
+    ws_ptr = ws.data.ptr if ws is not None else 0
+    if plan.raw_ptrs:
+        plan.graph._execute_with_ptrs([ptrs[r] for r in plan.roles], ws_ptr, handle)
+    elif plan.plan_index >= 0:
+        plan.graph._execute_plan_at_index(dict(zip(plan.uid_of, ptrs)), ws_ptr,
+                                          plan.plan_index, handle, [], [], [])
+    else:
+        plan.graph._execute(dict(zip(plan.uid_of, ptrs)), ws_ptr, handle)
+    return out
+
+
+def conv_fprop(x, w, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1):
+    """y = conv2d(x, w): x (N, C, H, W), w (K, C/groups, R, S) -> y (N, K, Ho, Wo)."""
+    stride, padding, dilation = (_pair(stride, "stride"), _pair(padding, "padding"),
+                                 _pair(dilation, "dilation"))
+    y_shape = _check("conv_fprop", x.shape, w.shape, groups, stride, padding, dilation)
+    return _run("fprop", x, w, y_shape, stride, padding, dilation)
+
+
+def conv_dgrad(gy, w, x_shape, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1):
+    """Gradient w.r.t. the input: gy (N, K, Ho, Wo), w (K, C/groups, R, S) -> gx of x_shape."""
+    stride, padding, dilation = (_pair(stride, "stride"), _pair(padding, "padding"),
+                                 _pair(dilation, "dilation"))
+    x_shape = tuple(int(n) for n in x_shape)
+    y_shape = _check("conv_dgrad", x_shape, w.shape, groups, stride, padding, dilation)
+    if tuple(gy.shape) != y_shape:
+        raise ValueError(f"conv_dgrad: gradient has shape {tuple(gy.shape)}, expected {y_shape} "
+                         f"for input {x_shape} and weight {tuple(w.shape)}")
+    return _run("dgrad", gy, w, x_shape, stride, padding, dilation)
+
+
+def conv_wgrad(x, gy, w_shape, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1):
+    """Gradient w.r.t. the weight: x (N, C, H, W), gy (N, K, Ho, Wo) -> gw of w_shape."""
+    stride, padding, dilation = (_pair(stride, "stride"), _pair(padding, "padding"),
+                                 _pair(dilation, "dilation"))
+    w_shape = tuple(int(n) for n in w_shape)
+    y_shape = _check("conv_wgrad", x.shape, w_shape, groups, stride, padding, dilation)
+    if tuple(gy.shape) != y_shape:
+        raise ValueError(f"conv_wgrad: gradient has shape {tuple(gy.shape)}, expected {y_shape} "
+                         f"for input {tuple(x.shape)} and weight {w_shape}")
+    return _run("wgrad", x, gy, w_shape, stride, padding, dilation)
+
+
+def cache_info() -> dict:
+    """How many built graphs execute by each path: 'raw_ptrs' (sorted pointer list, fastest
+    host path), 'tuned_plan' (autotuned plan index, uid dict) and 'dict' (uid dict)."""
+    info = {"raw_ptrs": 0, "tuned_plan": 0, "dict": 0}
+    for plan in _plans.values():
+        info["raw_ptrs" if plan.raw_ptrs else "tuned_plan" if plan.plan_index >= 0
+             else "dict"] += 1
+    return info
+
+
+def clear_cache() -> None:
+    """Forget every built graph. (Changing ``allow_tf32`` or ``benchmark`` needs no clearing:
+    both are part of the cache key.)"""
+    _plans.clear()

@@ -1,0 +1,253 @@
+"""Fused CuPy kernels (mpinet.ops.cuda.fused) against NumPy float64 formulas, in float32,
+float64, float16 and bfloat16; the optimizer kernels also against torch.optim where torch is
+installed."""
+import math
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.gpu
+
+DTYPES = ["float32", "float64", "float16", "bfloat16"]
+# relative tolerance on results stored in each dtype (computation is float32/float64 inside)
+RTOL = {"float32": 1e-5, "float64": 1e-12, "float16": 2e-3, "bfloat16": 1.6e-2}
+
+
+@pytest.fixture
+def cp():
+    return pytest.importorskip("cupy")
+
+
+@pytest.fixture
+def fused(cp):
+    from mpinet.ops.cuda import fused
+    return fused
+
+
+def _dtype(name):
+    if name == "bfloat16":
+        import ml_dtypes
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(name)
+
+
+def _gpu(cp, a, dtname):
+    """(GPU array of dtype, the values it holds in float64)."""
+    host = np.asarray(a).astype(_dtype(dtname))
+    return cp.asarray(host), host.astype(np.float64)
+
+
+def _host(a):
+    return np.asarray(a.get()).astype(np.float64)
+
+
+def _close(got, want, dtname, scale=None, what="", factor=1.0):
+    """|got - want| <= factor * rtol * (|want| + scale); scale defaults to max |want| / 100 so
+    values near zero are judged against the data's magnitude."""
+    g = _host(got)
+    assert g.shape == want.shape, f"{what}: shape {g.shape} != {want.shape}"
+    scale = np.max(np.abs(want)) / 100 if scale is None else scale
+    bad = np.abs(g - want) > factor * RTOL[dtname] * (np.abs(want) + scale)
+    assert not bad.any(), (f"{what}: {bad.sum()} of {bad.size} differ; worst "
+                           f"{np.max(np.abs(g - want))} at {np.argmax(np.abs(g - want))}")
+
+
+_erf = np.vectorize(math.erf)
+
+
+@pytest.mark.parametrize("dtname", DTYPES)
+def test_activation_kernels(cp, fused, dtname):
+    rng = np.random.default_rng(0)
+    shape = (3, 5, 7, 11)
+    x, x64 = _gpu(cp, rng.standard_normal(shape) * 2, dtname)
+    gy, gy64 = _gpu(cp, rng.standard_normal(shape), dtname)
+    y_relu, r64 = _gpu(cp, np.maximum(x64, 0), dtname)
+    y_sig, s64 = _gpu(cp, 1 / (1 + np.exp(-x64)), dtname)
+    y_tanh, t64 = _gpu(cp, np.tanh(x64), dtname)
+
+    out = fused.relu_backward(y_relu, gy)
+    assert out.dtype == gy.dtype and out.shape == shape
+    _close(out, np.where(r64 > 0, gy64, 0.0), dtname, what="relu_backward")
+    _close(fused.sigmoid_backward(y_sig, gy), gy64 * s64 * (1 - s64), dtname,
+           what="sigmoid_backward")
+    _close(fused.tanh_backward(y_tanh, gy), gy64 * (1 - t64 * t64), dtname, what="tanh_backward")
+
+    cdf = 0.5 * (1 + _erf(x64 / math.sqrt(2)))
+    pdf = np.exp(-0.5 * x64 * x64) / math.sqrt(2 * math.pi)
+    _close(fused.gelu_forward(x), x64 * cdf, dtname, what="gelu_forward")
+    _close(fused.gelu_backward(x, gy), gy64 * (cdf + x64 * pdf), dtname, what="gelu_backward")
+
+    b, b64 = _gpu(cp, rng.standard_normal(shape[1]), dtname)
+    _close(fused.bias_relu(x, b), np.maximum(x64 + b64[None, :, None, None], 0), dtname,
+           what="bias_relu")
+
+
+def test_bfloat16_rounding_is_nearest_even(cp, fused):
+    """The in-kernel float32 -> bfloat16 rounding agrees bit for bit with ml_dtypes: x + b of
+    two bfloat16 values is exact in float32 and rarely representable in bfloat16."""
+    bf16 = _dtype("bfloat16")
+    rng = np.random.default_rng(1)
+    x = (np.abs(rng.standard_normal((1, 4096))) * 10 + 1).astype(bf16)
+    b = (rng.standard_normal(4096) * 0.01).astype(bf16)
+    got = fused.bias_relu(cp.asarray(x), cp.asarray(b))
+    assert got.dtype == bf16
+    want = (x.astype(np.float32) + b.astype(np.float32)[None, :]).astype(bf16)
+    np.testing.assert_array_equal(np.asarray(got.get()).view(np.uint16), want.view(np.uint16))
+
+
+def _bn_ref(x64, gamma, beta, eps):
+    axes = (0, 2, 3) if x64.ndim == 4 else (0,)
+    shape = (1, -1, 1, 1) if x64.ndim == 4 else (1, -1)
+    mean = x64.mean(axis=axes)
+    var = x64.var(axis=axes)
+    invstd = 1 / np.sqrt(var + eps)
+    xhat = (x64 - mean.reshape(shape)) * invstd.reshape(shape)
+    return xhat * gamma.reshape(shape) + beta.reshape(shape), mean, invstd, xhat, axes, shape
+
+
+@pytest.mark.parametrize("dtname", DTYPES)
+@pytest.mark.parametrize("shape,offset", [((8, 6, 5, 7), 0.0), ((32, 16, 4, 4), 0.0),
+                                          ((64, 12), 0.0), ((16, 4, 33, 33), 1000.0),
+                                          ((3, 5, 1, 1), 0.0)])
+def test_batch_norm_train_and_backward(cp, fused, dtname, shape, offset):
+    rng = np.random.default_rng(2)
+    eps = 1e-5
+    c = shape[1]
+    x, x64 = _gpu(cp, rng.standard_normal(shape) * 3 + offset + rng.standard_normal(
+        (1, c) + (1,) * (len(shape) - 2)), dtname)
+    gamma64 = rng.standard_normal(c)
+    beta64 = rng.standard_normal(c)
+    gamma, beta = cp.asarray(gamma64, dtype=cp.float32), cp.asarray(beta64, dtype=cp.float32)
+    gamma64, beta64 = _host(gamma), _host(beta)
+
+    y, mean, invstd = fused.batch_norm_train(x, gamma, beta, eps)
+    y_ref, m_ref, is_ref, xhat, axes, pshape = _bn_ref(x64, gamma64, beta64, eps)
+    stat_dtype = np.float64 if dtname == "float64" else np.float32
+    assert y.dtype == x.dtype and mean.dtype == stat_dtype and invstd.dtype == stat_dtype
+    stat_tol = 1e-12 if dtname == "float64" else 2e-6
+    np.testing.assert_allclose(_host(mean), m_ref, rtol=stat_tol, atol=stat_tol * 10)
+    np.testing.assert_allclose(_host(invstd), is_ref, rtol=20 * stat_tol)
+    # x - mean loses ~|mean| * 2^-24 in float32 (as in any float32 implementation)
+    loose = 1 + offset / 100
+    _close(y, y_ref, dtname, scale=1.0, what="batch_norm_train y", factor=loose)
+
+    gy, gy64 = _gpu(cp, rng.standard_normal(shape), dtname)
+    gx, ggamma, gbeta = fused.batch_norm_backward(x, gy, gamma, mean, invstd)
+    m = x64.size // c
+    gb_ref = gy64.sum(axis=axes)
+    gg_ref = (gy64 * xhat).sum(axis=axes)
+    gx_ref = (gamma64 * is_ref).reshape(pshape) * (
+        gy64 - gb_ref.reshape(pshape) / m - xhat * gg_ref.reshape(pshape) / m)
+    assert gx.dtype == x.dtype and ggamma.dtype == gamma.dtype
+    tol = 1e-10 if dtname == "float64" else 1e-4
+    np.testing.assert_allclose(_host(gbeta), gb_ref, rtol=tol, atol=tol * np.sqrt(m))
+    np.testing.assert_allclose(_host(ggamma), gg_ref, rtol=tol, atol=tol * np.sqrt(m))
+    _close(gx, gx_ref, dtname, scale=np.max(np.abs(gx_ref)) / 10, what="batch_norm_backward gx",
+           factor=loose)
+
+    rm, rv = cp.asarray(m_ref, dtype=cp.float32), cp.asarray(1 / is_ref**2 - eps, cp.float32)
+    y_inf = fused.batch_norm_infer(x, gamma, beta, rm, rv, eps)
+    _close(y_inf, (x64 - _host(rm).reshape(pshape)) / np.sqrt(_host(rv).reshape(pshape) + eps)
+           * gamma64.reshape(pshape) + beta64.reshape(pshape), dtname, scale=1.0,
+           what="batch_norm_infer", factor=loose)
+
+
+def test_batch_norm_bad_shapes(cp, fused):
+    x = cp.zeros((4, 3, 2, 2), dtype=cp.float32)
+    with pytest.raises(ValueError, match=r"gamma has shape \(4,\), expected \(3,\)"):
+        fused.batch_norm_train(x, cp.ones(4, cp.float32), cp.zeros(3, cp.float32), 1e-5)
+    with pytest.raises(ValueError, match=r"\(N, C, H, W\) or \(N, C\)"):
+        fused.batch_norm_train(x[0], cp.ones(3, cp.float32), cp.zeros(3, cp.float32), 1e-5)
+
+
+# ----------------------------------------------------------------------------- optimizers
+
+def _sgd_ref(p, g, buf, lr, mom, damp, wd, nesterov, first):
+    d = g + wd * p
+    if mom == 0:
+        return p - lr * d, buf
+    buf = d.copy() if first else mom * buf + (1 - damp) * d
+    return p - lr * (d + mom * buf if nesterov else buf), buf
+
+
+@pytest.mark.parametrize("mom,damp,wd,nesterov", [(0.0, 0.0, 0.0, False), (0.0, 0.0, 1e-2, False),
+                                                  (0.9, 0.0, 5e-4, False), (0.9, 0.1, 1e-3, False),
+                                                  (0.9, 0.0, 1e-3, True)])
+def test_sgd_update_matches_formula(cp, fused, mom, damp, wd, nesterov):
+    rng = np.random.default_rng(4)
+    n = 10007
+    p64 = rng.standard_normal(n)
+    p = cp.asarray(p64, dtype=cp.float32)
+    p64 = _host(p)
+    buf = cp.zeros(n, dtype=cp.float32) if mom else None
+    b64 = np.zeros(n)
+    for step in range(3):
+        g64 = rng.standard_normal(n).astype(np.float32).astype(np.float64)
+        fused.sgd_update_(p, cp.asarray(g64, dtype=cp.float32), buf, 0.1, mom, damp, wd,
+                          nesterov, first_step=step == 0)
+        p64, b64 = _sgd_ref(p64, g64, b64, 0.1, mom, damp, wd, nesterov, step == 0)
+    np.testing.assert_allclose(_host(p), p64, rtol=1e-5, atol=1e-6)
+    if mom:
+        np.testing.assert_allclose(_host(buf), b64, rtol=1e-5, atol=1e-6)
+
+
+def _adam_ref(p, g, m, v, lr, b1, b2, eps, wd, step, decoupled):
+    if decoupled:
+        p = p * (1 - lr * wd)
+    else:
+        g = g + wd * p
+    m = b1 * m + (1 - b1) * g
+    v = b2 * v + (1 - b2) * g * g
+    denom = np.sqrt(v) / math.sqrt(1 - b2**step) + eps
+    return p - lr / (1 - b1**step) * m / denom, m, v
+
+
+@pytest.mark.parametrize("decoupled,wd", [(False, 0.0), (False, 1e-2), (True, 1e-2)])
+def test_adam_update_matches_formula(cp, fused, decoupled, wd):
+    rng = np.random.default_rng(5)
+    n = 4099
+    p = cp.asarray(rng.standard_normal(n), dtype=cp.float32)
+    p64 = _host(p)
+    m, v = cp.zeros(n, cp.float32), cp.zeros(n, cp.float32)
+    m64, v64 = np.zeros(n), np.zeros(n)
+    for step in range(1, 4):
+        g64 = rng.standard_normal(n).astype(np.float32).astype(np.float64)
+        fused.adam_update_(p, cp.asarray(g64, dtype=cp.float32), m, v, 1e-3, 0.9, 0.999, 1e-8,
+                           wd, step, decoupled)
+        p64, m64, v64 = _adam_ref(p64, g64, m64, v64, 1e-3, 0.9, 0.999, 1e-8, wd, step,
+                                  decoupled)
+    np.testing.assert_allclose(_host(p), p64, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(_host(m), m64, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(_host(v), v64, rtol=1e-5, atol=1e-9)
+
+
+def test_optimizers_match_torch(cp, fused):
+    """Three steps of our kernels against torch.optim (CPU, float64) on the same gradients."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(6)
+    n = 1000
+    p0 = rng.standard_normal(n)
+    grads = [rng.standard_normal(n) for _ in range(3)]
+    cases = [("sgd", dict(lr=0.1, momentum=0.9, dampening=0.1, weight_decay=1e-3)),
+             ("sgd", dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-3)),
+             ("adam", dict(lr=1e-2, betas=(0.9, 0.99), eps=1e-8, weight_decay=1e-2)),
+             ("adamw", dict(lr=1e-2, betas=(0.9, 0.99), eps=1e-8, weight_decay=1e-2))]
+    for kind, kw in cases:
+        tp = torch.nn.Parameter(torch.tensor(p0))
+        opt = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam,
+               "adamw": torch.optim.AdamW}[kind]([tp], **kw)
+        p = cp.asarray(p0)  # float64 on the GPU: compare tightly
+        a, b = cp.zeros(n), cp.zeros(n)
+        for step, g in enumerate(grads, start=1):
+            tp.grad = torch.tensor(g)
+            opt.step()
+            if kind == "sgd":
+                fused.sgd_update_(p, cp.asarray(g), a, kw["lr"], kw["momentum"],
+                                  kw.get("dampening", 0.0), kw["weight_decay"],
+                                  kw.get("nesterov", False), first_step=step == 1)
+            else:
+                fused.adam_update_(p, cp.asarray(g), a, b, kw["lr"], kw["betas"][0],
+                                   kw["betas"][1], kw["eps"], kw["weight_decay"], step,
+                                   decoupled=kind == "adamw")
+        np.testing.assert_allclose(_host(p), tp.detach().numpy(), rtol=1e-10, atol=1e-12,
+                                   err_msg=f"{kind} {kw}")
