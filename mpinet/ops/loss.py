@@ -41,7 +41,7 @@ class CrossEntropy(Function):
         _check_shapes(logits, labels)
         num_classes = logits.shape[1]
         valid = None if self.ignore_index is None else labels != self.ignore_index
-        _check_label_range(xp, labels, valid, num_classes)
+        _check_label_range(labels, valid, num_classes)
         safe_labels = labels if valid is None else xp.where(valid, labels, 0)
 
         logp = log_softmax_array(logits.astype(_loss_dtype(logits), copy=False), axis=1)
@@ -102,8 +102,8 @@ def _check_shapes(logits, labels) -> None:
                         f"{labels.dtype}; convert with labels.astype('int64')")
 
 
-def _check_label_range(xp, labels, valid, num_classes: int) -> None:
-    """Refuse labels outside [0, C). On GPU this reads two scalars back: a sync point."""
+def _check_label_range(labels, valid, num_classes: int) -> None:
+    """Refuse labels outside [0, C). On GPU reading the verdict back is a CPU-GPU sync point."""
     if labels.size == 0:
         return
     bad = (labels < 0) | (labels >= num_classes)
