@@ -8,6 +8,7 @@ op, shape, dtype and the fix in the message. Blocking collectives are the non-bl
 from __future__ import annotations
 
 import os
+import threading
 import time
 from dataclasses import dataclass
 
@@ -225,8 +226,17 @@ class Communicator:
             self._abort_timeout(info)
 
     def _abort_timeout(self, info: OpInfo, extra: str = "") -> None:
+        from mpi4py import MPI  # noqa: PLC0415
+
+        # The NCCL watchdog calls this from its own thread: reading peers' positions is an MPI
+        # call, safe there only under MPI_THREAD_MULTIPLE.
+        if (threading.current_thread() is threading.main_thread()
+                or MPI.Query_thread() == MPI.THREAD_MULTIPLE):
+            who = self._tracker.missing_report(info.seq)
+        else:
+            who = "ranks that did not arrive: unknown (MPI lacks THREAD_MULTIPLE for the watchdog)"
         msg = (f"{info.describe()} did not complete within {self.timeout_s:g} s "
-               f"(${TIMEOUT_ENV}); {self._tracker.missing_report(info.seq)}{extra}")
+               f"(${TIMEOUT_ENV}); {who}{extra}")
         self._before_abort()
         failure.abort(msg)
 
