@@ -16,6 +16,9 @@ def numerical_grads(f: Callable[..., np.ndarray], inputs: Sequence[np.ndarray], 
     grads = []
     for x in inputs:
         g = np.zeros_like(x)
+        if x.dtype.kind != "f":  # labels and indices are constants: never perturb them
+            grads.append(g)
+            continue
         flat, gflat = x.reshape(-1), g.reshape(-1)  # views: perturb x in place
         for i in range(flat.size):
             orig = flat[i]

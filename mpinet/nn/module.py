@@ -220,7 +220,7 @@ class Module:
             for _, module in self.named_modules():
                 module.__dict__.pop("forward", None)
             self.train(was_training)
-        width = max([len(r[0]) + len(r[1]) + 3 for r in rows] + [20])
+        width = max([len(r[0]) + len(r[1]) + 4 for r in rows] + [20])  # +1: a gap before shapes
         line = "-" * (width + 40)
         out = [line, f"{'Layer (type)':<{width}}{'Output shape':<26}{'Params':>14}", line]
         for name, kind, shape, count in rows:

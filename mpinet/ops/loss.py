@@ -102,10 +102,24 @@ def _check_shapes(logits, labels) -> None:
                         f"{labels.dtype}; convert with labels.astype('int64')")
 
 
+_GPU_CHECKED_CLASS_COUNTS: set = set()
+
+
 def _check_label_range(labels, valid, num_classes: int) -> None:
-    """Refuse labels outside [0, C). On GPU reading the verdict back is a CPU-GPU sync point."""
+    """Refuse labels outside [0, C).
+
+    On GPU reading the verdict back is a CPU-GPU sync point, which would stall the launch queue
+    in the middle of every training step. There the check runs once per class count (the first
+    batch): the data set readers already guarantee labels < their num_classes, so what is left
+    to catch is a model whose output size does not match the data set, which the first batch
+    shows.
+    """
     if labels.size == 0:
         return
+    if backend.is_gpu_array(labels):
+        if num_classes in _GPU_CHECKED_CLASS_COUNTS:
+            return
+        _GPU_CHECKED_CLASS_COUNTS.add(num_classes)
     bad = (labels < 0) | (labels >= num_classes)
     if valid is not None:
         bad &= valid

@@ -124,8 +124,6 @@ def test_set_buffer_refuses_unknown_names():
         bn.set_buffer("running_avg", np.zeros(2))
 
 
-@pytest.mark.xfail(strict=True, reason="module.py summary(): the name column is exactly as wide "
-                   "as the longest 'name (Type)', so that row runs into its shape; widen by 1")
 def test_summary_columns_are_separated_for_the_longest_name():
     text = _model().summary((3, 4))
     assert "block.bn (BatchNorm1d) " in text
