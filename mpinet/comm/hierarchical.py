@@ -237,7 +237,7 @@ class HierarchicalCommunicator(Communicator):
                                             _HOST_TO_DEVICE, s)
                 c.allGather(shard.data.ptr, dst.data.ptr, m, t, s)
 
-            done = lane.launch(cp, fn, info, keep)
+            done = lane.launch(cp, fn, info, keep, after_compute=False)
             return lambda: _gpu_order_after(cp, done) or True
 
         stages = [Stage(reduce_in_node), Stage(reduce_across_nodes),
@@ -280,7 +280,7 @@ class HierarchicalCommunicator(Communicator):
                 cp.cuda.runtime.memcpyAsync(out.data.ptr, hout.ctypes.data, out.nbytes,
                                             _HOST_TO_DEVICE, s)
 
-            done = self._lane.launch(cp, fn, info, keep)
+            done = self._lane.launch(cp, fn, info, keep, after_compute=False)
             return lambda: _gpu_order_after(cp, done) or True
 
         return self._chain([Stage(to_host), Stage(mpi_op), Stage(to_device, in_wait_only=True)],

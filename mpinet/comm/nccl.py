@@ -66,11 +66,14 @@ class DeviceLane:
                              f"{self.device_id}; create arrays under backend.select_device(...)")
         return cp
 
-    def launch(self, cp, fn, info: OpInfo, keep):
-        """Run ``fn(nccl_comm, stream_ptr)`` on the NCCL stream after the compute stream's work."""
-        ready = cp.cuda.Event(disable_timing=True)
-        ready.record(cp.cuda.get_current_stream())
-        self.stream.wait_event(ready)
+    def launch(self, cp, fn, info: OpInfo, keep, after_compute: bool = True):
+        """Run ``fn(nccl_comm, stream_ptr)`` on the NCCL stream, after the compute stream's work
+        queued so far unless ``after_compute`` is False (for steps whose inputs come from host
+        or from earlier work on this stream: waiting would only delay them)."""
+        if after_compute:
+            ready = cp.cuda.Event(disable_timing=True)
+            ready.record(cp.cuda.get_current_stream())
+            self.stream.wait_event(ready)
         fn(self.nccl, self.stream.ptr)
         done = cp.cuda.Event(disable_timing=True)
         done.record(self.stream)
