@@ -43,3 +43,20 @@ def check_positive(model: str, name: str, value: int) -> int:
 def conv_out(size: int, kernel: int, stride: int = 1, padding: int = 0) -> int:
     """Spatial size after a convolution or (floor-mode) pooling window."""
     return (size + 2 * padding - kernel) // stride + 1
+
+
+def pooled_side(model: str, side: int, target: int, input_size: int) -> int:
+    """The grid the adaptive average pool before the classifier produces.
+
+    torchvision pools to ``target`` (7 for VGG, 6 for AlexNet). A smaller feature map pools to its
+    own size (nothing to replicate); a larger one must be a multiple of ``target``, because
+    AdaptiveAvgPool2d here supports only exact, non-overlapping windows.
+    """
+    if side < target:
+        return side
+    if side % target:
+        raise ValueError(f"{model}: input_size {input_size} gives a {side}x{side} feature map, "
+                         f"which AdaptiveAvgPool2d({target}) cannot pool exactly (only whole "
+                         f"multiples of {target} are supported); use an input_size whose "
+                         f"feature map is a multiple of {target} (e.g. 224) or smaller than it")
+    return target

@@ -4,17 +4,18 @@ features (convolutions, indices as torchvision's: 0, 3, 6, 8, 10 are the Conv2d 
 avgpool (AdaptiveAvgPool2d(6)) -> flatten -> classifier (Dropout, Linear, ReLU, Dropout, Linear,
 ReLU, Linear: Linear layers at 1, 4, 6). A torchvision state dict loads by name unchanged.
 
-Input size: at 224x224 (the default) the features are 6x6. Inputs whose feature map is smaller
-than 6x6 (below about 224, minimum 63) pool to their own size instead of being replicated up to
+Input size: at 224x224 (the default; any of 223-254) the features are 6x6. Smaller inputs
+(63-222) give a smaller feature map, pooled to its own size instead of being replicated up to
 6x6, so ``classifier.1`` then has 256*s*s inputs (s = the feature side) and, only for those sizes,
-its shape differs from torchvision's.
+its shape differs from torchvision's. Larger feature maps must be multiples of 6: the adaptive pool
+here has no overlapping windows, so e.g. 256 (7x7) is refused when building.
 """
 from __future__ import annotations
 
 from mpinet import nn
 from mpinet.ops import shape as shape_ops
 
-from ._common import check_positive, conv_out
+from ._common import check_positive, conv_out, pooled_side
 
 
 class AlexNet(nn.Module):
@@ -64,6 +65,6 @@ def alexnet(num_classes: int = 1000, in_channels: int = 3, input_size: int = 224
         raise ValueError(f"alexnet: input_size {input_size} is too small (the feature map "
                          f"vanishes); use input_size >= 63, or a CIFAR-sized model such as "
                          f"resnet18 with stem='cifar'")
-    model = AlexNet(in_channels, num_classes, dropout, pooled=min(6, side))
+    model = AlexNet(in_channels, num_classes, dropout, pooled=pooled_side("alexnet", side, 6, input_size))
     model.input_shape = (in_channels, input_size, input_size)
     return model

@@ -10,14 +10,15 @@ biases 0, BN weight 1 / bias 0, Linear weights N(0, 0.01).
 Input size: at 224x224 (the default) the features are 7x7. Inputs whose feature map is smaller
 (input_size // 32 < 7, e.g. 1x1 for 32x32 CIFAR images) pool to their own size instead of being
 replicated up to 7x7, so ``classifier.0`` has 512*s*s inputs, and only for those sizes its shape
-differs from torchvision's.
+differs from torchvision's. Larger feature maps must be multiples of 7 (224, 448, ...): the
+adaptive pool here has no overlapping windows, so e.g. 256 (8x8) is refused when building.
 """
 from __future__ import annotations
 
 from mpinet import nn
 from mpinet.ops import shape as shape_ops
 
-from ._common import check_positive, constant_, kaiming_normal_, normal_
+from ._common import check_positive, constant_, kaiming_normal_, normal_, pooled_side
 
 # torchvision's configuration lists: channel counts of 3x3 convolutions, "M" for a 2x2 max pool.
 CFGS = {
@@ -83,7 +84,7 @@ def _vgg(name: str, cfg: str, batch_norm: bool, num_classes: int, in_channels: i
         raise ValueError(f"{name}: input_size {input_size} is too small (five 2x2 poolings "
                          f"need at least 32)")
     model = VGG(make_features(CFGS[cfg], in_channels, batch_norm), num_classes, dropout,
-                pooled=min(7, side))
+                pooled=pooled_side(name, side, 7, input_size))
     model.input_shape = (in_channels, input_size, input_size)
     return model
 
