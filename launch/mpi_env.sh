@@ -122,5 +122,11 @@ mpinet_set_env() {
   fi
 }
 
-# Print a command the way a shell would read it back.
-mpinet_print_cmd() { echo "[mpinet] running: $(printf '%q ' "$@")"; }
+# Print a command the way a shell would read it back (words quoted only where they need it).
+mpinet_print_cmd() {
+  local word line=""
+  for word in "$@"; do
+    if [[ "$word" =~ ^[A-Za-z0-9_./:=,@%+-]+$ ]]; then line+="$word "; else line+="$(printf '%q' "$word") "; fi
+  done
+  echo "[mpinet] running: ${line% }"
+}

@@ -11,10 +11,10 @@
 
 # GPUs per node. One task (rank) per GPU. 0: CPU-only nodes.
 : "${MPINET_SLURM_GPUS:=8}"
-# Ranks per node. Default: one per GPU; on CPU-only nodes 2.
-: "${MPINET_SLURM_TASKS_PER_NODE:=$(( MPINET_SLURM_GPUS > 0 ? MPINET_SLURM_GPUS : 2 ))}"
-# CPU cores per rank (data loading threads, BLAS on CPU). Default: 8 with GPUs, 1 without.
-: "${MPINET_SLURM_CPUS_PER_TASK:=$(( MPINET_SLURM_GPUS > 0 ? 8 : 1 ))}"
+# Ranks per node; empty: one per GPU, or 2 on CPU-only nodes.
+: "${MPINET_SLURM_TASKS_PER_NODE:=}"
+# CPU cores per rank (data loading threads, BLAS on CPU); empty: 8 with GPUs, 1 without.
+: "${MPINET_SLURM_CPUS_PER_TASK:=}"
 
 # srun's PMI plugin: pmix (Open MPI, e.g. Debian's), pmi2 (MPICH, e.g. the PyPI mpich wheel),
 # or auto: chosen from the MPI library mpi4py loads. `srun --mpi=list` shows what the site has.

@@ -16,13 +16,25 @@ set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=slurm/config.sh
 . "$here/config.sh"
+# shellcheck source=launch/mpi_env.sh
+. "$here/../launch/mpi_env.sh"
 
-for name in MPINET_SLURM_GPUS MPINET_SLURM_TASKS_PER_NODE MPINET_SLURM_CPUS_PER_TASK; do
-  if ! [[ "${!name}" =~ ^[0-9]+$ ]]; then
-    echo "[mpinet] $name must be a whole number, got '${!name}' (slurm/config.sh or environment)" >&2
+whole_number() {  # variable name
+  if ! [[ "${!1}" =~ ^[0-9]+$ ]]; then
+    echo "[mpinet] $1 must be a whole number, got '${!1}' (slurm/config.sh or environment)" >&2
     exit 2
   fi
-done
+}
+whole_number MPINET_SLURM_GPUS
+if [ "$MPINET_SLURM_GPUS" -gt 0 ]; then
+  MPINET_SLURM_TASKS_PER_NODE=${MPINET_SLURM_TASKS_PER_NODE:-$MPINET_SLURM_GPUS}
+  MPINET_SLURM_CPUS_PER_TASK=${MPINET_SLURM_CPUS_PER_TASK:-8}
+else
+  MPINET_SLURM_TASKS_PER_NODE=${MPINET_SLURM_TASKS_PER_NODE:-2}
+  MPINET_SLURM_CPUS_PER_TASK=${MPINET_SLURM_CPUS_PER_TASK:-1}
+fi
+whole_number MPINET_SLURM_TASKS_PER_NODE
+whole_number MPINET_SLURM_CPUS_PER_TASK
 if [ "$MPINET_SLURM_TASKS_PER_NODE" -lt 1 ] || [ "$MPINET_SLURM_CPUS_PER_TASK" -lt 1 ]; then
   echo "[mpinet] MPINET_SLURM_TASKS_PER_NODE and MPINET_SLURM_CPUS_PER_TASK must be >= 1" \
        "(got $MPINET_SLURM_TASKS_PER_NODE and $MPINET_SLURM_CPUS_PER_TASK)" >&2
@@ -39,5 +51,5 @@ site+=(--ntasks-per-node="$MPINET_SLURM_TASKS_PER_NODE" --cpus-per-task="$MPINET
 # The batch script runs from a copy in Slurm's spool directory: tell it where slurm/ is.
 export MPINET_SLURM_DIR=$here
 cmd=(sbatch "${site[@]}" "$@")
-echo "[mpinet] running: $(printf '%q ' "${cmd[@]}")" >&2
+mpinet_print_cmd "${cmd[@]}" >&2
 exec "${cmd[@]}"
