@@ -26,6 +26,11 @@ from ._util import check_ndim
 
 Pair = tuple[int, int]
 
+# The CPU path keeps conv2d's im2col columns from forward for the weight gradient when they are
+# at most this big (one copy fewer per conv and step, ~10% of a small CNN's step); bigger ones
+# (e.g. ResNet at batch 128: hundreds of MB per layer) are rebuilt in backward instead.
+KEEP_COLUMNS_BYTES = 64 << 20
+
 
 def pair(value, name: str, op: str, minimum: int = 0) -> Pair:
     """An int or a 2-sequence of ints -> (h, w), each at least ``minimum``."""
@@ -114,14 +119,19 @@ def col2im(col, x_shape, geom: ConvGeometry):
     return xp.ascontiguousarray(gpad[:, :, ph:ph + h, pw:pw + w])
 
 
-def _fprop_im2col(x, w, geom: ConvGeometry):
-    n = x.shape[0]
-    o, cg, kh, kw = w.shape
-    g = geom.groups
+def columns(x, w_shape, geom: ConvGeometry):
+    """im2col of x for a weight of ``w_shape``, split by group: (N, G, C/G*kh*kw, OH*OW)."""
+    _, cg, kh, kw = w_shape
     oh, ow = geom.out_size(x.shape[2:], (kh, kw))
-    col = im2col(x, (kh, kw), geom, (oh, ow)).reshape(n, g, cg * kh * kw, oh * ow)
-    y = backend.xp_of(x).matmul(w.reshape(g, o // g, cg * kh * kw), col)  # (N, G, O/G, L)
-    return y.reshape(n, o, oh, ow).astype(x.dtype, copy=False)  # NumPy's bf16 matmul gives fp32
+    col = im2col(x, (kh, kw), geom, (oh, ow))
+    return col.reshape(x.shape[0], geom.groups, cg * kh * kw, oh * ow)
+
+
+def _fprop_columns(col, w, out_hw, dtype):
+    n, g, k, _ = col.shape
+    o = w.shape[0]
+    y = backend.xp_of(col).matmul(w.reshape(g, o // g, k), col)  # (N, G, O/G, L)
+    return y.reshape((n, o) + tuple(out_hw)).astype(dtype, copy=False)  # NumPy bf16 matmul: fp32
 
 
 def _dgrad_col2im(gy, w, x_shape, geom: ConvGeometry):
@@ -134,14 +144,11 @@ def _dgrad_col2im(gy, w, x_shape, geom: ConvGeometry):
     return col2im(gcol, x_shape, geom)
 
 
-def _wgrad_im2col(x, gy, w_shape, geom: ConvGeometry):
-    n, o, oh, ow = gy.shape
-    _, cg, kh, kw = w_shape
-    g = geom.groups
-    col = im2col(x, (kh, kw), geom, (oh, ow)).reshape(n, g, cg * kh * kw, oh * ow)
-    gy_g = gy.reshape(n, g, o // g, oh * ow)
-    gw = backend.xp_of(x).matmul(gy_g, col.transpose(0, 1, 3, 2)).sum(axis=0)  # (G, O/G, K)
-    return gw.reshape(w_shape).astype(x.dtype, copy=False)
+def _wgrad_columns(col, gy, w_shape):
+    n, g, k, l = col.shape
+    gy_g = gy.reshape(n, g, w_shape[0] // g, l)
+    gw = backend.xp_of(col).matmul(gy_g, col.transpose(0, 1, 3, 2)).sum(axis=0)  # (G, O/G, K)
+    return gw.reshape(w_shape).astype(col.dtype, copy=False)
 
 
 # ---- dispatch: cuDNN on CuPy arrays, im2col otherwise -------------------------------------
@@ -152,7 +159,8 @@ def fprop(x, w, geom: ConvGeometry):
         from .cuda import cudnn_conv  # noqa: PLC0415 - GPU only
 
         return cudnn_conv.conv_fprop(x, w, geom.stride, geom.padding, geom.dilation, geom.groups)
-    return _fprop_im2col(x, w, geom)
+    return _fprop_columns(columns(x, w.shape, geom), w, geom.out_size(x.shape[2:], w.shape[2:]),
+                          x.dtype)
 
 
 def dgrad(gy, w, x_shape, geom: ConvGeometry):
@@ -166,15 +174,18 @@ def dgrad(gy, w, x_shape, geom: ConvGeometry):
     return _dgrad_col2im(gy, w, x_shape, geom)
 
 
-def wgrad(x, gy, w_shape, geom: ConvGeometry):
-    """conv2d weight gradient: x (N, C, H, W), gy (N, O, OH, OW) -> gw of ``w_shape``."""
+def wgrad(x, gy, w_shape, geom: ConvGeometry, cols=None):
+    """conv2d weight gradient: x (N, C, H, W), gy (N, O, OH, OW) -> gw of ``w_shape``.
+
+    ``cols``: x's ``columns`` if the caller kept them from forward (CPU path only).
+    """
     w_shape = tuple(int(v) for v in w_shape)
     if backend.is_gpu_array(x):
         from .cuda import cudnn_conv  # noqa: PLC0415 - GPU only
 
         return cudnn_conv.conv_wgrad(x, gy, w_shape, geom.stride, geom.padding, geom.dilation,
                                      geom.groups)
-    return _wgrad_im2col(x, gy, w_shape, geom)
+    return _wgrad_columns(columns(x, w_shape, geom) if cols is None else cols, gy, w_shape)
 
 
 # ---- validation ---------------------------------------------------------------------------
@@ -238,17 +249,25 @@ class Conv2d(Function):
                              f"(out, in/groups, kh, kw)")
         _check_out_size("conv2d", g.out_size(x.shape[2:], w.shape[2:]), x, w,
                         f"stride={g.stride}, padding={g.padding}, dilation={g.dilation}")
-        self.save(x, w)
-        y = fprop(x, w, g)
+        cols = None
+        if self.needs_input_grad[1] and not backend.is_gpu_array(x):
+            # CPU: build the columns once; keep small ones for the weight gradient.
+            cols = columns(x, w.shape, g)
+            y = _fprop_columns(cols, w, g.out_size(x.shape[2:], w.shape[2:]), x.dtype)
+            if cols.nbytes > KEEP_COLUMNS_BYTES:
+                cols = None
+        else:
+            y = fprop(x, w, g)
+        self.save(x, w, cols)
         if b is not None:
             y += b.reshape(1, -1, 1, 1)
         return y
 
     def backward(self, gy):
-        x, w = self.saved
+        x, w, cols = self.saved
         need = self.needs_input_grad
         gx = dgrad(gy, w, x.shape, self.geom) if need[0] else None
-        gw = wgrad(x, gy, w.shape, self.geom) if need[1] else None
+        gw = wgrad(x, gy, w.shape, self.geom, cols) if need[1] else None
         if len(need) == 2:
             return gx, gw
         return gx, gw, _bias_grad(gy) if need[2] else None
