@@ -15,6 +15,7 @@ run im2col + one batched BLAS matmul over all groups:
 
 col2im accumulates the column gradient by looping over the kh*kw kernel offsets and adding
 one strided slice each: no scatter (np.add.at) and no Python loop over batch or pixels.
+conv2d keeps its columns from forward for the weight gradient when they are small.
 """
 from __future__ import annotations
 
@@ -180,7 +181,7 @@ def wgrad(x, gy, w_shape, geom: ConvGeometry, cols=None):
     ``cols``: x's ``columns`` if the caller kept them from forward (CPU path only).
     """
     w_shape = tuple(int(v) for v in w_shape)
-    if backend.is_gpu_array(x):
+    if backend.is_gpu_array(gy):
         from .cuda import cudnn_conv  # noqa: PLC0415 - GPU only
 
         return cudnn_conv.conv_wgrad(x, gy, w_shape, geom.stride, geom.padding, geom.dilation,
@@ -258,7 +259,8 @@ class Conv2d(Function):
                 cols = None
         else:
             y = fprop(x, w, g)
-        self.save(x, w, cols)
+        self.x_shape = x.shape
+        self.save(x if cols is None else None, w, cols)  # wgrad needs x or its columns
         if b is not None:
             y += b.reshape(1, -1, 1, 1)
         return y
@@ -266,7 +268,7 @@ class Conv2d(Function):
     def backward(self, gy):
         x, w, cols = self.saved
         need = self.needs_input_grad
-        gx = dgrad(gy, w, x.shape, self.geom) if need[0] else None
+        gx = dgrad(gy, w, self.x_shape, self.geom) if need[0] else None
         gw = wgrad(x, gy, w.shape, self.geom, cols) if need[1] else None
         if len(need) == 2:
             return gx, gw
