@@ -72,3 +72,54 @@ def mpi_env() -> dict:
 
 
 PYTHON = sys.executable
+
+
+class LocalComm:
+    """The communicator surface mpinet.checkpoint uses, for one process without MPI.
+
+    ``steps_seen`` overrides what allgather_obj reports for the other ranks (to test the step
+    agreement check); rank 0 of ``size`` ranks otherwise.
+    """
+
+    def __init__(self, size: int = 1, others: list | None = None):
+        self.rank, self.size = 0, size
+        self.others = others or []
+
+    def allgather_obj(self, obj) -> list:
+        return [obj] + [dict(obj, **o) if isinstance(obj, dict) else o for o in self.others]
+
+    def bcast_obj(self, obj, root: int = 0):
+        return obj
+
+    def barrier(self) -> None:
+        pass
+
+
+def sample_state(step: int = 3, scale: float = 1.0) -> dict:
+    """A training-state-shaped dict with every kind of value a checkpoint must carry."""
+    from collections import OrderedDict
+
+    rng = np.random.default_rng(step)
+    model = OrderedDict()
+    model["layer1.0.conv1.weight"] = (rng.standard_normal((4, 3, 3, 3)) * scale).astype(np.float32)
+    model["layer1.0.bn1.running_mean"] = rng.standard_normal(4).astype(np.float32)
+    model["layer1.0.bn1.num_batches_tracked"] = np.array(step, np.int64)  # 0-d
+    model["fc.weight"] = rng.standard_normal((2, 4)).astype(np.float64)
+    model["a.half"] = rng.standard_normal(5).astype(np.float16)
+    return {
+        "model": model,
+        "optimizer": {"scalars": {"optimizer": "SGD", "num_params": 2,
+                                  "hyper": {"lr": np.float32(0.1), "momentum": 0.9},
+                                  "step": {"0": step, "1": step}},
+                      "tensors": {"0.momentum_buffer": rng.standard_normal((4, 3, 3, 3)).astype(np.float32),
+                                  "1.momentum_buffer": np.zeros((2, 4), np.float64)}},
+        "schedule": {"type": "CosineAnnealing", "last_step": step, "base_lr": 0.1,
+                     "after": None, "milestones": (1, 2)},
+        "scaler": {"scale": float("inf"), "growth_tracker": 0, "enabled": True},
+        "sampler": {"seed": 0, "epoch": 1, "consumed": 12},
+        "transform": None,
+        "global_step": step,
+        "world_size": 1,
+        "rng": {"init": np.random.default_rng(5).bit_generator.state},
+        "config": {"model": "mlp", "lr": 0.1},
+    }
