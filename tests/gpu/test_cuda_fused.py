@@ -117,7 +117,8 @@ def test_batch_norm_train_and_backward(cp, fused, dtname, shape, offset):
         (1, c) + (1,) * (len(shape) - 2)), dtname)
     gamma64 = rng.standard_normal(c)
     beta64 = rng.standard_normal(c)
-    gamma, beta = cp.asarray(gamma64, dtype=cp.float32), cp.asarray(beta64, dtype=cp.float32)
+    pdt = cp.float64 if dtname == "float64" else cp.float32  # parameters: float32 masters
+    gamma, beta = cp.asarray(gamma64, dtype=pdt), cp.asarray(beta64, dtype=pdt)
     gamma64, beta64 = _host(gamma), _host(beta)
 
     y, mean, invstd = fused.batch_norm_train(x, gamma, beta, eps)
@@ -145,7 +146,7 @@ def test_batch_norm_train_and_backward(cp, fused, dtname, shape, offset):
     _close(gx, gx_ref, dtname, scale=np.max(np.abs(gx_ref)) / 10, what="batch_norm_backward gx",
            factor=loose)
 
-    rm, rv = cp.asarray(m_ref, dtype=cp.float32), cp.asarray(1 / is_ref**2 - eps, cp.float32)
+    rm, rv = cp.asarray(m_ref, dtype=pdt), cp.asarray(1 / is_ref**2 - eps, pdt)
     y_inf = fused.batch_norm_infer(x, gamma, beta, rm, rv, eps)
     _close(y_inf, (x64 - _host(rm).reshape(pshape)) / np.sqrt(_host(rv).reshape(pshape) + eps)
            * gamma64.reshape(pshape) + beta64.reshape(pshape), dtname, scale=1.0,

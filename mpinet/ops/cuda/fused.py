@@ -479,14 +479,15 @@ def sgd_update_(p, g, buf, lr, momentum=0.0, dampening=0.0, weight_decay=0.0, ne
         raise ValueError("sgd_update_: momentum != 0 needs a momentum buffer, got None")
     _check_flat("sgd_update_", p, ("grad", g), ("momentum buffer", buf))
     k = _elementwise("sgd_momentum",
-                     "G g, float64 lr, float64 mom, float64 damp, float64 wd, int32 nesterov, "
+                     "G g, float64 lr, float64 mom, float64 one_m_damp, float64 wd, int32 nesterov, "
                      "int32 first", "P p, B buf",
                      "typedef mpn_acc<P>::type A; A pv = mpn_ld<A>(p); "
                      "A d = mpn_ld<A>(g) + A(wd) * pv; "
-                     "A b = first ? d : A(mom) * mpn_ld<A>(buf) + (A(1) - A(damp)) * d; "
+                     "A b = first ? d : A(mom) * mpn_ld<A>(buf) + A(one_m_damp) * d; "
                      "mpn_put(buf, b); "
                      "mpn_put(p, pv - A(lr) * (nesterov ? d + A(mom) * b : b));")
-    k(_io(g), float(lr), float(momentum), float(dampening), float(weight_decay),
+    # 1 - dampening in float64 on the host, as PyTorch does (1 - 0.999f in float32 is 1e-5 off)
+    k(_io(g), float(lr), float(momentum), 1.0 - float(dampening), float(weight_decay),
       int(bool(nesterov)), int(bool(first_step)), _io(p), _io(buf))
     return p
 
@@ -502,14 +503,18 @@ def adam_update_(p, g, m, v, lr, beta1, beta2, eps, weight_decay, step, decouple
     bc1 = 1.0 - beta1 ** step
     bc2_sqrt = math.sqrt(1.0 - beta2 ** step)
     k = _elementwise("adam",
-                     "G g, float64 lr, float64 b1, float64 b2, float64 eps, float64 wd, "
-                     "float64 step_size, float64 bc2_sqrt, int32 decoupled", "P p, M m, V v",
+                     "G g, float64 wd, float64 decay, float64 b1, float64 one_m_b1, float64 b2, "
+                     "float64 one_m_b2, float64 eps, float64 step_size, float64 bc2_sqrt, "
+                     "int32 decoupled", "P p, M m, V v",
                      "typedef mpn_acc<P>::type A; A pv = mpn_ld<A>(p); A gv = mpn_ld<A>(g); "
-                     "if (decoupled) pv = pv * (A(1) - A(lr) * A(wd)); else gv = gv + A(wd) * pv; "
-                     "A mv = A(b1) * mpn_ld<A>(m) + (A(1) - A(b1)) * gv; "
-                     "A vv = A(b2) * mpn_ld<A>(v) + (A(1) - A(b2)) * gv * gv; "
+                     "if (decoupled) pv = pv * A(decay); else gv = gv + A(wd) * pv; "
+                     "A mv = A(b1) * mpn_ld<A>(m) + A(one_m_b1) * gv; "
+                     "A vv = A(b2) * mpn_ld<A>(v) + A(one_m_b2) * gv * gv; "
                      "mpn_put(m, mv); mpn_put(v, vv); "
                      "mpn_put(p, pv - A(step_size) * mv / (sqrt(vv) / A(bc2_sqrt) + A(eps)));")
-    k(_io(g), float(lr), float(beta1), float(beta2), float(eps), float(weight_decay),
-      float(lr / bc1), float(bc2_sqrt), int(bool(decoupled)), _io(p), _io(m), _io(v))
+    # Scalars combined in float64 on the host, as PyTorch does: 1 - beta2 in float32 is 1e-5
+    # off, which shows in v.
+    k(_io(g), float(weight_decay), 1.0 - lr * weight_decay, float(beta1), 1.0 - beta1,
+      float(beta2), 1.0 - beta2, float(eps), float(lr / bc1), float(bc2_sqrt),
+      int(bool(decoupled)), _io(p), _io(m), _io(v))
     return p
