@@ -86,6 +86,22 @@ def test_many_handles_then_wait_all(comm):
         np.testing.assert_array_equal(host(r), i * comm.size * (comm.size - 1) / 2)
 
 
+def test_rank_dependent_polling_keeps_ranks_matched(comm):
+    # Only even ranks poll test() between posts, and every rank waits the newest handle first:
+    # the order of NCCL calls must still be the same on every rank (hierarchical queues its final
+    # allgathers inside wait() only, in post order).
+    cp = backend.current().xp
+    handles = []
+    for i in range(12):
+        handles.append(comm.iallreduce(cp.full(777 + i, i + comm.rank, cp.float32)))
+        if comm.rank % 2 == 0:
+            [h.test() for h in handles]
+    last = handles[-1].wait()
+    results = wait_all(handles[:-1]) + [last]
+    for i, r in enumerate(results):
+        np.testing.assert_array_equal(host(r), i * comm.size + comm.size * (comm.size - 1) / 2)
+
+
 def test_test_turns_true(comm):
     cp = backend.current().xp
     h = comm.iallreduce(cp.ones(1 << 16, cp.float32))
@@ -120,3 +136,22 @@ def test_host_array_refused_by_nccl(comm):
         pytest.skip("hierarchical accepts host arrays too")
     with pytest.raises(TypeError, match="NCCL moves GPU arrays only"):
         comm.allreduce(np.ones(3, np.float32))
+
+
+@pytest.mark.parametrize("env, expected", [({}, "nccl"), ({"MPINET_EMULATE_NODES": "2"}, "hierarchical"),
+                                           ({"MPINET_EMULATE_NODES": "2",
+                                             "MPINET_NCCL_ACROSS_NODES": "1"}, "nccl")])
+def test_auto_choice_on_gpu(comm, monkeypatch, env, expected):
+    from mpinet.comm import create_communicator
+
+    monkeypatch.delenv("MPINET_EMULATE_NODES", raising=False)
+    monkeypatch.delenv("MPINET_NCCL_ACROSS_NODES", raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    if comm.name != "nccl":
+        pytest.skip("checked once, beside the nccl communicator")
+    auto = create_communicator("auto")
+    try:
+        assert auto.name == expected
+    finally:
+        auto.close()
