@@ -184,10 +184,12 @@ def test_bad_shapes_raise_clear_errors(call, match):
 # ---- GPU: cuDNN path against the NumPy im2col path ----------------------------------------
 @pytest.fixture
 def cudnn_fp32(monkeypatch):
-    """cuDNN in true fp32 (no TF32), so fp32 tolerances apply."""
+    """cuDNN in true fp32 (no TF32), so fp32 tolerances apply; heuristic plans (no per-shape
+    benchmarking) keep these many small shapes quick."""
     from mpinet.ops.cuda import cudnn_conv
 
     monkeypatch.setattr(cudnn_conv, "allow_tf32", False)
+    monkeypatch.setattr(cudnn_conv, "benchmark", False)
 
 
 def _float32(*arrays):
@@ -215,3 +217,36 @@ def test_conv_transpose2d_gpu_matches_cpu(cudnn_fp32, x_shape, w_shape, opts):
                                 w_shape[1] * groups))
     check_gpu_matches_cpu(lambda x, w, b: conv_transpose2d(x, w, b, **opts), [x, w, b],
                           atol=1e-4, rtol=1e-4)
+
+
+# ---- PyTorch, where it is installed (the GPU machine), as a second oracle -----------------
+def _torch_compare(ours, theirs, inputs):
+    """Forward and input gradients of ``ours`` (mpinet) and ``theirs`` (torch) in float64."""
+    torch = pytest.importorskip("torch")
+    variables = [Variable(a.copy(), requires_grad=True) for a in inputs]
+    y = ours(*variables)
+    gy = np.random.default_rng(11).standard_normal(y.shape)
+    y.backward(gy)
+    tensors = [torch.tensor(a, requires_grad=True) for a in inputs]
+    ty = theirs(*tensors)
+    ty.backward(torch.tensor(gy))
+    np.testing.assert_allclose(y.data, ty.detach().numpy(), atol=1e-10, rtol=1e-10)
+    for v, t in zip(variables, tensors):
+        np.testing.assert_allclose(v.grad, t.grad.numpy(), atol=1e-10, rtol=1e-10)
+
+
+@pytest.mark.parametrize("x_shape,w_shape,opts", CONV_CASES)
+def test_conv2d_matches_torch(x_shape, w_shape, opts):
+    torch = pytest.importorskip("torch")
+    inputs = _inputs(np.random.default_rng(12), x_shape, w_shape, w_shape[0])
+    _torch_compare(lambda x, w, b: conv2d(x, w, b, **opts),
+                   lambda x, w, b: torch.nn.functional.conv2d(x, w, b, **opts), inputs)
+
+
+@pytest.mark.parametrize("x_shape,w_shape,opts", TRANSPOSED_CASES)
+def test_conv_transpose2d_matches_torch(x_shape, w_shape, opts):
+    torch = pytest.importorskip("torch")
+    groups = opts.get("groups", 1)
+    inputs = _inputs(np.random.default_rng(13), x_shape, w_shape, w_shape[1] * groups)
+    _torch_compare(lambda x, w, b: conv_transpose2d(x, w, b, **opts),
+                   lambda x, w, b: torch.nn.functional.conv_transpose2d(x, w, b, **opts), inputs)

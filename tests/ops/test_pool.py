@@ -135,3 +135,16 @@ def test_pools_gpu_match_cpu(shape, k, s, p, ceil):
     for op in (max_pool2d, avg_pool2d):
         check_gpu_matches_cpu(lambda x: op(x, k, s, p, ceil), [x], atol=1e-6, rtol=1e-6)
     check_gpu_matches_cpu(global_avg_pool2d, [x], atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("shape,k,s,p,ceil", CASES)
+def test_pools_match_torch(shape, k, s, p, ceil):
+    torch = pytest.importorskip("torch")
+    from test_conv import _torch_compare
+
+    x = np.random.default_rng(6).standard_normal(shape)
+    F = torch.nn.functional
+    _torch_compare(lambda x: max_pool2d(x, k, s, p, ceil),
+                   lambda x: F.max_pool2d(x, k, s, p, ceil_mode=ceil), [x])
+    _torch_compare(lambda x: avg_pool2d(x, k, s, p, ceil),
+                   lambda x: F.avg_pool2d(x, k, s, p, ceil_mode=ceil, count_include_pad=True), [x])

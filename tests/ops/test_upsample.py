@@ -97,3 +97,17 @@ def test_bad_arguments_raise_clear_errors(kwargs, match):
 def test_upsample_gpu_matches_cpu(mode, align):
     x = np.random.default_rng(3).standard_normal((2, 3, 5, 6)).astype(np.float32)
     check_gpu_matches_cpu(lambda x: upsample(x, 2, mode, align), [x], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("mode,align,scale", [("nearest", False, 2), ("nearest", False, 3),
+                                              ("bilinear", False, 2), ("bilinear", False, 1.5),
+                                              ("bilinear", True, 2), ("bilinear", True, 1.5)])
+def test_upsample_matches_torch(mode, align, scale):
+    torch = pytest.importorskip("torch")
+    from test_conv import _torch_compare
+
+    x = np.random.default_rng(4).standard_normal((2, 2, 4, 5))
+    _torch_compare(lambda x: upsample(x, scale, mode, align),
+                   lambda x: torch.nn.functional.interpolate(
+                       x, scale_factor=scale, mode=mode,
+                       align_corners=align if mode == "bilinear" else None), [x])
