@@ -16,9 +16,12 @@ not run code when loaded — nothing here unpickles):
     mpinet version, the sha256 and size of ``tensors.safetensors``, and its own checksum
     (``meta_sha256``, over the canonical JSON of everything else).
 
-``state["rng"]`` is per process (e.g. dropout's generator advances with the rank's batch shape),
-so ``save`` gathers every rank's and stores ``{"per_rank": [rank 0's, rank 1's, ...]}``; see
-``mpinet.model._set_rng_states``.
+Per-rank parts: the state is rank 0's, but some of it may differ between ranks — batch-norm
+running statistics (each rank normalises its own batches) and host RNG states (dropout's generator
+advances with the rank's batch shape). ``save`` compares every rank's ``model`` entries (by
+sha256) and ``rng`` with rank 0's and stores those that differ as per-rank overrides
+(``ranks/<r>/model/<name>`` tensors, ``per_rank`` in meta.json); ``load(path, rank=r)`` applies
+rank r's, so each rank resumes exactly where it stopped at the same world size.
 
 Atomicity: rank 0 writes into ``ckpt-<step>.tmp-<random>/``, fsyncs the files and the folder,
 renames it to ``ckpt-<step>`` and fsyncs the parent. A crash at any point leaves either the old
@@ -53,7 +56,7 @@ _TENSOR_REF = "$tensor"  # marks an array's place in the JSON tree
 _CKPT_NAME = re.compile(r"^ckpt-(\d+)$")
 _LEFTOVER_NAME = re.compile(r"^ckpt-\d+\.(tmp|old)-[0-9a-f]+$")  # a crashed or replaced save's
 _REQUIRED_META = ("format", "format_version", "step", "world_size", "created", "mpinet_version",
-                  "files", "tensors", "state", "meta_sha256")
+                  "files", "tensors", "state", "per_rank", "meta_sha256")
 _STATE_KEYS = ("model", "optimizer", "global_step")
 
 
@@ -66,27 +69,34 @@ def save(directory, state: dict, step: int, comm, keep: int = 3) -> str:
     """Write ``state`` (``Model.training_state()``) to ``<directory>/ckpt-<step>``; return its path.
 
     Collective: every rank calls it with the same ``step`` (checked; a mismatch raises on every
-    rank, naming the ranks). Rank 0 writes; every rank returns only once the checkpoint is
-    complete on disk (or raises the same error if rank 0 failed to write it). Afterwards only
-    the newest ``keep`` checkpoints remain (``keep <= 0`` keeps all).
+    rank, naming the ranks). Rank 0 writes its state plus what differs on other ranks (see the
+    module docstring); every rank returns only once the checkpoint is complete on disk (or
+    raises the same error if rank 0 failed to write it). Afterwards only the newest ``keep``
+    checkpoints remain (``keep <= 0`` keeps all).
     """
     directory = os.fspath(directory)
-    gathered = comm.allgather_obj({"step": int(step), "rng": state.get("rng")})
-    steps = [g["step"] for g in gathered]
-    if len(set(steps)) != 1:
-        by_step: dict = {}
-        for rank, s in enumerate(steps):
-            by_step.setdefault(s, []).append(rank)
-        detail = "; ".join(f"step {s} on ranks {ranks}" for s, ranks in sorted(by_step.items()))
-        raise CheckpointError(f"checkpoint.save: the ranks disagree on the step ({detail}); every "
-                              f"rank must call save at the same step (it is a collective)")
+    model = state.get("model") or {}
+    gathered = comm.allgather_obj({"step": int(step), "rng": state.get("rng"),
+                                   "model": {k: _array_digest(v) for k, v in model.items()}})
+    _check_agreement(gathered)
+    # Every rank knows from `gathered` which ranks differ, so all take part in this or none.
+    differs = [[k for k, d in g["model"].items() if d != gathered[0]["model"][k]]
+               for g in gathered]
+    overrides = None
+    if any(differs[1:]):
+        mine = {k: _host_contiguous(model[k]) for k in differs[comm.rank]} if comm.rank else {}
+        overrides = comm.allgather_obj(mine)
     outcome = None
     if comm.rank == 0:
         try:
-            state = dict(state)
-            if "rng" in state:
-                state["rng"] = {"per_rank": [g["rng"] for g in gathered]}
-            outcome = {"path": _write_checkpoint(directory, state, steps[0], comm.size, keep)}
+            per_rank = [{} for _ in gathered]
+            for r, g in enumerate(gathered[1:], start=1):
+                if overrides and overrides[r]:
+                    per_rank[r]["model"] = overrides[r]
+                if g["rng"] != gathered[0]["rng"]:
+                    per_rank[r]["rng"] = g["rng"]
+            outcome = {"path": _write_checkpoint(directory, state, per_rank, int(step), comm.size,
+                                                 keep)}
         except Exception as e:  # noqa: BLE001 - sent to every rank, re-raised everywhere
             outcome = {"error": f"{type(e).__name__}: {e}"}
     # Doubles as the closing barrier: no rank returns before rank 0 has finished writing.
@@ -97,21 +107,51 @@ def save(directory, state: dict, step: int, comm, keep: int = 3) -> str:
     return outcome["path"]
 
 
-def _write_checkpoint(directory: str, state: dict, step: int, world_size: int, keep: int) -> str:
+def _check_agreement(gathered: list) -> None:
+    """Same step and same model entry names on every rank, else raise (on every rank alike)."""
+    steps = [g["step"] for g in gathered]
+    if len(set(steps)) != 1:
+        by_step: dict = {}
+        for rank, s in enumerate(steps):
+            by_step.setdefault(s, []).append(rank)
+        detail = "; ".join(f"step {s} on ranks {ranks}" for s, ranks in sorted(by_step.items()))
+        raise CheckpointError(f"checkpoint.save: the ranks disagree on the step ({detail}); every "
+                              f"rank must call save at the same step (it is a collective)")
+    names0 = list(gathered[0]["model"])
+    for r, g in enumerate(gathered):
+        if list(g["model"]) != names0:
+            raise CheckpointError(f"checkpoint.save: rank {r}'s model has entries "
+                                  f"{sorted(set(g['model']) ^ set(names0))[:5]} that rank 0's "
+                                  f"lacks or the other way round; every rank must save the "
+                                  f"same model")
+
+
+def _array_digest(a) -> str:
+    arr = _host_contiguous(a)
+    h = hashlib.sha256(f"{_dtype_name(arr)}{list(arr.shape)}".encode())
+    h.update(arr.reshape(-1).view(np.uint8))
+    return h.hexdigest()
+
+
+def _write_checkpoint(directory: str, state: dict, per_rank: list, step: int, world_size: int,
+                      keep: int) -> str:
     tensors: dict = {}
     tree = _split_tensors(state, (), tensors)
+    per_rank_tree = [_split_tensors(extra, ("ranks", str(r)), tensors)
+                     for r, extra in enumerate(per_rank)]
     blob = _serialize(tensors, metadata={"format": FORMAT, "step": str(step)})
     meta = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "step": int(step),
         "world_size": int(world_size),
-        "config": tree.get("config") if isinstance(tree, dict) else None,
+        "config": tree.get("config"),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "mpinet_version": __version__,
         "files": {TENSORS_FILE: {"sha256": hashlib.sha256(blob).hexdigest(), "bytes": len(blob)}},
         "tensors": {k: {"dtype": _dtype_name(a), "shape": list(a.shape)} for k, a in tensors.items()},
         "state": tree,
+        "per_rank": per_rank_tree,
     }
     meta["meta_sha256"] = _meta_digest(meta)
 
@@ -301,11 +341,15 @@ def verify(path) -> dict:
     return meta
 
 
-def load(path) -> dict:
-    """The state saved at ``path`` (a ``ckpt-<step>`` folder), arrays as NumPy.
+def load(path, rank: int | None = None) -> dict:
+    """The state saved at ``path`` (a ``ckpt-<step>`` folder) as rank ``rank`` had it, arrays
+    as NumPy. Verifies everything first.
 
     Same structure as given to ``save`` (model as an OrderedDict in saved order; tuples come
-    back as lists; ``rng`` as ``{"per_rank": [...]}``). Verifies everything first.
+    back as lists). ``rank``: whose per-rank parts (batch-norm statistics, RNG states) to
+    apply; rank 0's when the checkpoint has no such rank (fewer ranks saved it). Left as None,
+    it is this process's rank in MPI's COMM_WORLD when MPI is running with as many ranks as
+    saved the checkpoint, else 0 — pass the communicator's rank to be explicit.
     """
     path = os.fspath(path)
     meta = read_metadata(path)
@@ -314,7 +358,26 @@ def load(path) -> dict:
     _check_tensor_table(path, meta, tensors)
     state = _join_tensors(meta["state"], tensors)
     state["model"] = OrderedDict(state["model"])
+    if rank is None:
+        rank = _world_rank(meta["world_size"])
+    if 0 < rank < len(meta["per_rank"]):
+        extra = _join_tensors(meta["per_rank"][rank], tensors)
+        state["model"].update((k, v) for k, v in extra.get("model", {}).items()
+                              if k in state["model"])
+        if "rng" in extra:
+            state["rng"] = extra["rng"]
     return state
+
+
+def _world_rank(saved_world_size: int) -> int:
+    """This process's COMM_WORLD rank if MPI is in use with ``saved_world_size`` ranks, else 0."""
+    import sys  # noqa: PLC0415
+
+    mpi = sys.modules.get("mpi4py.MPI")  # asked only if the program already uses MPI
+    if mpi is None or not mpi.Is_initialized() or mpi.Is_finalized():
+        return 0
+    world = mpi.COMM_WORLD
+    return world.Get_rank() if world.Get_size() == saved_world_size else 0
 
 
 def _check_tensor_table(path: str, meta: dict, tensors: dict) -> None:
@@ -329,6 +392,7 @@ def _check_tensor_table(path: str, meta: dict, tensors: dict) -> None:
                                   f"{list(arr.shape)}, meta.json says {table[key]}")
     refs: list = []
     _collect_refs(meta["state"], refs)
+    _collect_refs(meta["per_rank"], refs)
     if sorted(refs) != sorted(table):
         raise CheckpointError(f"{os.path.join(path, META_FILE)}: the state refers to tensors "
                               f"{sorted(set(refs) - set(table))[:5]} that are not stored, or "

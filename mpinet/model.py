@@ -461,23 +461,11 @@ def _rng_states() -> dict:
             "dropout": dropout._host_rng.bit_generator.state}
 
 
-def _set_rng_states(states: dict, rank: int | None = None) -> None:
-    """Restore ``_rng_states()``. A checkpoint holds every rank's (``{"per_rank": [...]}``,
-    see mpinet.checkpoint): ``rank`` picks this process's entry; at another world size rank r
-    takes entry r mod saved-size (the streams then cannot continue exactly anyway).
-    Without ``rank``, the rank in MPI's COMM_WORLD (0 when MPI is not running)."""
-    import sys  # noqa: PLC0415
-
+def _set_rng_states(states: dict) -> None:
+    """Restore ``_rng_states()`` (this rank's: ``checkpoint.load`` picks the rank's entry)."""
     from .nn import init  # noqa: PLC0415
     from .ops import dropout  # noqa: PLC0415
 
-    if "per_rank" in states:
-        per_rank = states["per_rank"]
-        if rank is None:
-            mpi = sys.modules.get("mpi4py.MPI")  # asked only if MPI is already in use
-            rank = mpi.COMM_WORLD.Get_rank() if mpi is not None and mpi.Is_initialized() \
-                and not mpi.Is_finalized() else 0
-        states = per_rank[rank % len(per_rank)] or {}
     if "init" in states:
         init.generator().bit_generator.state = states["init"]
     if "dropout" in states:
