@@ -142,14 +142,6 @@ def test_float32_stays_float32_and_matches_float64():
                                rtol=1e-4, atol=1e-4)
 
 
-def test_weight_gradient_when_columns_are_rebuilt_in_backward(monkeypatch):
-    from mpinet.ops import conv as conv_module
-
-    monkeypatch.setattr(conv_module, "KEEP_COLUMNS_BYTES", 0)  # as for large layers
-    x, w, b = _inputs(np.random.default_rng(10), (2, 4, 6, 5), (6, 2, 3, 2), 6)
-    check_backward(lambda x, w, b: conv2d(x, w, b, stride=(2, 1), padding=1, groups=2), [x, w, b])
-
-
 def test_input_that_needs_no_gradient_gets_none():
     rng = np.random.default_rng(7)
     x = Variable(rng.standard_normal((1, 2, 5, 5)))  # data: no gradient wanted
