@@ -20,7 +20,6 @@ import math
 import numpy as np
 
 _kernels: dict = {}   # name -> compiled cupy kernel / module, built on first use
-_sm_count: dict = {}  # device id -> multiprocessor count
 
 # Conversions shared by the elementwise kernels. In ElementwiseKernels `unsigned short` is
 # always a bfloat16 bit pattern (see _io); float16 arrives as CuPy's own float16 type.
@@ -144,10 +143,12 @@ def bias_relu(x, b):
 
 # ---------------------------------------------------------------------------------------------
 # Batch norm: per-channel statistics over (N, H, W) of x (N, C, H, W), or over N of x (N, C).
-# Three launches a direction: partial sums over S slices of each channel (grid S x C), a
-# C-thread finalize that combines the slices in float64, and an elementwise apply.
-# Forward sums are shifted by each channel's first element, so the one-pass variance does not
-# cancel catastrophically when |mean| >> std.
+# Two launches a direction: a reduction over S slices of each channel (grid S x C) whose last
+# block per channel combines the slices in float64 and writes the statistics, then an
+# elementwise apply. Forward sums are shifted by each channel's first element, so the one-pass
+# variance does not cancel catastrophically when |mean| >> std. Host cost is kept down (it
+# dominates at small spatial sizes): launch geometry cached per shape, compiled functions cached,
+# partial sums and arrival counters in a per-(device, stream) scratch buffer.
 # ---------------------------------------------------------------------------------------------
 
 _BN_SOURCE = r"""
@@ -193,14 +194,33 @@ __device__ __forceinline__ void block_sum2(A& a, A& b) {
     }
 }
 
-// Block (s, c) sums channel c's elements j in slice s of [0, M), M = N * HW:
-// p1 = sum(x - shift), p2 = sum((x - shift)^2), shift = x[0, c, 0].
+// Called by every thread of block (s, c) after block_sum2: thread 0 stores this block's two
+// partial sums; the last block of channel c to arrive gets true (in all its threads) and may
+// read all S partials of channel c. It must reset counter[c] to 0 for the next launch.
+template <typename A>
+__device__ __forceinline__ bool arrive_last(A a, A b, A* part, unsigned int* counter,
+                                            unsigned int c, unsigned int C) {
+    __shared__ bool last;
+    unsigned int S = gridDim.x, s = blockIdx.x;
+    if (threadIdx.x == 0) {
+        part[c * S + s] = a;
+        part[C * S + c * S + s] = b;
+        __threadfence();
+        last = atomicAdd(&counter[c], 1u) == S - 1;
+    }
+    __syncthreads();
+    return last;
+}
+
+// Sums of channel c over slice s of j in [0, M), M = N * HW, element j = (n, i) = (j / HW, j % HW).
+// Forward: a = sum(x - shift), b = sum((x - shift)^2), shift = x[0, c, 0]; the last block writes
+// stats[c] = mean, stats[C + c] = 1 / sqrt(biased var + eps).
 template <int K>
-__global__ void bn_partial(const typename io<K>::T* x, unsigned int C, unsigned int HW,
-                           unsigned int M, unsigned int per,
-                           typename io<K>::A* p1, typename io<K>::A* p2) {
+__global__ void bn_stats(const typename io<K>::T* x, unsigned int C, unsigned int HW,
+                         unsigned int M, unsigned int per, typename io<K>::A* part,
+                         unsigned int* counter, double eps, typename io<K>::A* stats) {
     typedef typename io<K>::A A;
-    unsigned int c = blockIdx.y, s = blockIdx.x;
+    unsigned int c = blockIdx.y, s = blockIdx.x, S = gridDim.x;
     A shift = io<K>::ld(x[(size_t)c * HW]);
     A a = 0, b = 0;
     unsigned int j1 = min(M, (s + 1) * per);
@@ -210,22 +230,17 @@ __global__ void bn_partial(const typename io<K>::T* x, unsigned int C, unsigned 
         a += v; b += v * v;
     }
     block_sum2(a, b);
-    if (threadIdx.x == 0) { p1[c * gridDim.x + s] = a; p2[c * gridDim.x + s] = b; }
-}
-
-template <int K>
-__global__ void bn_finalize(const typename io<K>::T* x, const typename io<K>::A* p1,
-                            const typename io<K>::A* p2, unsigned int C, unsigned int HW,
-                            unsigned int S, double M, double eps,
-                            typename io<K>::A* mean, typename io<K>::A* invstd) {
-    unsigned int c = blockIdx.x * blockDim.x + threadIdx.x;
-    if (c >= C) return;
-    double a = 0, b = 0;
-    for (unsigned int s = 0; s < S; ++s) { a += p1[c * S + s]; b += p2[c * S + s]; }
-    double d = a / M;                       // mean - shift
-    double var = fmax(b / M - d * d, 0.0);  // biased variance, as used to normalise
-    mean[c] = (typename io<K>::A)((double)io<K>::ld(x[(size_t)c * HW]) + d);
-    invstd[c] = (typename io<K>::A)(1.0 / sqrt(var + eps));
+    if (arrive_last(a, b, part, counter, c, C) && threadIdx.x == 0) {
+        __threadfence();
+        const volatile A* vp = part;
+        double sa = 0, sb = 0;
+        for (unsigned int t = 0; t < S; ++t) { sa += vp[c * S + t]; sb += vp[C * S + c * S + t]; }
+        double d = sa / M;                       // mean - shift
+        double var = fmax(sb / M - d * d, 0.0);  // biased variance, as used to normalise
+        stats[c] = (A)((double)shift + d);
+        stats[C + c] = (A)(1.0 / sqrt(var + eps));
+        counter[c] = 0;
+    }
 }
 
 // y = (x - mean[c]) * invstd[c] * gamma[c] + beta[c] over all elements.
@@ -238,8 +253,7 @@ __global__ void bn_apply(const typename io<K>::T* x, const typename io<K>::A* me
     for (unsigned int i = blockIdx.x * blockDim.x + threadIdx.x; i < total;
          i += gridDim.x * blockDim.x) {
         unsigned int c = (i / HW) % C;
-        A scale = invstd[c] * gamma[c];
-        y[i] = io<K>::st((io<K>::ld(x[i]) - mean[c]) * scale + beta[c]);
+        y[i] = io<K>::st((io<K>::ld(x[i]) - mean[c]) * (invstd[c] * gamma[c]) + beta[c]);
     }
 }
 
@@ -259,14 +273,16 @@ __global__ void bn_infer(const typename io<K>::T* x, const typename io<K>::A* rm
     }
 }
 
-// Backward partials: p1 = sum(gy), p2 = sum(gy * (x - mean[c])).
+// Backward sums: a = sum(gy), b = sum(gy * (x - mean[c])); the last block writes
+// grads[c] = ggamma = b * invstd[c], grads[C + c] = gbeta = a.
 template <int K>
-__global__ void bnb_partial(const typename io<K>::T* x, const typename io<K>::T* gy,
-                            const typename io<K>::A* mean, unsigned int C, unsigned int HW,
-                            unsigned int M, unsigned int per,
-                            typename io<K>::A* p1, typename io<K>::A* p2) {
+__global__ void bnb_stats(const typename io<K>::T* x, const typename io<K>::T* gy,
+                          const typename io<K>::A* mean, const typename io<K>::A* invstd,
+                          unsigned int C, unsigned int HW, unsigned int M, unsigned int per,
+                          typename io<K>::A* part, unsigned int* counter,
+                          typename io<K>::A* grads) {
     typedef typename io<K>::A A;
-    unsigned int c = blockIdx.y, s = blockIdx.x;
+    unsigned int c = blockIdx.y, s = blockIdx.x, S = gridDim.x;
     A mu = mean[c];
     A a = 0, b = 0;
     unsigned int j1 = min(M, (s + 1) * per);
@@ -277,129 +293,140 @@ __global__ void bnb_partial(const typename io<K>::T* x, const typename io<K>::T*
         a += g; b += g * (io<K>::ld(x[off]) - mu);
     }
     block_sum2(a, b);
-    if (threadIdx.x == 0) { p1[c * gridDim.x + s] = a; p2[c * gridDim.x + s] = b; }
-}
-
-// gbeta = sum(gy), ggamma = sum(gy * (x - mean)) * invstd.
-template <int K>
-__global__ void bnb_finalize(const typename io<K>::A* p1, const typename io<K>::A* p2,
-                             const typename io<K>::A* invstd, unsigned int C, unsigned int S,
-                             typename io<K>::A* ggamma, typename io<K>::A* gbeta) {
-    unsigned int c = blockIdx.x * blockDim.x + threadIdx.x;
-    if (c >= C) return;
-    double a = 0, b = 0;
-    for (unsigned int s = 0; s < S; ++s) { a += p1[c * S + s]; b += p2[c * S + s]; }
-    gbeta[c] = (typename io<K>::A)a;
-    ggamma[c] = (typename io<K>::A)(b * (double)invstd[c]);
+    if (arrive_last(a, b, part, counter, c, C) && threadIdx.x == 0) {
+        __threadfence();
+        const volatile A* vp = part;
+        double sa = 0, sb = 0;
+        for (unsigned int t = 0; t < S; ++t) { sa += vp[c * S + t]; sb += vp[C * S + c * S + t]; }
+        grads[c] = (A)(sb * (double)invstd[c]);
+        grads[C + c] = (A)sa;
+        counter[c] = 0;
+    }
 }
 
 // gx = gamma * invstd * (gy - gbeta / M - xhat * ggamma / M), xhat = (x - mean) * invstd.
 template <int K>
 __global__ void bnb_apply(const typename io<K>::T* x, const typename io<K>::T* gy,
                           const typename io<K>::A* mean, const typename io<K>::A* invstd,
-                          const typename io<K>::A* gamma, const typename io<K>::A* ggamma,
-                          const typename io<K>::A* gbeta, typename io<K>::T* gx,
-                          unsigned int total, unsigned int C, unsigned int HW,
-                          typename io<K>::A inv_m) {
+                          const typename io<K>::A* gamma, const typename io<K>::A* grads,
+                          typename io<K>::T* gx, unsigned int total, unsigned int C,
+                          unsigned int HW, typename io<K>::A inv_m) {
     typedef typename io<K>::A A;
     for (unsigned int i = blockIdx.x * blockDim.x + threadIdx.x; i < total;
          i += gridDim.x * blockDim.x) {
         unsigned int c = (i / HW) % C;
         A is = invstd[c];
         A xhat = (io<K>::ld(x[i]) - mean[c]) * is;
-        A g = io<K>::ld(gy[i]) - gbeta[c] * inv_m - xhat * ggamma[c] * inv_m;
+        A g = io<K>::ld(gy[i]) - (grads[C + c] + xhat * grads[c]) * inv_m;
         gx[i] = io<K>::st(gamma[c] * is * g);
     }
 }
 """
 
-_BN_KERNELS = ("bn_partial", "bn_finalize", "bn_apply", "bn_infer", "bnb_partial",
-               "bnb_finalize", "bnb_apply")
+_BN_KERNELS = ("bn_stats", "bn_apply", "bn_infer", "bnb_stats", "bnb_apply")
 _BN_KIND = {"float32": 0, "float16": 1, "bfloat16": 2, "float64": 3}
 _THREADS = 256
-
-
-def _bn_module():
-    mod = _kernels.get("bn")
-    if mod is None:
-        names = [f"{k}<{kind}>" for k in _BN_KERNELS for kind in range(4)]
-        mod = _kernels["bn"] = _cp().RawModule(code=_BN_SOURCE, name_expressions=names)
-    return mod
+_functions: dict = {}   # (kernel name, kind) -> cupy Function
+_geometry: dict = {}    # (shape, dtype name, device) -> _BNGeometry
+_scratch: dict = {}     # (device, stream) -> (uint32 arrival counters, partial-sum bytes)
 
 
 def _bn_fn(name, kind):
-    return _bn_module().get_function(f"{name}<{kind}>")
+    f = _functions.get((name, kind))
+    if f is None:
+        mod = _kernels.get("bn")
+        if mod is None:
+            names = [f"{k}<{i}>" for k in _BN_KERNELS for i in range(4)]
+            mod = _kernels["bn"] = _cp().RawModule(code=_BN_SOURCE, name_expressions=names)
+        f = _functions[(name, kind)] = mod.get_function(f"{name}<{kind}>")
+    return f
 
 
-def _sms(cp) -> int:
-    dev = cp.cuda.Device().id
-    n = _sm_count.get(dev)
-    if n is None:
-        n = _sm_count[dev] = cp.cuda.Device(dev).attributes["MultiProcessorCount"]
-    return n
+class _BNGeometry:
+    """x (N, C, H, W) or (N, C) seen as (N, C, HW), with its launch geometry and the kernels'
+    scalar arguments, computed once per (shape, dtype, device)."""
 
-
-class _BNShape:
-    """x (N, C, H, W) or (N, C) seen as (N, C, HW), with launch geometry for it."""
-
-    def __init__(self, where, x):
+    def __init__(self, where, x, device_id):
         cp = _cp()
         if x.ndim not in (2, 4):
             raise ValueError(f"{where}: expected input (N, C, H, W) or (N, C), got {x.shape}")
-        _check_float(where, x)
         if x.dtype.name not in _BN_KIND:
             raise TypeError(f"{where}: dtype {x.dtype.name} not supported; expected one of "
                             f"{sorted(_BN_KIND)}")
-        self.n, self.c = x.shape[0], x.shape[1]
-        self.hw = int(x.shape[2] * x.shape[3]) if x.ndim == 4 else 1
-        self.m = self.n * self.hw       # elements per channel
-        self.total = x.size
-        if self.m < 1 or self.c < 1:
+        n, self.c = x.shape[0], x.shape[1]
+        hw = int(x.shape[2] * x.shape[3]) if x.ndim == 4 else 1
+        m = n * hw  # elements per channel
+        if m < 1 or self.c < 1:
             raise ValueError(f"{where}: empty input {x.shape}")
-        if self.total >= 2**31:
-            raise ValueError(f"{where}: input {x.shape} has {self.total} elements; the fused "
+        if x.size >= 2**31:
+            raise ValueError(f"{where}: input {x.shape} has {x.size} elements; the fused "
                              f"kernels index with 32 bits (at most 2**31 - 1): split the batch")
         self.kind = _BN_KIND[x.dtype.name]
-        self.acc = cp.float64 if self.kind == 3 else cp.float32
-        sms = _sms(cp)
+        self.acc = np.dtype(np.float64 if self.kind == 3 else np.float32)
+        sms = cp.cuda.Device(device_id).attributes["MultiProcessorCount"]
         # Slices per channel: enough blocks to fill the GPU (~8 per SM), none under ~2K elements.
-        self.slices = max(1, min(max(1, 8 * sms // self.c), -(-self.m // 2048)))
-        self.per = -(-self.m // self.slices)
-        self.apply_blocks = max(1, min(-(-self.total // _THREADS), 32 * sms))
+        self.slices = max(1, min(max(1, 8 * sms // self.c), -(-m // 2048)))
+        per = -(-m // self.slices)
+        self.reduce_grid = (self.slices, self.c)
+        self.apply_grid = (max(1, min(-(-x.size // _THREADS), 32 * sms)),)
+        u32 = np.uint32
+        self.c_hw_m_per = (u32(self.c), u32(hw), u32(m), u32(per))
+        self.total_c_hw = (u32(x.size), u32(self.c), u32(hw))
+        self.inv_m = self.acc.type(1.0 / m)
+        self.part_bytes = 2 * self.c * self.slices * self.acc.itemsize
 
-    def per_channel(self, a, name, where):
-        """A (C,) parameter as a contiguous array of the accumulation dtype."""
-        if a.shape != (self.c,):
-            raise ValueError(f"{where}: {name} has shape {a.shape}, expected ({self.c},)")
-        return _cp().ascontiguousarray(a, dtype=self.acc)
+
+def _geom(where, x):
+    device_id = x.device.id
+    key = (x.shape, x.dtype, device_id)
+    g = _geometry.get(key)
+    if g is None:
+        g = _geometry[key] = _BNGeometry(where, x, device_id)
+    return g
 
 
-def _u32(v):
-    return np.uint32(v)
+def _scratch_for(cp, geom):
+    """Arrival counters (all zero between launches) and partial-sum space for this stream.
+    Reused by every batch-norm call on the stream: stream order keeps the uses apart."""
+    key = (cp.cuda.runtime.getDevice(), cp.cuda.get_current_stream().ptr)
+    counters, part = _scratch.get(key, (None, None))
+    if counters is None or counters.size < geom.c or part.nbytes < geom.part_bytes:
+        counters = cp.zeros(max(geom.c, 0 if counters is None else counters.size), cp.uint32)
+        part = cp.empty(max(geom.part_bytes, 0 if part is None else part.nbytes), cp.uint8)
+        _scratch[key] = (counters, part)
+    return counters, part
+
+
+def _per_channel(a, geom, name, where):
+    """A (C,) parameter as a contiguous array of the accumulation dtype (no copy if it is)."""
+    if a.shape != (geom.c,):
+        raise ValueError(f"{where}: {name} has shape {a.shape}, expected ({geom.c},)")
+    if a.dtype == geom.acc and a.flags.c_contiguous:
+        return a
+    return _cp().ascontiguousarray(a, dtype=geom.acc)
+
+
+def _contiguous(cp, a):
+    return a if a.flags.c_contiguous else cp.ascontiguousarray(a)
 
 
 def batch_norm_train(x, gamma, beta, eps):
     """Normalise with batch statistics: returns (y, mean, invstd), mean/invstd of shape (C,),
     invstd = 1/sqrt(biased var + eps). y has x's dtype."""
     cp = _cp()
-    s = _BNShape("batch_norm_train", x)
-    x = cp.ascontiguousarray(x)
-    gamma = s.per_channel(gamma, "gamma", "batch_norm_train")
-    beta = s.per_channel(beta, "beta", "batch_norm_train")
-    p1 = cp.empty((s.c, s.slices), dtype=s.acc)
-    p2 = cp.empty((s.c, s.slices), dtype=s.acc)
-    mean = cp.empty(s.c, dtype=s.acc)
-    invstd = cp.empty(s.c, dtype=s.acc)
+    geom = _geom("batch_norm_train", x)
+    x = _contiguous(cp, x)
+    gamma = _per_channel(gamma, geom, "gamma", "batch_norm_train")
+    beta = _per_channel(beta, geom, "beta", "batch_norm_train")
+    counters, part = _scratch_for(cp, geom)
+    stats = cp.empty(2 * geom.c, dtype=geom.acc)  # mean, invstd
     y = cp.empty_like(x)
-    xi, yi = _io(x), _io(y)
-    _bn_fn("bn_partial", s.kind)((s.slices, s.c), (_THREADS,),
-                                 (xi, _u32(s.c), _u32(s.hw), _u32(s.m), _u32(s.per), p1, p2))
-    _bn_fn("bn_finalize", s.kind)((-(-s.c // 128),), (128,),
-                                  (xi, p1, p2, _u32(s.c), _u32(s.hw), _u32(s.slices),
-                                   np.float64(s.m), np.float64(eps), mean, invstd))
-    _bn_fn("bn_apply", s.kind)((s.apply_blocks,), (_THREADS,),
-                               (xi, mean, invstd, gamma, beta, yi, _u32(s.total), _u32(s.c),
-                                _u32(s.hw)))
+    xi = _io(x)
+    _bn_fn("bn_stats", geom.kind)(geom.reduce_grid, (_THREADS,),
+                                  (xi, *geom.c_hw_m_per, part, counters, np.float64(eps), stats))
+    mean, invstd = stats[:geom.c], stats[geom.c:]
+    _bn_fn("bn_apply", geom.kind)(geom.apply_grid, (_THREADS,),
+                                  (xi, mean, invstd, gamma, beta, _io(y), *geom.total_c_hw))
     return y, mean, invstd
 
 
@@ -407,44 +434,39 @@ def batch_norm_backward(x, gy, gamma, mean, invstd):
     """Gradients of batch_norm_train given its saved mean and invstd: returns (gx, ggamma,
     gbeta). x and gy share shape and dtype; gx has that dtype, ggamma/gbeta have gamma's."""
     cp = _cp()
-    s = _BNShape("batch_norm_backward", x)
+    geom = _geom("batch_norm_backward", x)
     if gy.shape != x.shape or gy.dtype != x.dtype:
         raise ValueError(f"batch_norm_backward: gradient {gy.shape} {gy.dtype.name} must match "
                          f"input {x.shape} {x.dtype.name}")
-    x, gy = cp.ascontiguousarray(x), cp.ascontiguousarray(gy)
-    g_acc = s.per_channel(gamma, "gamma", "batch_norm_backward")
-    mean = s.per_channel(mean, "mean", "batch_norm_backward")
-    invstd = s.per_channel(invstd, "invstd", "batch_norm_backward")
-    p1 = cp.empty((s.c, s.slices), dtype=s.acc)
-    p2 = cp.empty((s.c, s.slices), dtype=s.acc)
-    ggamma = cp.empty(s.c, dtype=s.acc)
-    gbeta = cp.empty(s.c, dtype=s.acc)
+    x, gy = _contiguous(cp, x), _contiguous(cp, gy)
+    g_acc = _per_channel(gamma, geom, "gamma", "batch_norm_backward")
+    mean = _per_channel(mean, geom, "mean", "batch_norm_backward")
+    invstd = _per_channel(invstd, geom, "invstd", "batch_norm_backward")
+    counters, part = _scratch_for(cp, geom)
+    grads = cp.empty(2 * geom.c, dtype=geom.acc)  # ggamma, gbeta
     gx = cp.empty_like(x)
     xi, gyi = _io(x), _io(gy)
-    _bn_fn("bnb_partial", s.kind)((s.slices, s.c), (_THREADS,),
-                                  (xi, gyi, mean, _u32(s.c), _u32(s.hw), _u32(s.m), _u32(s.per),
-                                   p1, p2))
-    _bn_fn("bnb_finalize", s.kind)((-(-s.c // 128),), (128,),
-                                   (p1, p2, invstd, _u32(s.c), _u32(s.slices), ggamma, gbeta))
-    inv_m = (np.float64 if s.kind == 3 else np.float32)(1.0 / s.m)
-    _bn_fn("bnb_apply", s.kind)((s.apply_blocks,), (_THREADS,),
-                                (xi, gyi, mean, invstd, g_acc, ggamma, gbeta, _io(gx),
-                                 _u32(s.total), _u32(s.c), _u32(s.hw), inv_m))
+    _bn_fn("bnb_stats", geom.kind)(geom.reduce_grid, (_THREADS,),
+                                   (xi, gyi, mean, invstd, *geom.c_hw_m_per, part, counters,
+                                    grads))
+    _bn_fn("bnb_apply", geom.kind)(geom.apply_grid, (_THREADS,),
+                                   (xi, gyi, mean, invstd, g_acc, grads, _io(gx),
+                                    *geom.total_c_hw, geom.inv_m))
+    ggamma, gbeta = grads[:geom.c], grads[geom.c:]
     return gx, ggamma.astype(gamma.dtype, copy=False), gbeta.astype(gamma.dtype, copy=False)
 
 
 def batch_norm_infer(x, gamma, beta, running_mean, running_var, eps):
     """Normalise with running statistics (eval mode); y has x's dtype."""
     cp = _cp()
-    s = _BNShape("batch_norm_infer", x)
-    x = cp.ascontiguousarray(x)
-    args = [s.per_channel(a, n, "batch_norm_infer") for a, n in
+    geom = _geom("batch_norm_infer", x)
+    x = _contiguous(cp, x)
+    args = [_per_channel(a, geom, n, "batch_norm_infer") for a, n in
             ((running_mean, "running_mean"), (running_var, "running_var"), (gamma, "gamma"),
              (beta, "beta"))]
     y = cp.empty_like(x)
-    e = (np.float64 if s.kind == 3 else np.float32)(eps)
-    _bn_fn("bn_infer", s.kind)((s.apply_blocks,), (_THREADS,),
-                               (_io(x), *args, e, _io(y), _u32(s.total), _u32(s.c), _u32(s.hw)))
+    _bn_fn("bn_infer", geom.kind)(geom.apply_grid, (_THREADS,),
+                                  (_io(x), *args, geom.acc.type(eps), _io(y), *geom.total_c_hw))
     return y
 
 
