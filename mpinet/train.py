@@ -24,7 +24,7 @@ DEFAULTS = {
     "dp_mode": "backward", "bucket_mb": 25.0, "grad_dtype": None, "accumulation_steps": 1,
     "augment": False, "sync_batchnorm": False, "checkpoint_dir": None, "checkpoint_every": 0,
     "keep_checkpoints": 3, "resume": None, "seed": 0, "metrics": None, "log_every": 10,
-    "train_samples": None, "quiet": False, "save_weights": None,
+    "train_samples": None, "quiet": False, "save_weights": None, "model_opt": None,
 }
 
 
@@ -47,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
                                      "cifar100, image-folder, synthetic, synthetic-segmentation")
     g.add_argument("--data-dir", help="directory of the data set's files")
     g.add_argument("--train-samples", type=int, help="use only the first N training samples")
+    g.add_argument("--model-opt", action="append", metavar="KEY=VALUE",
+                   help="extra model option, repeatable (e.g. base_width=16 for unet; values "
+                        "parsed as JSON when they can be, else kept as strings)")
     g.add_argument("--augment", action="store_true", default=None,
                    help="random crop (padding 4 for 32px, 2 below) + horizontal flip")
     g = p.add_argument_group("optimisation")
@@ -149,11 +152,17 @@ def validate(cfg: dict, world_size: int) -> None:
         raise ConfigError(f"--resume {cfg['resume']!r}: no such checkpoint")
 
 
-def _pick_model_opts(name: str, train) -> dict:
-    c, h, w = train.input_shape
+def _pick_model_opts(cfg: dict, train) -> dict:
+    c, h, _ = train.input_shape
     opts = {"num_classes": train.num_classes, "in_channels": c, "input_size": h}
-    if name.startswith("resnet") and h <= 64:
-        opts["stem"] = "cifar"
+    for item in cfg["model_opt"] or ():
+        key, sep, value = str(item).partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--model-opt {item!r} must look like KEY=VALUE, e.g. base_width=16")
+        try:
+            opts[key] = json.loads(value)
+        except json.JSONDecodeError:
+            opts[key] = value
     return opts
 
 
@@ -161,13 +170,15 @@ def setup(cfg: dict, comm):
     """Data, model, compiled Model; raises ConfigError/ValueError/OSError on bad input."""
     from mpinet.optim.factory import build_schedule  # noqa: PLC0415
     from mpinet.data import augment as aug  # noqa: PLC0415
-    from mpinet.data.registry import get_dataset  # noqa: PLC0415
+    from mpinet.data.registry import dataset_options, get_dataset  # noqa: PLC0415
     from mpinet.model import Model  # noqa: PLC0415
     from mpinet.models import build_model  # noqa: PLC0415
     from mpinet.nn import init  # noqa: PLC0415
 
-    train = get_dataset(cfg["dataset"], "train", data_dir=cfg["data_dir"], raw=True)
-    test = get_dataset(cfg["dataset"], "test", data_dir=cfg["data_dir"], raw=True)
+    # uint8 where the reader offers it: a quarter of the host memory and host-to-device copy.
+    opts = {"raw": True} if "raw" in dataset_options(cfg["dataset"]) else {}
+    train = get_dataset(cfg["dataset"], "train", data_dir=cfg["data_dir"], **opts)
+    test = get_dataset(cfg["dataset"], "test", data_dir=cfg["data_dir"], **opts)
     if cfg["train_samples"]:
         from mpinet.data.dataset import ArrayDataset  # noqa: PLC0415
 
@@ -177,7 +188,12 @@ def setup(cfg: dict, comm):
         raise ConfigError(f"{len(train)} training samples for {comm.size} ranks: every rank "
                           f"needs at least one sample; use fewer ranks or more data")
     init.manual_seed(cfg["seed"])
-    net = build_model(cfg["model"], **_pick_model_opts(cfg["model"], train))
+    net = build_model(cfg["model"], **_pick_model_opts(cfg, train))
+    # Same initial weights everywhere (rank 0's are broadcast anyway), but each rank its own
+    # dropout masks: the ranks see different samples and must not share their noise.
+    from mpinet.ops import dropout  # noqa: PLC0415
+
+    dropout.manual_seed(cfg["seed"] * 100_003 + comm.rank)
     if cfg["sync_batchnorm"]:
         from mpinet.parallel.sync_batchnorm import convert_sync_batchnorm  # noqa: PLC0415
 

@@ -48,6 +48,13 @@ _OPTIONS = {
 }
 
 
+def dataset_options(name: str) -> tuple[str, ...]:
+    """The options ``get_dataset(name, ...)`` accepts besides split and data_dir."""
+    if name not in _OPTIONS:
+        raise ValueError(f"unknown data set {name!r}; choose one of: {', '.join(DATASET_NAMES)}")
+    return _OPTIONS[name]
+
+
 def get_dataset(name: str, split: str = "train", data_dir=None, **opts) -> ArrayDataset:
     """Load a data set split by name. See each reader's docstring for ``opts``.
 

@@ -36,11 +36,15 @@ def _fans(shape: tuple) -> tuple[int, int]:
 
 
 def _param(array: np.ndarray, dtype=np.float32) -> Parameter:
-    return Parameter(backend.to_device(array.astype(dtype)))
+    return Parameter(backend.to_device(array.astype(dtype, copy=False)))
 
 
 def uniform(shape: tuple, bound: float, dtype=np.float32) -> Parameter:
-    return _param(_rng.uniform(-bound, bound, size=shape), dtype)
+    # Drawn in float32: VGG's 100M-weight Linear layers would otherwise allocate float64 twice.
+    u = _rng.random(shape, dtype=np.float32)
+    u *= np.float32(2 * bound)
+    u -= np.float32(bound)
+    return _param(u, dtype)
 
 
 def kaiming_uniform(shape: tuple, a: float = math.sqrt(5), dtype=np.float32) -> Parameter:
@@ -54,7 +58,7 @@ def kaiming_normal(shape: tuple, mode: str = "fan_out", dtype=np.float32) -> Par
     """He initialisation for ReLU nets (torchvision ResNet uses fan_out)."""
     fan_in, fan_out = _fans(shape)
     std = math.sqrt(2.0 / (fan_in if mode == "fan_in" else fan_out))
-    return _param(_rng.normal(0.0, std, size=shape), dtype)
+    return _param(_rng.standard_normal(shape, dtype=np.float32) * np.float32(std), dtype)
 
 
 def bias_for(weight_shape: tuple, size: int, dtype=np.float32) -> Parameter:
