@@ -176,9 +176,11 @@ def main():
     for row in rows:
         print("| " + " | ".join(f"{v:.3f}" if isinstance(v, float) else str(v) for v in row)
               + " |")
-    tuned = [row[6] for row in rows]
-    print(f"\nspeed (torch/ours, tuned): geomean {np.exp(np.mean(np.log(tuned))):.3f}, "
-          f"min {min(tuned):.3f}")
+    print()
+    for label, idx in (("heuristic plan (default)", 3), ("autotuned plan", 4)):
+        speed = [row[5] / row[idx] for row in rows]
+        print(f"speed torch/ours, {label}: geomean {np.exp(np.mean(np.log(speed))):.3f}, "
+              f"min {min(speed):.3f}, rows >= 0.9: {sum(v >= 0.9 for v in speed)}/{len(speed)}")
     print(f"graphs by execution path: {cudnn_conv.cache_info()}")
     ho = host_overhead(args)
     print("host overhead per call (us, tiny fp32 conv): "
