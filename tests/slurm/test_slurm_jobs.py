@@ -29,7 +29,7 @@ SHORT_ARGS = {"toy": ["--steps", "4", "--step-time", "0"], "train": ["--epochs",
 # Long enough that the signal lands mid-run: the toy 40 steps x 0.25 s; the trainer's default MLP
 # on digits is 23 steps (about 0.1 s) per epoch on 2 ranks.
 PREEMPT_ARGS = {"toy": ["--steps", "40", "--step-time", "0.25"],
-                "train": ["--epochs", "150", "--quiet", "--save-weights", "final.safetensors"]}
+                "train": ["--epochs", "40", "--quiet", "--save-weights", "final.safetensors"]}
 
 
 def final_weights(name, run_dir, checkpoint_dir):
@@ -85,9 +85,11 @@ def test_preempted_job_requeues_and_resumes_to_same_weights(slurm, tmp_path, nam
     # The uninterrupted reference runs at the same time (the node has room for both).
     ref = slurm.submit("train_1node.sbatch", ref_dir, args + ["--checkpoint-dir", "ckpt"],
                        program=program, time_limit_min=5)
+    # The script's own warning (--signal=B:USR1@300) would fire at once in a 5-minute job:
+    # move it to the last 10 s so the only signal is the test's.
     pre = slurm.submit("train_preemptible.sbatch", pre_dir,
                        args + ["--metrics", "metrics.jsonl"], program=program,
-                       time_limit_min=5)
+                       sbatch_args=["--signal=B:USR1@10"], time_limit_min=5)
     metrics = pre_dir / "metrics.jsonl"
 
     # Signal only once training is under way (a metrics line means the handlers are set).
