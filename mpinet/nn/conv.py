@@ -89,7 +89,8 @@ class ConvTranspose2d(_ConvNd):
                                             "ConvTranspose2d", 0)
 
     def forward(self, x):
-        # x: (N, in, H, W) -> (N, out, (H-1)*stride - 2*padding + dilation*(kh-1) + output_padding + 1, ...)
+        # x: (N, in, H, W) -> (N, out, OH, OW),
+        # OH = (H-1)*stride - 2*padding + dilation*(kh-1) + output_padding + 1
         return self._call_op(conv_ops.conv_transpose2d, x, output_padding=self.output_padding)
 
     def extra_repr(self) -> str:

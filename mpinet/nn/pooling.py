@@ -87,4 +87,5 @@ class Upsample(_Op):
 
     def extra_repr(self) -> str:
         what = f"size={self.size}" if self.size is not None else f"scale_factor={self.scale_factor}"
-        return f"{what}, mode={self.mode!r}" + (", align_corners=True" if self.align_corners else "")
+        corners = ", align_corners=True" if self.align_corners else ""
+        return f"{what}, mode={self.mode!r}{corners}"

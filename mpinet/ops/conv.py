@@ -309,7 +309,8 @@ def conv2d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1):
     """2-D convolution (cross-correlation, like PyTorch).
 
     x: (N, C, H, W); w: (O, C/groups, kh, kw); b: (O,) or None -> (N, O, OH, OW) with
-    OH = (H + 2*padding - dilation*(kh-1) - 1) // stride + 1. stride/padding/dilation: int or (h, w).
+    OH = (H + 2*padding - dilation*(kh-1) - 1) // stride + 1.
+    stride/padding/dilation: int or (h, w).
     """
     geom = ConvGeometry.of("conv2d", stride, padding, dilation, groups)
     args = (x, w) if b is None else (x, w, b)
