@@ -37,17 +37,18 @@ class _ConvNd(Module):
         self.kernel_size = conv_ops.pair(kernel_size, "kernel_size", name, 1)
         self.stride, self.padding, self.dilation, self.groups = (
             geom.stride, geom.padding, geom.dilation, geom.groups)
+        self._geom = geom  # validated once: each call skips re-parsing (host time on GPU)
         shape = weight_shape_of(in_channels, out_channels, groups) + self.kernel_size
         # PyTorch's defaults: kaiming_uniform(a=sqrt(5)) weight, U(+-1/sqrt(fan_in)) bias.
         self.weight = init.kaiming_uniform(shape)
         self.bias = init.bias_for(shape, out_channels) if bias else None
 
-    def _call_op(self, op, x, **options):
+    def _call_op(self, function, x):
+        """Run the op's Function on (x, weight[, bias]) after autocast; errors name the layer."""
         check_input(self, x, self.in_channels)
         x, w, b = amp.autocast_inputs(x, self.weight, self.bias)
         try:
-            return op(x, w, b, stride=self.stride, padding=self.padding, dilation=self.dilation,
-                      groups=self.groups, **options)
+            return function.apply(x, w) if b is None else function.apply(x, w, b)
         except ValueError as e:  # name the layer, not just the op
             raise layer_error(self, str(e)) from None
 
@@ -75,7 +76,7 @@ class Conv2d(_ConvNd):
 
     def forward(self, x):
         # x: (N, in, H, W) -> (N, out, OH, OW)
-        return self._call_op(conv_ops.conv2d, x)
+        return self._call_op(conv_ops.Conv2d(self._geom), x)
 
 
 class ConvTranspose2d(_ConvNd):
@@ -91,7 +92,7 @@ class ConvTranspose2d(_ConvNd):
     def forward(self, x):
         # x: (N, in, H, W) -> (N, out, OH, OW),
         # OH = (H-1)*stride - 2*padding + dilation*(kh-1) + output_padding + 1
-        return self._call_op(conv_ops.conv_transpose2d, x, output_padding=self.output_padding)
+        return self._call_op(conv_ops.ConvTranspose2d(self._geom, self.output_padding), x)
 
     def extra_repr(self) -> str:
         extra = super().extra_repr()
