@@ -7,6 +7,7 @@ link carries the minimum; the fast intra-node links do the rest.
     MPI allreduce of the shard between the ranks with the same local rank on every node (the MPI
     here is not CUDA-aware: device pointers crash it), copied back, NCCL allgather in the node.
   * CPU (NumPy arrays): the same algorithm with MPI at both levels, so CI tests the logic.
+  * GPU on a single node: reduce-scatter then allgather, both queued on the GPU at once.
 
 A collective is a chain of stages; a stage starts when the previous one has finished. Stages
 are advanced whenever the host calls into this communicator (a new collective, test, wait), so
@@ -32,7 +33,7 @@ from mpinet import backend
 from mpinet.comm.base import Communicator, Handle, OpInfo, poll
 from mpinet.comm.mpi import (RequestsHandle, buffer_and_op, divide_by, post_allgather,
                              post_bcast, post_reduce_scatter)
-from mpinet.comm.nccl import NCCL_AVG, NCCL_SUM, NCCL_TYPES, DeviceLane
+from mpinet.comm.nccl import NCCL_AVG, NCCL_SUM, NCCL_TYPES, DeviceLane, EventHandle
 
 _DEVICE_TO_HOST, _HOST_TO_DEVICE = 2, 1  # cudaMemcpyKind
 
@@ -207,10 +208,13 @@ class HierarchicalCommunicator(Communicator):
         lane, t = self._lane, NCCL_TYPES[x.dtype.name]
         src, dst, m, unpad = self._padded(cp, x, out)  # padding copies run on the compute stream
         shard = cp.empty(m, dtype=x.dtype)
-        host = cupyx.empty_pinned((m,), dtype=x.dtype)
-        nbytes = shard.nbytes
         # Mean: NCCL averages inside the node, the host divides by the node count.
         in_node_op = NCCL_AVG if op == "mean" and lane.avg else NCCL_SUM
+        if self.num_nodes == 1:
+            return self._iallreduce_one_node(cp, src, dst, shard, m, t, in_node_op, op, out,
+                                             unpad, info, keep=(x, out, src, dst, shard))
+        host = cupyx.empty_pinned((m,), dtype=x.dtype)
+        nbytes = shard.nbytes
         keep = (x, out, src, dst, shard, host)
 
         def reduce_in_node():
@@ -245,6 +249,23 @@ class HierarchicalCommunicator(Communicator):
         # The GPU-side wait is queued when the last stage starts; unpadding then runs on the
         # compute stream, after that wait.
         return self._chain(stages, out, info, unpad, keep=keep)
+
+    def _iallreduce_one_node(self, cp, src, dst, shard, m, t, nccl_op, op, out, unpad, info,
+                             keep):
+        """Nothing crosses nodes: reduce-scatter and allgather queue back to back on the GPU,
+        no host staging and no host wait (a plain GPU handle)."""
+        def fn(c, s):
+            c.reduceScatter(src.data.ptr, shard.data.ptr, m, t, nccl_op, s)
+            c.allGather(shard.data.ptr, dst.data.ptr, m, t, s)
+
+        def finish():
+            if unpad is not None:
+                unpad()
+            if op == "mean" and nccl_op != NCCL_AVG:
+                out[...] = out / self.size
+
+        done = self._lane.launch(cp, fn, info, keep)
+        return EventHandle(cp, done, out, keep, finish)
 
     # ---- the rest: world MPI (host-staged on GPU) ---------------------------------------------
 

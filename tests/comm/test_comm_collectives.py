@@ -128,7 +128,7 @@ def test_mixed_collectives_in_flight(comm):
     b = np.full(4, comm.rank, np.int64)
     c = np.arange(2 * comm.size, dtype=np.float64)
     ha, hb, hc, hd = (comm.iallreduce(a), comm.ibcast(b, root=comm.size - 1),
-                      comm.ireduce_scatter(c), comm.iallgather(b[:1].copy()))
+                      comm.ireduce_scatter(c), comm.iallgather(np.array([comm.rank])))
     ra, rb, rc, rd = wait_all([ha, hb, hc, hd])
     np.testing.assert_array_equal(ra, comm.size * (comm.size + 1) / 2)
     np.testing.assert_array_equal(rb, comm.size - 1)
