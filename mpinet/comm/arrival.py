@@ -20,11 +20,16 @@ OPS = ("allreduce", "bcast", "allgather", "reduce_scatter", "barrier",
        "bcast_obj", "allgather_obj", "allreduce_obj")
 
 _open_trackers: list = []
+_registered: list = []  # non-empty once the exit hook is registered
 
 
 def _free_open_trackers():
     # Windows are freed collectively before MPI_Finalize (mpi4py's finalizer was registered at
     # import, so this runs first); every rank creates the same communicators in the same order.
+    from mpi4py import MPI  # noqa: PLC0415
+
+    if MPI.Is_finalized():  # the program finalized MPI itself: nothing can be freed now
+        return
     while _open_trackers:
         _open_trackers.pop().free()
 
@@ -35,21 +40,30 @@ class ArrivalTracker:
 
         self._MPI = MPI
         self._comm = mpi_comm
-        self._win = MPI.Win.Allocate(16, 8, comm=mpi_comm)
-        self._slot = np.frombuffer(self._win.tomemory(), dtype=np.int64)
-        self._slot[:] = (0, -1)
-        self._win.Lock_all(MPI.MODE_NOCHECK)
         self._world_ranks = mpi_comm.Get_group().Translate_ranks(
             list(range(mpi_comm.Get_size())), MPI.COMM_WORLD.Get_group())
         self.seq = 0
-        if not _open_trackers:
+        try:
+            self._win = MPI.Win.Allocate(16, 8, comm=mpi_comm)
+        except MPI.Exception as err:
+            # An MPI without usable one-sided support: keep working, report positions unknown.
+            self._win, self._slot, self.unavailable = None, None, str(err)
+            return
+        self.unavailable = ""
+        self._slot = np.frombuffer(self._win.tomemory(), dtype=np.int64)
+        self._slot[:] = (0, -1)
+        self._win.Lock_all(MPI.MODE_NOCHECK)
+        if not _registered:
             atexit.register(_free_open_trackers)
+            _registered.append(True)
         _open_trackers.append(self)
         mpi_comm.Barrier()  # every slot is initialised before anyone can read it
 
     def enter(self, op: str) -> int:
         """Record that this rank entered collective ``op``; return its sequence number (1, 2, ...)."""
         self.seq += 1
+        if self._win is None:
+            return self.seq
         self._slot[:] = (self.seq, OPS.index(op))
         self._win.Sync()  # make the store visible to remote Rget (MPI unified memory model)
         return self.seq
@@ -70,6 +84,8 @@ class ArrivalTracker:
 
     def missing_report(self, seq: int) -> str:
         """Text naming the ranks that have not entered collective number ``seq``."""
+        if self._win is None:
+            return f"ranks that did not arrive: unknown (no MPI window: {self.unavailable})"
         late, unreadable = [], []
         for r, pos in enumerate(self.positions()):
             if pos is None:
