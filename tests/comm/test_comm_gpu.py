@@ -20,24 +20,35 @@ GPU_LAYOUTS = [("nccl", None), ("hierarchical", None), ("hierarchical", "all"),
                ("hierarchical", 2)]
 
 
+def _node_local_rank():
+    """This rank's real node-local rank: the GPU to use, whatever layout is emulated."""
+    from mpi4py import MPI
+
+    local = MPI.COMM_WORLD.Split_type(MPI.COMM_TYPE_SHARED, key=MPI.COMM_WORLD.Get_rank())
+    rank = local.Get_rank()
+    local.Free()
+    return rank
+
+
+@pytest.fixture(scope="module")
+def gpu_index():
+    return _node_local_rank()
+
+
 @pytest.fixture(scope="module", params=GPU_LAYOUTS, ids=layout_id)
-def comm(request):
+def comm(request, gpu_index):
     from mpi4py import MPI
 
     impl, nodes = request.param
-    size = MPI.COMM_WORLD.Get_size()
-    # The GPU follows the real node-local rank, whatever the emulated layout.
-    local = MPI.COMM_WORLD.Split_type(MPI.COMM_TYPE_SHARED, key=MPI.COMM_WORLD.Get_rank())
-    backend.select_device(local.Get_rank(), device="gpu")
-    local.Free()
-    with communicator(impl, nodes, size) as c:
+    backend.select_device(gpu_index, device="gpu")  # NCCL binds to the current GPU
+    with communicator(impl, nodes, MPI.COMM_WORLD.Get_size()) as c:
         yield c
 
 
 @pytest.fixture(autouse=True)
-def _gpu(comm):
-    backend.select_device(comm.topology.rank % backend._cupy().cuda.runtime.getDeviceCount(),
-                          device="gpu")
+def _gpu(gpu_index):
+    # tests/conftest.py resets every test to the CPU backend; these run on this rank's GPU.
+    backend.select_device(gpu_index, device="gpu")
     yield
 
 
