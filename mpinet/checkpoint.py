@@ -159,18 +159,20 @@ def _write_checkpoint(directory: str, state: dict, per_rank: list, step: int, wo
     final = os.path.join(directory, f"ckpt-{step}")
     tmp = f"{final}.tmp-{secrets.token_hex(4)}"
     os.mkdir(tmp)
+    old = None
     try:
         _write_file(os.path.join(tmp, TENSORS_FILE), blob)
         _write_file(os.path.join(tmp, META_FILE),
                     json.dumps(meta, indent=1, allow_nan=True).encode())
         _fsync_dir(tmp)
-        old = None
         if os.path.exists(final):
             old = f"{final}.old-{secrets.token_hex(4)}"
             os.rename(final, old)
         os.rename(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and not os.path.exists(final):
+            os.rename(old, final)  # the replaced checkpoint comes back
         raise
     _fsync_dir(directory)
     if old is not None:

@@ -98,6 +98,24 @@ def test_same_step_is_replaced_whole(tmp_path):
     _assert_same_state(new, checkpoint.load(tmp_path / "ckpt-5"))
 
 
+def test_a_failed_replace_keeps_the_old_checkpoint(tmp_path, monkeypatch):
+    old = sample_state(5, scale=1.0)
+    checkpoint.save(tmp_path, old, 5, LocalComm())
+    real_rename = os.rename
+
+    def rename_fails_for_the_new_one(src, dst):
+        if ".tmp-" in os.fspath(src):
+            raise OSError("simulated: disk went away")
+        return real_rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", rename_fails_for_the_new_one)
+    with pytest.raises(CheckpointError, match="OSError: simulated"):
+        checkpoint.save(tmp_path, sample_state(5, scale=-3.0), 5, LocalComm())
+    monkeypatch.undo()
+    assert sorted(os.listdir(tmp_path)) == ["ckpt-5"]
+    _assert_same_state(old, checkpoint.load(tmp_path / "ckpt-5"))
+
+
 def test_next_save_removes_leftovers_of_a_crashed_one(tmp_path):
     checkpoint.save(tmp_path, sample_state(1), 1, LocalComm())
     os.mkdir(tmp_path / "ckpt-2.tmp-deadbeef")
