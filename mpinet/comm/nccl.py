@@ -48,7 +48,6 @@ class DeviceLane:
         if self.nccl is None:
             from cupy.cuda import nccl  # noqa: PLC0415
 
-            self._nccl_mod = nccl
             # NCCL init blocks until every rank joins: gate with a timed barrier first so a
             # missing rank is reported instead of hanging in ncclCommInitRank.
             rank, size = self._mpi.Get_rank(), self._mpi.Get_size()
