@@ -131,3 +131,27 @@ def test_save_and_load_weights_through_model(tmp_path):
     other = build_model()
     other.load_weights(str(tmp_path / "final.safetensors"))
     assert_bitwise_equal(weights(model), weights(other), "load_weights")
+
+
+@pytest.mark.mpi(min_size=2)
+def test_per_rank_statistics_and_rng_come_back_to_their_rank(mpi_tmp_path):
+    """Batch-norm running statistics and dropout's generator differ between ranks (each sees
+    its own batches); each rank must get its own back, and rank 0's view is the default."""
+    from mpinet import backend
+
+    model = build_model()
+    model.fit(dataset(), epochs=1, batch_size=BATCH, verbose=False)
+    comm = model.comm
+    mine = backend.to_numpy(model.network.state_dict()["2.running_mean"]).copy()
+    everyone = comm.allgather_obj(mine)
+    assert not np.array_equal(everyone[0], everyone[1]), "ranks saw different batches"
+    path = model.save_checkpoint(str(mpi_tmp_path / "ck"))
+    np.testing.assert_array_equal(checkpoint.load(path, rank=comm.rank)["model"]["2.running_mean"],
+                                  mine)
+    np.testing.assert_array_equal(checkpoint.load(path, rank=0)["model"]["2.running_mean"],
+                                  everyone[0])
+    from mpinet.model import _rng_states
+
+    assert checkpoint.load(path, rank=comm.rank)["rng"] == _rng_states()
+    # Default: this process's COMM_WORLD rank, as the world size matches.
+    np.testing.assert_array_equal(checkpoint.load(path)["model"]["2.running_mean"], mine)
