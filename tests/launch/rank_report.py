@@ -21,7 +21,8 @@ launcher_local = next((os.environ[v] for v in ("OMPI_COMM_WORLD_LOCAL_RANK", "MP
 line = (f"rank {rank}/{size} local {local.Get_rank()}/{local.Get_size()} "
         f"launcher_local {launcher_local} args {sys.argv[1:]} "
         f"NCCL_NVLS_ENABLE={os.environ.get('NCCL_NVLS_ENABLE')} "
-        f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}")
+        f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')} "
+        f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')}")
 lines = comm.gather(line, root=0)
 if rank == 0:
     sys.stdout.write("\n".join(lines) + "\n")

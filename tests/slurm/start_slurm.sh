@@ -9,8 +9,14 @@
 # configuration is never overwritten), starts the daemons that are not running and waits until the
 # node is idle (about 6 s). Exit 0 when Slurm is usable, non-zero with a message when not.
 #
+# If the configuration this script would write differs from the one in place (a newer version of
+# this script), it rewrites it and restarts the daemons.
+#
 # Knobs: MPINET_TEST_SLURM_CPUS (CPUs the node claims, default 8: SlurmdParameters=config_overrides
-# lets a 2-core box advertise more, so several 2-task jobs can be scheduled at once).
+# lets a 2-core box advertise more, so several 2-task jobs can be scheduled at once);
+# MPINET_TEST_SLURM_FAKE_GPUS (default 2): GPUs the node offers as GRES, backed by character
+# devices made with mknod under /run/mpinet-fakegpu (no driver behind them), so the tests can check
+# which GPUs Slurm makes visible to each task (CUDA_VISIBLE_DEVICES); 0: none.
 set -euo pipefail
 
 CONF_DIR=/etc/slurm
@@ -18,6 +24,8 @@ CONF=$CONF_DIR/slurm.conf
 MARKER="# written by mpinet tests/slurm/start_slurm.sh"
 NODE=$(hostname -s)
 CPUS=${MPINET_TEST_SLURM_CPUS:-8}
+FAKE_GPUS=${MPINET_TEST_SLURM_FAKE_GPUS:-2}
+FAKE_GPU_DIR=/run/mpinet-fakegpu
 WAIT_S=${MPINET_TEST_SLURM_WAIT_S:-60}
 
 log() { echo "[start_slurm] $*"; }
@@ -31,11 +39,6 @@ usable() {
   esac
 }
 
-if usable; then
-  log "Slurm already up: node $NODE is $(node_state)"
-  exit 0
-fi
-
 for tool in slurmctld slurmd sinfo munged; do
   if ! command -v "$tool" >/dev/null; then
     echo "[start_slurm] $tool not found; install Debian's slurmctld slurmd slurm-client munge" \
@@ -46,6 +49,11 @@ done
 if [ "$(id -u)" -ne 0 ]; then
   echo "[start_slurm] must run as root (it writes $CONF and starts daemons); uid is $(id -u)" >&2
   exit 2
+fi
+
+if usable && [ "$(id -u)" -ne 0 ]; then
+  log "Slurm already up: node $NODE is $(node_state) (not root: configuration left as it is)"
+  exit 0
 fi
 
 # --- munge: the key authenticates slurmctld <-> slurmd <-> client commands.
@@ -70,6 +78,28 @@ if [ -f "$CONF" ] && ! grep -qF "$MARKER" "$CONF"; then
   exit 3
 fi
 install -d "$CONF_DIR" /var/spool/slurmctld /var/spool/slurmd /var/log/slurm
+
+# Fake GPUs: device nodes with NVIDIA's major number (195) that no process opens; Slurm only needs
+# files to hand out. Without mknod (unprivileged container) the node simply has no GPUs.
+gres_types="" node_gres=""
+if [ "$FAKE_GPUS" -gt 0 ]; then
+  install -d "$FAKE_GPU_DIR"
+  made=0
+  for ((i = 0; i < FAKE_GPUS; i++)); do
+    [ -c "$FAKE_GPU_DIR/nvidia$i" ] || mknod "$FAKE_GPU_DIR/nvidia$i" c 195 "$i" 2>/dev/null || break
+    made=$((made + 1))
+  done
+  if [ "$made" -eq "$FAKE_GPUS" ]; then
+    gres_types="GresTypes=gpu"
+    node_gres="Gres=gpu:$FAKE_GPUS"
+    printf '%s\nNodeName=%s Name=gpu File=%s/nvidia[0-%d]\n' "$MARKER" "$NODE" "$FAKE_GPU_DIR" \
+      $((FAKE_GPUS - 1)) >"$CONF_DIR/gres.conf"
+  else
+    log "could not create fake GPU devices under $FAKE_GPU_DIR (mknod refused): no GPUs"
+  fi
+fi
+[ -n "$gres_types" ] || rm -f "$CONF_DIR/gres.conf"
+
 new_conf=$(cat <<EOF
 $MARKER
 ClusterName=mpinet-test
@@ -103,17 +133,28 @@ MinJobAge=600
 # Schedule often: the tests wait on requeued jobs.
 SchedulerType=sched/backfill
 SchedulerParameters=sched_interval=2,bf_interval=1
-NodeName=$NODE NodeAddr=127.0.0.1 CPUs=$CPUS State=UNKNOWN
+$gres_types
+NodeName=$NODE NodeAddr=127.0.0.1 CPUs=$CPUS $node_gres State=UNKNOWN
 PartitionName=debug Nodes=$NODE Default=YES MaxTime=INFINITE State=UP
 EOF
 )
+running() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 if [ ! -f "$CONF" ] || [ "$(cat "$CONF")" != "$new_conf" ]; then
-  log "writing $CONF (node $NODE, $CPUS CPUs)"
+  log "writing $CONF (node $NODE, $CPUS CPUs, ${node_gres:-no GPUs})"
   printf '%s\n' "$new_conf" >"$CONF"
+  # Daemons running on an older configuration: restart them on this one.
+  for daemon in slurmd slurmctld; do
+    if running "/run/$daemon.pid"; then
+      log "stopping $daemon (configuration changed)"
+      /etc/init.d/$daemon stop >/dev/null
+    fi
+  done
+elif usable; then
+  log "Slurm already up: node $NODE is $(node_state)"
+  exit 0
 fi
 
 # --- daemons: start whichever is not running (pidfile + live process).
-running() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 if ! running /run/slurmctld.pid; then
   log "starting slurmctld"
   /etc/init.d/slurmctld start >/dev/null
@@ -138,4 +179,5 @@ while ! usable; do
   fi
   sleep 1
 done
-log "Slurm up: node $NODE is $(node_state) with $(sinfo -h -n "$NODE" -o %c) CPUs"
+log "Slurm up: node $NODE is $(node_state) with $(sinfo -h -n "$NODE" -o %c) CPUs," \
+    "GRES: $(sinfo -h -n "$NODE" -o %G)"

@@ -16,8 +16,8 @@ import sys
 
 import pytest
 
-from slurm_harness import (TOY_TRAINER, assert_same_tensors, logs, newest_checkpoint,
-                      train_cli_problem)
+from slurm_harness import (REPO, TOY_TRAINER, assert_same_tensors, logs, newest_checkpoint,
+                           train_cli_problem)
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -145,3 +145,23 @@ def test_sweep_array_rejects_an_index_without_learning_rate(slurm, tmp_path):
     (task,) = slurm.wait_finished(job, timeout_s=120, workdir=tmp_path)
     assert task["JobState"] == "FAILED", task
     assert "MPINET_SWEEP_LRS has 2 values" in logs(tmp_path)
+
+
+def test_gpu_job_gives_every_task_all_node_gpus_and_local_ranks_match(slurm, tmp_path):
+    """One task per GPU: each task sees all of the node's GPUs (so NCCL sees its peers) and its
+    Slurm local rank equals MPI's node-local rank, which mpinet uses to pick its GPU."""
+    gres = subprocess.run(["sinfo", "-h", "-o", "%G"], capture_output=True, text=True,
+                          timeout=30).stdout
+    if "gpu:" not in gres:
+        pytest.skip(f"the test Slurm offers no GPUs (GRES: {gres.strip() or 'none'}); "
+                    "tests/slurm/start_slurm.sh makes fake ones where mknod is allowed")
+    report = f"{sys.executable} {REPO / 'tests' / 'launch' / 'rank_report.py'}"
+    job = slurm.submit("train_1node.sbatch", tmp_path, program=report, MPINET_SLURM_GPUS="2",
+                       MPINET_SLURM_TASKS_PER_NODE="", MPINET_SLURM_CPUS_PER_TASK="1")
+    (final,) = slurm.wait_finished(job, timeout_s=120, workdir=tmp_path)
+    log = logs(tmp_path)
+    assert _completed_ok(final), f"{final['JobState']} {final['ExitCode']}\n{log}"
+    assert "GPUs per node: 2" in log, log
+    for r in range(2):
+        assert (f"rank {r}/2 local {r}/2 launcher_local {r} " in log
+                and log.count("CUDA_VISIBLE_DEVICES=0,1") == 2), log
