@@ -307,9 +307,20 @@ def read_metadata(path) -> dict:
     if not isinstance(meta["state"], dict) or any(k not in meta["state"] for k in _STATE_KEYS):
         raise CheckpointError(f"{meta_path}: 'state' must be an object with at least "
                               f"{list(_STATE_KEYS)}")
-    if set(meta["files"]) != {TENSORS_FILE}:
-        raise CheckpointError(f"{meta_path}: lists files {sorted(meta['files'])}, expected "
-                              f"[{TENSORS_FILE!r}]")
+    files = meta["files"]
+    if not isinstance(files, dict) or set(files) != {TENSORS_FILE}:
+        raise CheckpointError(f"{meta_path}: 'files' must list exactly [{TENSORS_FILE!r}], got "
+                              f"{files!r:.200}")
+    entry = files[TENSORS_FILE]
+    if not (isinstance(entry, dict) and isinstance(entry.get("sha256"), str)
+            and isinstance(entry.get("bytes"), int)):
+        raise CheckpointError(f"{meta_path}: files[{TENSORS_FILE!r}] must be "
+                              f'{{"sha256": str, "bytes": int}}, got {entry!r:.200}')
+    shapes = {"step": int, "world_size": int, "tensors": dict, "per_rank": list}
+    bad = [k for k, t in shapes.items() if not isinstance(meta[k], t)]
+    if bad or not isinstance(meta["state"]["model"], dict) or \
+            not all(isinstance(x, dict) for x in meta["per_rank"]):
+        raise CheckpointError(f"{meta_path}: malformed entries {bad or ['state.model/per_rank']}")
     return meta
 
 

@@ -204,6 +204,20 @@ def test_newer_format_is_refused(tmp_path):
         checkpoint.load(path)
 
 
+@pytest.mark.parametrize("key, value", [("per_rank", "x"), ("files", {"tensors.safetensors": 1}),
+                                        ("step", "3"), ("tensors", [])])
+def test_malformed_metadata_with_a_valid_checksum_is_refused(tmp_path, key, value):
+    """A crafted meta.json (checksum recomputed) still gets a CheckpointError, not a crash."""
+    path = checkpoint.save(tmp_path, sample_state(), 1, LocalComm())
+    meta_path = os.path.join(path, "meta.json")
+    meta = json.loads(open(meta_path).read())
+    meta[key] = value
+    meta["meta_sha256"] = checkpoint._meta_digest(meta)
+    open(meta_path, "w").write(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="meta.json: "):
+        checkpoint.load(path)
+
+
 # ---- latest / resolve_resume --------------------------------------------------------------
 def test_latest_falls_back_to_the_newest_good_one(tmp_path):
     assert checkpoint.latest(tmp_path / "missing") is None
