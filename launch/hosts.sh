@@ -69,8 +69,10 @@ host_list=$(IFS=,; echo "${hosts[*]}")
 cmd=("${MPIEXEC:-mpiexec}" -n "$total")
 case "$MPINET_LIB_FLAVOR" in
   openmpi)
+    # host:N declares N slots per host, so N ranks never count as oversubscribed there (no
+    # --oversubscribe); yielding when ranks outnumber cores is still set by mpinet_set_env.
     with_slots=$(printf "%s:$per_host," "${hosts[@]}")
-    cmd+=(--host "${with_slots%,}" --map-by slot --bind-to none "${MPINET_LAUNCH_FLAGS[@]}")
+    cmd+=(--host "${with_slots%,}" --map-by slot --bind-to none)
     forward=("${MPINET_EXPORT_VARS[@]}" PATH)
     for v in LD_LIBRARY_PATH PYTHONPATH VIRTUAL_ENV; do [ -n "${!v:-}" ] && forward+=("$v"); done
     while read -r v; do forward+=("$v"); done < <(compgen -e | grep -E '^(NCCL_|MPINET_|UCX_)' || true)
