@@ -147,6 +147,7 @@ def test_hosts_open_mpi_places_blocks_and_forwards_environment(tmp_path, fake_op
     assert out.returncode == 0, out.stderr
     cmd = command_line(out)
     assert "-n 8 --host node1:4,node2:4 --map-by slot" in cmd, cmd
+    assert "--oversubscribe" not in cmd, cmd  # host:4 declares 4 slots per host
     for var in ("NCCL_NVLS_ENABLE", "NCCL_SOCKET_IFNAME", "PATH", "OMP_NUM_THREADS"):
         assert f"-x {var} " in cmd, (var, cmd)
 
