@@ -123,10 +123,10 @@ def test_sigkill_during_save_leaves_the_previous_checkpoint(tmp_path):
 # ---- SIGTERM to python -m mpinet.train, then --resume auto --------------------------------
 def _train_cmd(ckpt_dir, weights, resume=False):
     # The built-in synthetic set needs no scikit-learn import (seconds on a busy machine):
-    # 1024 samples / 32 = 32 steps per epoch, 96 in all.
+    # 1024 samples / 16 = 64 steps per epoch, 192 in all; the first checkpoint is at step 25.
     cmd = [PYTHON, "-m", "mpinet.train", "--model", "mlp", "--dataset", "synthetic",
-           "--epochs", "3", "--batch-size", "32", "--seed", "3", "--quiet", "--log-every", "1",
-           "--checkpoint-dir", str(ckpt_dir), "--checkpoint-every", "5",
+           "--epochs", "3", "--batch-size", "16", "--seed", "3", "--quiet", "--log-every", "1",
+           "--checkpoint-dir", str(ckpt_dir), "--checkpoint-every", "25",
            "--save-weights", str(weights)]
     return cmd + (["--resume", "auto"] if resume else [])
 
@@ -162,7 +162,7 @@ def test_sigterm_checkpoints_and_resume_auto_finishes_identically(tmp_path):
     m = re.search(r"SIGTERM received: checkpointing at step (\d+)", out)
     assert m, f"no preemption message:\n{out}\n{err}"
     stop = int(m.group(1))
-    assert 5 <= stop < 96, f"stopped at step {stop}: not during training"
+    assert 25 <= stop < 192, f"stopped at step {stop}: not during training"
     assert checkpoint.latest(ckpt_dir) == os.path.join(ckpt_dir, f"ckpt-{stop}")
     assert not weights.exists(), "a preempted run must not write final weights"
 
