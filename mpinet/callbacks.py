@@ -13,7 +13,8 @@ class Callback:
 
     def on_train_begin(self, logs: dict) -> None: ...
     def on_epoch_begin(self, epoch: int, logs: dict) -> None: ...
-    def on_batch_end(self, step: int, logs: dict) -> None: ...
+    def on_batch_end(self, step: int, logs: dict) -> None:
+        """After every optimizer step; ``logs`` are the latest logging window's figures."""
     def on_epoch_end(self, epoch: int, logs: dict) -> None: ...
     def on_train_end(self, logs: dict) -> None: ...
 
@@ -85,7 +86,7 @@ class MetricsLogger(Callback):
             f.write(json.dumps(record) + "\n")
 
     def on_batch_end(self, step: int, logs: dict) -> None:
-        if step % self.every_steps == 0:
+        if step % self.every_steps == 0 and logs:
             self._write({"kind": "step", "step": step, **logs})
 
     def on_epoch_end(self, epoch: int, logs: dict) -> None:

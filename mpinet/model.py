@@ -84,6 +84,7 @@ class Model:
         self.sampler = None
         self.loader = None
         self.preempted = None  # the signal name if fit stopped on preemption
+        self.last_logs: dict = {}  # the latest logging window's figures
         self._compiled = False
 
     # ---- compile --------------------------------------------------------------------------
@@ -229,7 +230,7 @@ class Model:
         callbacks = list(callbacks)
         if metrics_file:
             callbacks.append(MetricsLogger(metrics_file, log_every))
-        if checkpoint_dir and checkpoint_every:
+        if checkpoint_dir:  # every `checkpoint_every` steps (0: none) and at each epoch end
             callbacks.append(ModelCheckpoint(checkpoint_dir, checkpoint_every, keep_checkpoints))
         for cb in callbacks:
             cb.model = self
@@ -300,9 +301,11 @@ class Model:
                 logs.update(img_per_s=window_samples / dt if dt > 0 else 0.0,
                             lr=float(self.optimizer.lr), epoch=epoch)
                 bar.set_postfix({k: f"{v:.4g}" for k, v in logs.items() if k != "epoch"})
-                for cb in callbacks:
-                    cb.on_batch_end(step, logs)
+                self.last_logs = logs
                 window, window_samples, t_window = {}, 0, time.perf_counter()
+            # Every step, like Keras: checkpoints must not depend on the logging interval.
+            for cb in callbacks:
+                cb.on_batch_end(step, self.last_logs)
             bar.update(1)
             if flag.installed:
                 # Every rank takes part every step (a tiny host allreduce): a signal on any
@@ -400,6 +403,7 @@ class Model:
             and hasattr(self.transform, "state_dict") else None,
             "global_step": self.global_step,
             "world_size": self.comm.size,
+            "config": getattr(self, "config", None),  # the CLI's flags, recorded in meta.json
             "rng": _rng_states(),
         }
 
@@ -430,7 +434,7 @@ class Model:
         path = checkpoint.resolve_resume(resume, directory, self.comm)
         if path is None:
             return
-        self.load_training_state(checkpoint.load(path))
+        self.load_training_state(checkpoint.load(path, rank=self.comm.rank))
         if self.comm.rank == 0:
             print(f"[mpinet] resumed from {path} at step {self.global_step}", flush=True)
 

@@ -199,6 +199,7 @@ def setup(cfg: dict, comm):
 
         net = convert_sync_batchnorm(net, comm)
     model = Model(net, comm)
+    model.config = dict(cfg)  # recorded in each checkpoint's meta.json
 
     global_batch = cfg["batch_size"] * comm.size
     lr = cfg["lr"] * global_batch / cfg["base_batch"] if cfg["scale_lr"] else cfg["lr"]
@@ -263,8 +264,6 @@ def main(argv=None) -> int:
               keep_checkpoints=cfg["keep_checkpoints"], resume=cfg["resume"])
     if model.preempted:
         return 0  # checkpoint written; a requeued job resumes with --resume auto
-    if cfg["checkpoint_dir"]:
-        model.save_checkpoint(cfg["checkpoint_dir"], keep=cfg["keep_checkpoints"])
     if cfg["save_weights"]:
         model.save_weights(cfg["save_weights"])
     final = model.evaluate(test)

@@ -53,17 +53,17 @@ def poll(test, deadline: float) -> bool:
     """Call ``test()`` until it is true (-> True) or ``time.monotonic()`` passes ``deadline``.
 
     MPI without an async-progress thread advances only inside MPI calls, so waiting *is* calling
-    Test. Spin for the first 10 ms (latency of small messages), then yield the core (ranks may
-    outnumber cores), and after 1 s sleep 1 ms per poll (a peer is clearly late).
+    Test. Spin for the first 10 ms (latency of small messages), then yield the core between
+    polls (ranks may outnumber cores). Never sleep: a large message moves in pipelined chunks
+    that each need a Test to advance, and a 1 ms sleep per poll once made a 1 GiB hierarchical
+    allreduce take 11 s instead of about 0.5 s.
     """
     start = time.monotonic()
     while not test():
         now = time.monotonic()
         if now > deadline:
             return False
-        if now - start > 1.0:
-            time.sleep(0.001)
-        elif now - start > 0.01:
+        if now - start > 0.01:
             os.sched_yield()
     return True
 
