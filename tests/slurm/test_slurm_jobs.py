@@ -13,6 +13,7 @@ round trip takes seconds. Everything else (trap, forward, checkpoint, requeue, r
 import json
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -99,7 +100,9 @@ def test_preempted_job_requeues_and_resumes_to_same_weights(slurm, tmp_path, nam
 
     (requeued,) = slurm.wait(pre, lambda js: js[0]["JobState"] == "PENDING"
                              and int(js[0]["Restarts"]) >= 1, 120, "requeued", pre_dir)
-    # Lift Slurm's ~120 s begin-time hold on requeued jobs.
+    # Lift Slurm's ~120 s begin-time hold on requeued jobs, but not at once: slurmd refuses to
+    # launch a job within the second its old credential was revoked ("Job credential revoked").
+    time.sleep(3)
     subprocess.run(["scontrol", "update", f"JobId={pre}", "StartTime=now"], check=True,
                    timeout=30)
     (final,) = slurm.wait_finished(pre, timeout_s=240, workdir=pre_dir)
