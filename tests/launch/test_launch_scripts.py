@@ -20,10 +20,11 @@ OPEN_MPI_LIBRARY = "Open MPI v{v}, package: Debian OpenMPI, ident: {v}, repo rev
 
 
 def run(script, *args, env=None, timeout=120):
-    full_env = {**os.environ, "PYTHON": sys.executable, **(env or {})}
-    for name in ("NCCL_NVLS_ENABLE", "NCCL_DEBUG", "OMP_NUM_THREADS"):
-        if env is None or name not in env:
-            full_env.pop(name, None)
+    """Run a launch script in a clean environment: none of the variables it decides about (which
+    tests/run.sh, for one, exports) is inherited unless the test passes it in env."""
+    decided = ("NCCL_", "OMP_NUM_THREADS", "OMPI_", "PRTE_", "MPIR_CVAR_")
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith(decided)}
+    full_env.update({"PYTHON": sys.executable, **(env or {})})
     return subprocess.run(["bash", str(script), *args], capture_output=True, text=True,
                           timeout=timeout, env=full_env)
 
