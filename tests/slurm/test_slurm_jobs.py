@@ -105,8 +105,13 @@ def test_preempted_job_requeues_and_resumes_to_same_weights(slurm, tmp_path, nam
     time.sleep(3)
     subprocess.run(["scontrol", "update", f"JobId={pre}", "StartTime=now"], check=True,
                    timeout=30)
+    lines_before_restart = len(metrics.read_text().splitlines())
     (final,) = slurm.wait_finished(pre, timeout_s=240, workdir=pre_dir)
     log = logs(pre_dir)
+    lines_after_restart = len(metrics.read_text().splitlines())
+    # The signal must have stopped training mid-run: the restarted run still had work to do.
+    assert lines_after_restart >= lines_before_restart + 2, \
+        f"the resumed run logged {lines_after_restart - lines_before_restart} metrics lines\n{log}"
     assert _completed_ok(final), f"job {pre}: {final['JobState']} {final['ExitCode']}\n{log}"
     assert final["Restarts"] == "1", f"expected exactly one requeue, got {final['Restarts']}\n{log}"
     assert "got SIGUSR1: forwarding it to the job step" in log, log
