@@ -6,55 +6,71 @@
 #   step       ResNet-18 32px batch 128 fp32/TF32 step, 1 GPU, beside torch_ddp_bench.py
 #   allreduce  busbw per size: mpinet nccl + hierarchical (2 emulated nodes) beside raw NCCL
 #   scale      ResNet-50 and VGG-16, 224px, batch 64/GPU, bf16, on 1 and 2 GPUs, beside DDP
+#   modes      DataParallel backward / forward / sync on 2 GPUs (which overlap is faster)
+#   unet       U-Net on synthetic shapes-on-noise segmentation, IoU
 #   fmnist     ResNet-18 (CIFAR stem) on Fashion-MNIST, 2 GPUs, to >= 93% test accuracy
-# Carried paths: .whl (cudnn-frontend, ml_dtypes wheels) and .device (anchor scripts, data).
+# Output goes to stdout (the device command saves it under $OUT). Carried paths: .whl (cudnn-frontend, ml_dtypes wheels) and .device (anchor scripts, data).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/mpinet-out}; mkdir -p "$OUT"
 if [ -d .whl ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site .whl/*.whl .whl/opt/*.whl 2>&1 | tail -2
+    --target /tmp/site .whl/*.whl .whl/opt/*.whl 2>&1
   export PYTHONPATH=/tmp/site:$PWD
 else
   export PYTHONPATH=$PWD
 fi
-export NCCL_NVLS_ENABLE=0 CUPY_TF32=1 PYTHONUNBUFFERED=1 OMP_NUM_THREADS=4
-MPIRUN="mpirun --allow-run-as-root --bind-to none -x NCCL_NVLS_ENABLE -x PYTHONPATH -x CUPY_TF32 -x PYTHONUNBUFFERED -x OMP_NUM_THREADS -x MPINET_EMULATE_NODES -x MPINET_TEST_DEVICE"
+# CUPY_TF32 only for benchmarks and training (the anchors allow TF32); tests compare exactly.
+export NCCL_NVLS_ENABLE=0 PYTHONUNBUFFERED=1 OMP_NUM_THREADS=4
+export CUPY_TF32=1
+unset MPINET_EMULATE_NODES
+MPIRUN="mpirun --allow-run-as-root --bind-to none -x NCCL_NVLS_ENABLE -x PYTHONPATH -x CUPY_TF32 -x PYTHONUNBUFFERED -x OMP_NUM_THREADS"
 ANCHOR=.device/bench
-sections=${*:-tests conv step allreduce scale fmnist}
+sections=${*:-tests conv step allreduce scale modes unet fmnist}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpus.txt"
 
 for s in $sections; do
   echo "=== $s"
   case $s in
   tests)
-    timeout 400 python3 -m pytest -q -p no:cacheprovider -m gpu tests 2>&1 | tee "$OUT/tests_gpu.log" | tail -25
-    timeout 200 $MPIRUN -n 2 python3 -m mpi4py -m pytest -q -p no:cacheprovider --with-mpi -m "mpi and gpu" tests 2>&1 | tee "$OUT/tests_gpu_mpi.log" | tail -15
+    export MPINET_TEST_MPIEXEC="mpirun --allow-run-as-root --bind-to none -x NCCL_NVLS_ENABLE -x PYTHONPATH"
+    CUPY_TF32=0 timeout 400 python3 -m pytest -q -p no:cacheprovider -m gpu tests 2>&1
+    CUPY_TF32=0 timeout 200 $MPIRUN -n 2 python3 -m mpi4py -m pytest -q -p no:cacheprovider --with-mpi -m "mpi and gpu" tests 2>&1
     ;;
   conv)
-    timeout 300 python3 benchmarks/conv_bench.py 2>&1 | tee "$OUT/conv.log" | tail -30
+    timeout 300 python3 benchmarks/conv_bench.py 2>&1
     ;;
   step)
-    timeout 200 $MPIRUN -n 1 python3 benchmarks/train_bench.py --model resnet18 --batch 128 --size 32 --out "$OUT/step.jsonl" 2>&1 | tail -3
-    timeout 200 $MPIRUN -n 1 python3 $ANCHOR/torch_ddp_bench.py --model resnet18 --batch 128 --size 32 2>&1 | tail -2
+    timeout 200 $MPIRUN -n 1 python3 benchmarks/train_bench.py --model resnet18 --batch 128 --size 32 --out "$OUT/step.jsonl" 2>&1
+    timeout 200 $MPIRUN -n 1 python3 $ANCHOR/torch_ddp_bench.py --model resnet18 --batch 128 --size 32 2>&1
     ;;
   allreduce)
-    timeout 200 $MPIRUN -n 2 python3 $ANCHOR/nccl_allreduce_bw.py 2>&1 | tail -8
-    timeout 300 $MPIRUN -n 2 python3 benchmarks/allreduce_bw.py --impls nccl,hierarchical --emulate-nodes 2 2>&1 | tee "$OUT/allreduce.log" | tail -30
+    timeout 200 $MPIRUN -n 2 python3 $ANCHOR/nccl_allreduce_bw.py 2>&1
+    timeout 300 $MPIRUN -n 2 python3 benchmarks/allreduce_bw.py --impls nccl,hierarchical --emulate-nodes 2 2>&1
     ;;
   scale)
     for m in resnet50 vgg16; do
       for n in 1 2; do
-        timeout 300 $MPIRUN -n $n python3 benchmarks/train_bench.py --model $m --batch 64 --size 224 --precision bf16 --classes 1000 --out "$OUT/scale.jsonl" 2>&1 | tail -2
-        timeout 300 $MPIRUN -n $n python3 $ANCHOR/torch_ddp_bench.py --model $m --batch 64 --size 224 --amp bf16 --classes 1000 2>&1 | tail -1
+        timeout 300 $MPIRUN -n $n python3 benchmarks/train_bench.py --model $m --batch 64 --size 224 --precision bf16 --classes 1000 --out "$OUT/scale.jsonl" 2>&1
+        timeout 300 $MPIRUN -n $n python3 $ANCHOR/torch_ddp_bench.py --model $m --batch 64 --size 224 --amp bf16 --classes 1000 2>&1
       done
     done
+    ;;
+  modes)  # which overlap discipline is faster: DataParallel modes on 2 GPUs, ResNet-50 bf16
+    for mode in backward forward sync; do
+      timeout 300 $MPIRUN -n 2 python3 benchmarks/train_bench.py --model resnet50 --batch 64 --size 224 --precision bf16 --classes 1000 --dp-mode $mode --out "$OUT/modes.jsonl" 2>&1
+    done
+    ;;
+  unet)
+    timeout 300 python3 -m mpinet.train --model unet --dataset synthetic-segmentation \
+      --model-opt base_width=16 --model-opt depth=3 --epochs ${UNET_EPOCHS:-20} --batch-size 32 \
+      --optimizer adam --lr 0.002 --quiet 2>&1
     ;;
   fmnist)
     timeout 500 $MPIRUN -n 2 python3 -m mpinet.train --model resnet18 --dataset fashion-mnist \
       --data-dir .device/fashion-mnist --epochs ${FMNIST_EPOCHS:-8} --batch-size 128 --lr 0.1 --scale-lr \
       --schedule cosine --warmup-steps 100 --weight-decay 5e-4 --augment --precision bf16 \
-      --quiet --metrics "$OUT/fmnist.jsonl" 2>&1 | tee "$OUT/fmnist.log" | tail -4
+      --quiet --metrics "$OUT/fmnist.jsonl" 2>&1
     ;;
   *) echo "unknown section $s"; exit 2 ;;
   esac

@@ -15,6 +15,18 @@ from ..autograd import Parameter
 from .. import backend
 
 
+# Every parameter starts on a 256-byte boundary: cuDNN refuses misaligned operand pointers
+# (CUDNN_STATUS_BAD_PARAM_MISALIGNED_POINTER, seen on H100 with a conv weight placed after a
+# 10-element bias) and vector loads want 16 bytes at least. The gaps hold zeros, get zero
+# gradients, and every optimizer leaves a zero parameter with a zero gradient at zero.
+ALIGN_BYTES = 256
+
+
+def _aligned(count: int, itemsize: int) -> int:
+    per = max(1, ALIGN_BYTES // itemsize)
+    return -(-count // per) * per
+
+
 class FlatParameters:
     def __init__(self, params: list[Parameter]):
         if not params:
@@ -30,9 +42,9 @@ class FlatParameters:
         total = 0
         for p in self.params:
             self.offsets.append(total)
-            total += p.size
+            total += _aligned(p.size, self.dtype.itemsize)
         self.size = total
-        self.data = xp.empty(total, self.dtype)
+        self.data = xp.zeros(total, self.dtype)  # zeros: the alignment gaps must stay zero
         self.grad = xp.zeros(total, self.dtype)
         for p, start in zip(self.params, self.offsets):
             view = self.data[start:start + p.size]

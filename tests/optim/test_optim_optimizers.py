@@ -267,7 +267,7 @@ def test_zero_grad_per_parameter_drops_grads_flat_zeroes_in_place():
     # Flattened parameters handed over as a plain list: grads are views, zeroed in place.
     flat.grad[...] = 1.0
     SGD(fparams, lr=0.1).zero_grad()
-    assert not flat.grad.any()
+    assert not any(p.grad.any() for p in fparams)  # (the alignment gaps are not parameters)
     flat.check_views()
 
 
