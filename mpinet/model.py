@@ -204,13 +204,16 @@ class Model:
 
     # ---- fit ------------------------------------------------------------------------------
     def fit(self, train, epochs: int = 1, batch_size: int = 32, validation_data=None,
-            callbacks=(), seed: int = 0, shuffle: bool = True, transform=None,
+            callbacks=(), seed: int = 0, shuffle: bool = True, transform=None, eval_transform=None,
             accumulation_steps: int = 1, log_every: int = 10, verbose: bool = True,
             metrics_file: str | None = None, checkpoint_dir: str | None = None,
             checkpoint_every: int = 0, keep_checkpoints: int = 3, resume=None,
             handle_preemption: bool = True) -> History:
         """Train for ``epochs`` epochs of ``train`` (an ArrayDataset); ``batch_size`` per rank.
 
+        transform: the training transform (augmentation + normalization, on the device);
+        eval_transform: what evaluate/predict apply instead (the same normalization, no random
+        augmentation). A model trained on normalized inputs must be evaluated on them too.
         resume: None, "auto" (newest good checkpoint in checkpoint_dir, if any) or a path.
         On SIGTERM/SIGUSR1 (any rank) all ranks save a checkpoint at the same step and return
         with ``model.preempted`` set; the caller exits 0 and a requeued job resumes exactly.
@@ -227,6 +230,7 @@ class Model:
                                           seed=seed, shuffle=shuffle)
         self.loader = DataLoader(train, self.sampler, transform=transform)
         self.transform = transform
+        self.eval_transform = eval_transform
         callbacks = list(callbacks)
         if metrics_file:
             callbacks.append(MetricsLogger(metrics_file, log_every))
@@ -345,8 +349,10 @@ class Model:
         return logs
 
     # ---- evaluate / predict ---------------------------------------------------------------
-    def evaluate(self, data, batch_size: int = 256) -> dict:
-        """Loss and metrics over ``data``, each sample counted exactly once across ranks."""
+    def evaluate(self, data, batch_size: int = 256, transform=None) -> dict:
+        """Loss and metrics over ``data``, each sample counted exactly once across ranks.
+
+        ``transform`` defaults to the ``eval_transform`` given to ``fit`` (normalization)."""
         self._require_compiled("evaluate")
         self.dp.synchronize()
         if self.comm.size > 1:
@@ -356,7 +362,9 @@ class Model:
         sums: dict = {}
         count = 0
         with no_grad():
-            for x, y, _ in DataLoader(data, sampler, prefetch=1):
+            loader = DataLoader(data, sampler, prefetch=1,
+                                transform=transform or getattr(self, "eval_transform", None))
+            for x, y, _ in loader:
                 n = int(x.shape[0])
                 if n == 0:
                     continue
@@ -373,8 +381,9 @@ class Model:
         return self._logs_from_sums(reduced, total)
 
     def predict(self, x, batch_size: int = 256) -> np.ndarray:
-        """Network outputs for host array ``x`` (N, ...), computed in shards over the ranks and
-        gathered so every rank returns the full (N, ...) NumPy array."""
+        """Network outputs for host array ``x`` (N, ...) in [0, 1] (the eval_transform given to
+        ``fit`` is applied), computed in shards over the ranks and gathered so every rank
+        returns the full (N, ...) NumPy array."""
         self.dp.synchronize() if self._compiled else None
         n = len(x)
         lo, hi = (n * self.comm.rank) // self.comm.size, (n * (self.comm.rank + 1)) // self.comm.size
@@ -383,6 +392,8 @@ class Model:
         with no_grad():
             for start in range(lo, hi, batch_size):
                 xb = backend.to_device(np.asarray(x[start:min(start + batch_size, hi)], np.float32))
+                if getattr(self, "eval_transform", None) is not None:
+                    xb, _ = self.eval_transform(xb, None, None)
                 outs.append(backend.to_numpy(self._forward(xb).data))
         self.network.train()
         mine = np.concatenate(outs) if outs else None

@@ -214,13 +214,14 @@ def setup(cfg: dict, comm):
                   precision=cfg["precision"],
                   label_smoothing=cfg["label_smoothing"], dp_mode=cfg["dp_mode"],
                   bucket_mb=cfg["bucket_mb"], grad_dtype=cfg["grad_dtype"])
-    transform = None
+    transform = eval_transform = None
     if cfg["augment"]:
         h = train.input_shape[1]
         mean, std = aug.channel_stats(train.images)
         transform = aug.Augment(crop_padding=4 if h >= 32 else 2, flip=True, mean=mean, std=std,
                                 seed=cfg["seed"])
-    return model, train, test, transform
+        eval_transform = aug.Augment(mean=mean, std=std)  # same normalization, no randomness
+    return model, train, test, transform, eval_transform
 
 
 def main(argv=None) -> int:
@@ -240,7 +241,7 @@ def main(argv=None) -> int:
         topo = topology.build(world)[0]
         backend.select_device(topo.local_rank, cfg["device"])
         comm = create_communicator(cfg["comm"], world)
-        model, train, test, transform = setup(cfg, comm)
+        model, train, test, transform, eval_transform = setup(cfg, comm)
     except SystemExit:  # argparse already printed usage (same on every rank)
         raise
     except (ConfigError, ValueError, OSError, KeyError) as e:
@@ -258,7 +259,8 @@ def main(argv=None) -> int:
               f"test), {comm.size} rank(s), comm={comm.name}, device={backend.current()}, "
               f"batch {cfg['batch_size']}/rank, precision {cfg['precision']}", flush=True)
     model.fit(train, epochs=cfg["epochs"], batch_size=cfg["batch_size"], validation_data=test,
-              seed=cfg["seed"], transform=transform, accumulation_steps=cfg["accumulation_steps"],
+              seed=cfg["seed"], transform=transform, eval_transform=eval_transform,
+              accumulation_steps=cfg["accumulation_steps"],
               log_every=cfg["log_every"], verbose=not cfg["quiet"], metrics_file=cfg["metrics"],
               checkpoint_dir=cfg["checkpoint_dir"], checkpoint_every=cfg["checkpoint_every"],
               keep_checkpoints=cfg["keep_checkpoints"], resume=cfg["resume"])

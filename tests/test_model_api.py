@@ -1,0 +1,65 @@
+"""The Keras-like Model on one process: fit / evaluate / predict / callbacks."""
+import numpy as np
+import pytest
+from mpi4py import MPI
+
+from mpinet import callbacks
+from mpinet.comm import create_communicator
+from mpinet.data import augment
+from mpinet.data.registry import get_dataset
+from mpinet.model import Model
+from mpinet.models import build_model
+from mpinet.nn import init
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return get_dataset("digits", "train"), get_dataset("digits", "test")
+
+
+def _model(lr=0.05):
+    init.manual_seed(0)
+    m = Model(build_model("mlp", num_classes=10, in_channels=1, input_size=8),
+              create_communicator("mpi", MPI.COMM_SELF))
+    return m.compile("sgd", lr=lr, momentum=0.9)
+
+
+def test_evaluation_applies_the_training_normalization(digits):
+    """Trained on normalized inputs, the model must be evaluated on normalized inputs: by
+    default evaluate() uses fit's eval_transform, which gives other numbers than raw pixels."""
+    train, test = digits
+    norm = augment.Augment(mean=np.array([0.5]), std=np.array([0.1]))
+    model = _model(lr=0.005)  # inputs span [-5, 5]: a gentler rate
+    model.fit(train, epochs=4, batch_size=32, transform=norm, eval_transform=norm, verbose=False)
+    default = model.evaluate(test)
+    assert default == model.evaluate(test, transform=norm)
+    assert default["accuracy"] > 0.9
+    raw = model.evaluate(test, transform=augment.Augment())  # identity transform
+    assert abs(raw["loss"] - default["loss"]) > 0.1
+    pred = model.predict(test.images.astype(np.float32) / 255.0 if test.is_raw else test.images)
+    assert (pred.argmax(1) == test.labels).mean() == pytest.approx(default["accuracy"])
+
+
+def test_fit_history_evaluate_and_early_stopping(digits):
+    train, test = digits
+    model = _model()
+    stopper = callbacks.EarlyStopping("val_accuracy", patience=1, min_delta=1.0)  # never improves
+    history = model.fit(train, epochs=10, batch_size=32, validation_data=test,
+                        callbacks=[stopper], verbose=False)
+    assert stopper.stopped_epoch == 1  # epoch 0 sets best; epoch 1 fails to beat it by 1.0
+    assert len(history.history["val_accuracy"]) == 2
+    result = model.evaluate(test)
+    assert set(result) == {"loss", "accuracy"} and 0.0 <= result["accuracy"] <= 1.0
+
+
+def test_compile_and_fit_refuse_bad_input(digits):
+    train, _ = digits
+    model = _model()
+    with pytest.raises(ValueError, match="batch_size must be > 0"):
+        model.fit(train, batch_size=0)
+    with pytest.raises(ValueError, match="unknown metrics"):
+        model.compile("sgd", metrics=("f1",))
+    fresh = Model(build_model("mlp", num_classes=10, in_channels=1, input_size=8),
+                  create_communicator("mpi", MPI.COMM_SELF))
+    with pytest.raises(RuntimeError, match="compile"):
+        fresh.evaluate(train)
