@@ -7,6 +7,7 @@
 #   allreduce  busbw per size: mpinet nccl + hierarchical (2 emulated nodes) beside raw NCCL
 #   scale      ResNet-50 and VGG-16, 224px, batch 64/GPU, bf16, on 1 and 2 GPUs, beside DDP
 #   modes      DataParallel backward / forward / sync on 2 GPUs (which overlap is faster)
+#   tune       cuDNN autotuning on/off and fp32 vs bf16, 1 GPU, beside the anchor
 #   unet       U-Net on synthetic shapes-on-noise segmentation, IoU
 #   fmnist     ResNet-18 (CIFAR stem) on Fashion-MNIST, 2 GPUs, to >= 93% test accuracy
 # Output goes to stdout (the device command saves it under $OUT). Carried paths: .whl (cudnn-frontend, ml_dtypes wheels) and .device (anchor scripts, data).
@@ -59,6 +60,16 @@ for s in $sections; do
   modes)  # which overlap discipline is faster: DataParallel modes on 2 GPUs, ResNet-50 bf16
     for mode in backward forward sync; do
       timeout 300 $MPIRUN -n 2 python3 benchmarks/train_bench.py --model resnet50 --batch 64 --size 224 --precision bf16 --classes 1000 --dp-mode $mode --out "$OUT/modes.jsonl" 2>&1
+    done
+    ;;
+  tune)  # cuDNN plan autotuning (MPINET_CUDNN_BENCHMARK=1, like torch's cudnn.benchmark) vs heuristics
+    timeout 200 $MPIRUN -n 1 python3 benchmarks/train_bench.py --model resnet18 --batch 128 --size 32 2>&1
+    timeout 200 $MPIRUN -n 1 -x MPINET_CUDNN_BENCHMARK=1 python3 benchmarks/train_bench.py --model resnet18 --batch 128 --size 32 2>&1
+    timeout 200 $MPIRUN -n 1 python3 $ANCHOR/torch_ddp_bench.py --model resnet18 --batch 128 --size 32 2>&1 | grep torch-ddp
+    for m in resnet50 vgg16; do
+      timeout 200 $MPIRUN -n 1 -x MPINET_CUDNN_BENCHMARK=1 python3 benchmarks/train_bench.py --model $m --batch 64 --size 224 --precision bf16 --classes 1000 2>&1
+      timeout 200 $MPIRUN -n 1 python3 benchmarks/train_bench.py --model $m --batch 64 --size 224 --precision fp32 --classes 1000 2>&1
+      timeout 200 $MPIRUN -n 1 python3 $ANCHOR/torch_ddp_bench.py --model $m --batch 64 --size 224 --amp bf16 --classes 1000 2>&1 | grep torch-ddp
     done
     ;;
   unet)

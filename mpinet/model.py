@@ -208,7 +208,8 @@ class Model:
             accumulation_steps: int = 1, log_every: int = 10, verbose: bool = True,
             metrics_file: str | None = None, checkpoint_dir: str | None = None,
             checkpoint_every: int = 0, keep_checkpoints: int = 3, resume=None,
-            handle_preemption: bool = True) -> History:
+            handle_preemption: bool = True, preemption_flag: "PreemptionFlag | None" = None
+            ) -> History:
         """Train for ``epochs`` epochs of ``train`` (an ArrayDataset); ``batch_size`` per rank.
 
         transform: the training transform (augmentation + normalization, on the device);
@@ -217,6 +218,8 @@ class Model:
         resume: None, "auto" (newest good checkpoint in checkpoint_dir, if any) or a path.
         On SIGTERM/SIGUSR1 (any rank) all ranks save a checkpoint at the same step and return
         with ``model.preempted`` set; the caller exits 0 and a requeued job resumes exactly.
+        ``preemption_flag``: a flag the caller installed earlier (so a signal during start-up
+        is not lost); otherwise fit installs its own for its duration.
         """
         self._require_compiled("fit")
         if batch_size <= 0:
@@ -241,8 +244,9 @@ class Model:
         self.checkpoint_dir, self.keep_checkpoints = checkpoint_dir, keep_checkpoints
         if resume:
             self._resume(resume, checkpoint_dir)
-        flag = PreemptionFlag()
-        if handle_preemption:
+        own_flag = preemption_flag is None
+        flag = PreemptionFlag() if own_flag else preemption_flag
+        if handle_preemption and own_flag:
             flag.install()
         history = History()
         self.stop_training = False
@@ -271,7 +275,8 @@ class Model:
             for cb in callbacks:
                 cb.on_train_end({})
         finally:
-            flag.uninstall()
+            if own_flag:
+                flag.uninstall()
             self.loader.close()
         self.dp.synchronize()
         return history

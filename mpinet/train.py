@@ -230,9 +230,15 @@ def main(argv=None) -> int:
     from mpinet.comm.failure import install_abort_handler  # noqa: PLC0415
     from mpi4py import MPI  # noqa: PLC0415
 
+    from mpinet.model import PreemptionFlag  # noqa: PLC0415
+
     world = MPI.COMM_WORLD
     rank = world.Get_rank()
     install_abort_handler(world)  # from here on, an unexpected error ends every rank
+    # Catch SIGTERM/SIGUSR1 from the very start: a signal during start-up or resume must not
+    # kill a rank (the job would fail instead of requeueing); fit acts on it at its first step.
+    preemption = PreemptionFlag()
+    preemption.install()
 
     error = None
     try:
@@ -263,9 +269,16 @@ def main(argv=None) -> int:
               accumulation_steps=cfg["accumulation_steps"],
               log_every=cfg["log_every"], verbose=not cfg["quiet"], metrics_file=cfg["metrics"],
               checkpoint_dir=cfg["checkpoint_dir"], checkpoint_every=cfg["checkpoint_every"],
-              keep_checkpoints=cfg["keep_checkpoints"], resume=cfg["resume"])
+              keep_checkpoints=cfg["keep_checkpoints"], resume=cfg["resume"],
+              preemption_flag=preemption)
     if model.preempted:
         return 0  # checkpoint written; a requeued job resumes with --resume auto
+    if world.allreduce(preemption.raised is not None, op=MPI.LOR):
+        # Signalled after the last step: training is complete and its final checkpoint (epoch
+        # end) is written; skip the final evaluation and exit cleanly.
+        if rank == 0:
+            print("[mpinet] signal received after training finished; exiting", flush=True)
+        return 0
     if cfg["save_weights"]:
         model.save_weights(cfg["save_weights"])
     final = model.evaluate(test)
