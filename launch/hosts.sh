@@ -87,11 +87,7 @@ cmd+=("${program_words[@]}" "$@")
 
 echo "[mpinet] MPI: $MPINET_LIB_FLAVOR ($MPINET_LIB_VERSION); ${#hosts[@]} hosts ($host_list)" \
      "x $per_host ranks = $total ranks"
-env_shown=()
-for v in "${MPINET_EXPORT_VARS[@]}" OMPI_ALLOW_RUN_AS_ROOT PRTE_MCA_rmaps_default_mapping_policy; do
-  [ -n "${!v:-}" ] && env_shown+=("$v=${!v}")
-done
-echo "[mpinet] environment: ${env_shown[*]}"
+mpinet_show_env
 mpinet_print_cmd "${cmd[@]}"
 [ "$dry_run" = 1 ] && exit 0
 exec "${cmd[@]}"

@@ -63,11 +63,7 @@ cmd+=("${program_words[@]}" "$@")
 
 echo "[mpinet] MPI: $MPINET_LIB_FLAVOR ($MPINET_LIB_VERSION); $ranks ranks, $gpus GPUs," \
      "$(mpinet_count_cores) cores"
-env_shown=()
-for v in "${MPINET_EXPORT_VARS[@]}" OMPI_ALLOW_RUN_AS_ROOT PRTE_MCA_rmaps_default_mapping_policy; do
-  [ -n "${!v:-}" ] && env_shown+=("$v=${!v}")
-done
-echo "[mpinet] environment: ${env_shown[*]}"
+mpinet_show_env
 mpinet_print_cmd "${cmd[@]}"
 [ "$dry_run" = 1 ] && exit 0
 exec "${cmd[@]}"

@@ -130,3 +130,12 @@ mpinet_print_cmd() {
   done
   echo "[mpinet] running: ${line% }"
 }
+
+# Print the variables the launch scripts set, so the run can be reproduced by hand.
+mpinet_show_env() {
+  local shown=() v
+  for v in "${MPINET_EXPORT_VARS[@]}" OMPI_ALLOW_RUN_AS_ROOT PRTE_MCA_rmaps_default_mapping_policy; do
+    [ -n "${!v:-}" ] && shown+=("$v=${!v}")
+  done
+  echo "[mpinet] environment: ${shown[*]}"
+}
