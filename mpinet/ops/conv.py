@@ -150,11 +150,20 @@ def _wgrad_columns(col, gy, w_shape):
 
 # ---- dispatch: cuDNN on CuPy arrays, im2col otherwise -------------------------------------
 # (the cuDNN hooks make their operands contiguous themselves)
+def _cudnn(a):
+    """The cuDNN module for a CuPy array of a dtype cuDNN handles, else None (im2col path:
+    NumPy arrays, and float64 on the GPU, for which cuDNN 9's graph engines gave wrong results)."""
+    if not backend.is_gpu_array(a):
+        return None
+    from .cuda import cudnn_conv  # noqa: PLC0415 - GPU only
+
+    return cudnn_conv if cudnn_conv.supports(a.dtype) else None
+
+
 def fprop(x, w, geom: ConvGeometry):
     """conv2d forward: x (N, C, H, W), w (O, C/G, kh, kw) -> y (N, O, OH, OW)."""
-    if backend.is_gpu_array(x):
-        from .cuda import cudnn_conv  # noqa: PLC0415 - GPU only
-
+    cudnn_conv = _cudnn(x)
+    if cudnn_conv is not None:
         return cudnn_conv.conv_fprop(x, w, geom.stride, geom.padding, geom.dilation, geom.groups)
     return _fprop_columns(columns(x, w.shape, geom), w, geom.out_size(x.shape[2:], w.shape[2:]),
                           x.dtype)
@@ -163,9 +172,8 @@ def fprop(x, w, geom: ConvGeometry):
 def dgrad(gy, w, x_shape, geom: ConvGeometry):
     """conv2d input gradient: gy (N, O, OH, OW), w (O, C/G, kh, kw) -> gx of ``x_shape``."""
     x_shape = tuple(int(v) for v in x_shape)
-    if backend.is_gpu_array(gy):
-        from .cuda import cudnn_conv  # noqa: PLC0415 - GPU only
-
+    cudnn_conv = _cudnn(gy)
+    if cudnn_conv is not None:
         return cudnn_conv.conv_dgrad(gy, w, x_shape, geom.stride, geom.padding, geom.dilation,
                                      geom.groups)
     return _dgrad_col2im(gy, w, x_shape, geom)
@@ -174,9 +182,8 @@ def dgrad(gy, w, x_shape, geom: ConvGeometry):
 def wgrad(x, gy, w_shape, geom: ConvGeometry):
     """conv2d weight gradient: x (N, C, H, W), gy (N, O, OH, OW) -> gw of ``w_shape``."""
     w_shape = tuple(int(v) for v in w_shape)
-    if backend.is_gpu_array(gy):
-        from .cuda import cudnn_conv  # noqa: PLC0415 - GPU only
-
+    cudnn_conv = _cudnn(gy)
+    if cudnn_conv is not None:
         return cudnn_conv.conv_wgrad(x, gy, w_shape, geom.stride, geom.padding, geom.dilation,
                                      geom.groups)
     return _wgrad_columns(columns(x, w_shape, geom), gy, w_shape)
