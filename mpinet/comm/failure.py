@@ -27,19 +27,26 @@ def _rank_tag(comm) -> str:
     return f"rank {comm.Get_rank()}/{comm.Get_size()}"
 
 
-def abort(message: str, code: int = 1, mpi_comm=None):
-    """Print ``message`` with this rank's prefix to stderr and MPI_Abort the whole job."""
+def abort(message: str, code: int = 1, mpi_comm=None, before_exit=None):
+    """Print ``message`` with this rank's prefix to stderr and MPI_Abort the whole job.
+
+    ``before_exit`` runs right before MPI_Abort (after the report has had time to flush)."""
     comm = _world(mpi_comm)
     sys.stderr.write(f"{_PREFIX} {_rank_tag(comm)}: {message}\n")
     sys.stderr.flush()
     sys.stdout.flush()
-    _abort_now(comm, code)
+    _abort_now(comm, code, before_exit)
 
 
-def _abort_now(comm, code: int):
+def _abort_now(comm, code: int, before_exit=None):
     # MPI_Abort tears down the launcher's output forwarding at once; a report still in the pipe
     # was seen to be lost. Give the launcher a moment to forward it: this path runs once.
     time.sleep(0.3)
+    if before_exit is not None:
+        try:
+            before_exit()
+        except Exception:  # noqa: BLE001 - the job is being torn down either way
+            pass
     comm.Abort(code)
     # MPICH's MPI_Abort was seen to return while the launcher tears the job down; this rank
     # must not run on (it would print results or enter the next collective), so exit now.
