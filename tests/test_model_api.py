@@ -63,3 +63,18 @@ def test_compile_and_fit_refuse_bad_input(digits):
                   create_communicator("mpi", MPI.COMM_SELF))
     with pytest.raises(RuntimeError, match="compile"):
         fresh.evaluate(train)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_training_keeps_fp32_master_weights(digits, precision):
+    """bf16: autocast with fp32 master weights; fp16: plus dynamic loss scaling."""
+    train, test = digits
+    init.manual_seed(0)
+    net = build_model("mlp", num_classes=10, in_channels=1, input_size=8)
+    model = Model(net, create_communicator("mpi", MPI.COMM_SELF))
+    model.compile("sgd", lr=0.05, momentum=0.9, precision=precision)
+    model.fit(train, epochs=3, batch_size=32, verbose=False)
+    assert all(p.dtype == np.float32 for p in net.parameters())
+    assert model.evaluate(test)["accuracy"] > 0.9
+    if precision == "fp16":
+        assert model.scaler is not None and model.scaler.get_scale() > 0

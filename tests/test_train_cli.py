@@ -54,3 +54,29 @@ def test_help_lists_the_flags():
     for flag in ("--model", "--dataset", "--data-dir", "--epochs", "--batch-size", "--lr",
                  "--schedule", "--comm", "--precision", "--checkpoint-dir", "--config"):
         assert flag in proc.stdout
+
+
+def test_config_file_with_command_line_override_and_metrics_plot(tmp_path):
+    config = tmp_path / "run.toml"
+    config.write_text('model = "mlp"\nepochs = 2\nbatch-size = 64\nlr = 0.05\n')
+    metrics = tmp_path / "m.jsonl"
+    proc, _ = run_train(1, "--config", str(config), "--epochs", "1", "--quiet",
+                        "--metrics", str(metrics), "--log-every", "5")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = metrics.read_text().splitlines()
+    epochs = [l for l in lines if '"kind": "epoch"' in l]
+    assert len(epochs) == 1  # --epochs 1 on the command line beat epochs = 2 in the file
+    out = tmp_path / "curves.png"
+    plot = subprocess.run([sys.executable, "-m", "mpinet.plot", str(metrics), "-o", str(out)],
+                          cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)
+    assert plot.returncode == 0, plot.stderr
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_unknown_config_key_is_one_clear_error(tmp_path):
+    config = tmp_path / "run.json"
+    config.write_text('{"modle": "mlp"}')
+    proc, _ = run_train(2, "--config", str(config), timeout=60)
+    errors = [l for l in proc.stderr.splitlines() if l.startswith("mpinet.train: error")]
+    assert proc.returncode == 2 and len(errors) == 1, proc.stderr[-2000:]
+    assert "unknown keys ['modle']" in errors[0]

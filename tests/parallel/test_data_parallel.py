@@ -116,3 +116,31 @@ def test_weights_change_and_differ_from_init():
     before = {k: np.array(v) for k, v in _net().state_dict().items()}
     after = _train(alone, 8)
     assert any(not np.allclose(before[k], after[k]) for k in before)
+
+
+@pytest.mark.mpi(min_size=2)
+@pytest.mark.parametrize("grad_dtype, rtol", [("bf16", 3e-2), ("fp16", 3e-3)])
+def test_compressed_gradients_match_fp32_within_their_precision(grad_dtype, rtol):
+    world, alone = _world_and_self()
+    want = _train(alone, 4 * world.size, epochs=1)
+    net = _net()
+    model = Model(net, world)
+    model.compile("sgd", lr=0.1, momentum=0.9, bucket_mb=0.0001, grad_dtype=grad_dtype)
+    model.fit(_data(), epochs=1, batch_size=4, verbose=False, seed=3)
+    got = {k: np.array(v) for k, v in net.state_dict().items()}
+    _assert_same(got, want, rtol=rtol, atol=rtol * 0.1)
+    assert not model.dp.found_inf
+
+
+@pytest.mark.mpi(min_size=2)
+def test_evaluate_counts_every_sample_once_at_any_world_size():
+    world, alone = _world_and_self()
+    data = _data(n=4 * world.size + 3)  # not divisible: no padding may count a sample twice
+    results = []
+    for comm in (alone, world):
+        init.manual_seed(7)
+        model = Model(_net(), comm).compile("sgd", lr=0.1)
+        results.append(model.evaluate(data, batch_size=3))
+    assert results[0].keys() == results[1].keys()
+    for k in results[0]:
+        assert results[1][k] == pytest.approx(results[0][k], rel=1e-6), k
