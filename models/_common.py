@@ -60,3 +60,16 @@ def pooled_side(model: str, side: int, target: int, input_size: int) -> int:
                          f"multiples of {target} are supported); use an input_size whose "
                          f"feature map is a multiple of {target} (e.g. 224) or smaller than it")
     return target
+
+
+def init_conv_bn_(model) -> None:
+    """torchvision's ResNet/U-Net initialisation: He-normal (fan_out) conv weights, batch-norm
+    weight 1 and bias 0, for every Conv2d and BatchNorm2d inside ``model``."""
+    from mpinet import nn  # noqa: PLC0415 - nn imports are cheap; keeps this module light
+
+    for _, m in model.named_modules():
+        if isinstance(m, nn.Conv2d):
+            kaiming_normal_(m.weight, mode="fan_out")
+        elif isinstance(m, nn.BatchNorm2d):
+            constant_(m.weight, 1.0)
+            constant_(m.bias, 0.0)

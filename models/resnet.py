@@ -16,7 +16,7 @@ from __future__ import annotations
 from mpinet import nn
 from mpinet.ops import shape as shape_ops
 
-from ._common import check_positive, constant_, kaiming_normal_
+from ._common import check_positive, constant_, init_conv_bn_
 
 
 def conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
@@ -104,12 +104,7 @@ class ResNet(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(512 * block.expansion, num_classes)
 
-        for _, m in self.named_modules():
-            if isinstance(m, nn.Conv2d):
-                kaiming_normal_(m.weight, mode="fan_out")
-            elif isinstance(m, nn.BatchNorm2d):
-                constant_(m.weight, 1.0)
-                constant_(m.bias, 0.0)
+        init_conv_bn_(self)
         if zero_init_residual:
             # Each residual branch starts as zero, so every block starts as the identity.
             for _, m in self.named_modules():

@@ -15,7 +15,7 @@ from __future__ import annotations
 from mpinet import nn
 from mpinet.ops import shape as shape_ops
 
-from ._common import check_positive, constant_, kaiming_normal_
+from ._common import check_positive, init_conv_bn_
 
 
 def double_conv(in_channels: int, out_channels: int) -> nn.Sequential:
@@ -62,12 +62,7 @@ class UNet(nn.Module):
         self.downs = nn.Sequential(*[Down(widths[i], widths[i + 1]) for i in range(depth)])
         self.ups = nn.Sequential(*[Up(widths[i + 1], widths[i]) for i in reversed(range(depth))])
         self.head = nn.Conv2d(widths[0], num_classes, kernel_size=1)
-        for _, m in self.named_modules():
-            if isinstance(m, nn.Conv2d):
-                kaiming_normal_(m.weight, mode="fan_out")
-            elif isinstance(m, nn.BatchNorm2d):
-                constant_(m.weight, 1.0)
-                constant_(m.bias, 0.0)
+        init_conv_bn_(self)
 
     def forward(self, x):
         # x: (N, C, H, W) -> (N, num_classes, H, W)

@@ -79,7 +79,7 @@ def select_device(local_rank: int = 0, device: str | None = None) -> Backend:
         _current = CPU
         return _current
     if not gpu_available():
-        raise RuntimeError(f"device='gpu' was requested but no CUDA GPU is usable here; "
+        raise RuntimeError("device='gpu' was requested but no CUDA GPU is usable here; "
                            f"install the GPU extra (pip install 'mpinet[gpu]') or use device='cpu'")
     cp = _cupy()
     n = cp.cuda.runtime.getDeviceCount()
