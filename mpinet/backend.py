@@ -80,7 +80,7 @@ def select_device(local_rank: int = 0, device: str | None = None) -> Backend:
         return _current
     if not gpu_available():
         raise RuntimeError("device='gpu' was requested but no CUDA GPU is usable here; "
-                           f"install the GPU extra (pip install 'mpinet[gpu]') or use device='cpu'")
+                           "install the GPU extra (pip install 'mpinet[gpu]') or use device='cpu'")
     cp = _cupy()
     n = cp.cuda.runtime.getDeviceCount()
     device_id = local_rank % n
