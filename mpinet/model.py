@@ -13,6 +13,7 @@ is a sum over ranks divided by a global count, so 1, 2 or 4 ranks report the sam
 from __future__ import annotations
 
 import signal
+import sys
 import time
 
 import numpy as np
@@ -285,8 +286,10 @@ class Model:
                      flag) -> dict:
         from tqdm import tqdm  # noqa: PLC0415
 
+        # In a batch log (Slurm, CI: not a terminal) redraw rarely, or the bar floods the file.
         bar = tqdm(total=len(self.loader), desc=f"epoch {epoch + 1}/{epochs}", leave=False,
-                   disable=not verbose or self.comm.rank != 0, dynamic_ncols=True)
+                   disable=not verbose or self.comm.rank != 0, dynamic_ncols=True,
+                   mininterval=0.1 if sys.stderr.isatty() else 30.0)
         totals: dict = {}
         window: dict = {}
         samples = window_samples = 0
