@@ -77,6 +77,12 @@ class Model:
             comm = create_communicator("auto")
         self.network = network.to(backend.current())
         self.comm = comm
+        if comm.size > 1:
+            # An uncaught error on one rank must end the job, not leave the other ranks waiting
+            # in the next allreduce until the comm timeout: report the rank and MPI_Abort.
+            from .comm.failure import install_abort_handler  # noqa: PLC0415
+
+            install_abort_handler()
         self.optimizer = None
         self.schedule = None
         self.stop_training = False

@@ -78,3 +78,35 @@ def test_mixed_precision_training_keeps_fp32_master_weights(digits, precision):
     assert model.evaluate(test)["accuracy"] > 0.9
     if precision == "fp16":
         assert model.scaler is not None and model.scaler.get_scale() > 0
+
+
+def test_error_on_one_rank_of_a_user_script_ends_the_job(tmp_path):
+    """A plain user script (no mpinet.train): Model installs the abort handler under MPI."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    script = tmp_path / "user.py"
+    script.write_text(
+        "import mpinet\n"
+        "from mpinet.models import build_model\n"
+        "from mpinet.data import get_dataset\n"
+        "m = mpinet.Model(build_model('mlp', num_classes=10, in_channels=1, input_size=8))\n"
+        "m.compile('sgd')\n"
+        "if m.comm.rank == 1:\n"
+        "    raise RuntimeError('deliberate failure on rank 1')\n"
+        "m.fit(get_dataset('digits', 'train'), epochs=100, verbose=False)\n"
+        "print('rank', m.comm.rank, 'finished')\n")
+    env = dict(os.environ, PYTHONPATH=root, OMP_NUM_THREADS="1",
+               MPIR_CVAR_ENABLE_HEAVY_YIELD="1", MPINET_COMM_TIMEOUT="600")
+    t = time.monotonic()
+    proc = subprocess.run(["mpiexec", "-n", "2", sys.executable, str(script)], env=env,
+                          capture_output=True, text=True, timeout=120)
+    elapsed = time.monotonic() - t
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "[mpinet] rank 1/2 failed" in out and "deliberate failure on rank 1" in out, out
+    assert "finished" not in out
+    assert elapsed < 30, f"the job took {elapsed:.1f} s to end"
