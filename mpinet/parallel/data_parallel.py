@@ -27,8 +27,7 @@ The flow of one step (default mode "backward")::
 from __future__ import annotations
 
 import contextlib
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .. import amp, backend
 from ..autograd import Parameter
@@ -49,7 +48,6 @@ class Bucket:
     pending: int = 0  # params whose gradient is not final yet in this backward
     handle: object = None  # in-flight allreduce
     wire: object = None  # compressed send/receive buffer (grad_dtype) or None
-    owners: list = field(default_factory=list)  # leaf modules whose forward needs this bucket
 
     @property
     def ready(self) -> bool:
@@ -79,7 +77,6 @@ class DataParallel:
         self._syncing = True  # False inside no_sync()
         self._pending_update = None  # mode "forward": (optimizer, lr) waiting to be applied
         self.found_inf = False  # set by step() when compressed gradients overflowed
-        self.comm_wait_s = 0.0  # host time spent waiting for reductions in the last step
         self._hook_removers = [p.register_grad_ready_hook(self._on_grad_ready) for p in params]
         if mode == "forward":
             self._install_pre_forward_waits()
@@ -112,16 +109,13 @@ class DataParallel:
         return buckets
 
     def _install_pre_forward_waits(self) -> None:
-        """Map each bucket to the leaf modules that own its parameters; hook their forwards."""
+        """Hook each module that owns parameters: before its forward, finish its buckets."""
         for _, module in self.model.named_modules():
-            own = [p for p in module._parameters.values()]
+            own = list(module._parameters.values())
             if not own:
                 continue
-            mine = sorted({self._bucket_of[id(p)].index for p in own})
-            for i in mine:
-                self.buckets[i].owners.append(module)
-            module.register_forward_pre_hook(
-                lambda m, _idx=tuple(mine): self._finish_buckets(_idx))
+            mine = tuple(sorted({self._bucket_of[id(p)].index for p in own}))
+            module.register_forward_pre_hook(lambda m, _idx=mine: self._finish_buckets(_idx))
 
     # ---- backward side --------------------------------------------------------------------
     # The optimizer step consumes and zeroes the gradients, so a training loop needs no
@@ -175,14 +169,13 @@ class DataParallel:
 
     # ---- waiting and updating -------------------------------------------------------------
     def _wait(self, b: Bucket) -> None:
+        """PullWait: on NCCL the compute stream waits on the GPU; on MPI the host polls."""
         if b.handle is None:
             return
-        t = time.perf_counter()
         b.handle.wait()
         if b.wire is not None:
             self.flat.grad[b.start:b.stop] = b.wire  # decompress into the fp32 gradients
         b.handle = None
-        self.comm_wait_s += time.perf_counter() - t
 
     def reduce_gradients(self) -> None:
         """Launch whatever is not launched yet (sync mode, unused params) and wait for all.
@@ -211,7 +204,6 @@ class DataParallel:
         In mode "forward" the reduction is only started here; each layer's update happens
         right before its next forward, with the learning rate of this step.
         """
-        self.comm_wait_s = 0.0
         if self.mode == "forward":
             self._finish_pending_update()
             for b in self.buckets:
