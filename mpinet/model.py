@@ -398,7 +398,8 @@ class Model:
         """Network outputs for host array ``x`` (N, ...) in [0, 1] (the eval_transform given to
         ``fit`` is applied), computed in shards over the ranks and gathered so every rank
         returns the full (N, ...) NumPy array."""
-        self.dp.synchronize() if self._compiled else None
+        if self._compiled:
+            self.dp.synchronize()
         n = len(x)
         lo, hi = (n * self.comm.rank) // self.comm.size, (n * (self.comm.rank + 1)) // self.comm.size
         self.network.eval()
@@ -467,7 +468,8 @@ class Model:
         """Keras-style: the network's parameters and buffers alone (safetensors)."""
         from . import checkpoint  # noqa: PLC0415
 
-        self.dp.synchronize() if self._compiled else None
+        if self._compiled:
+            self.dp.synchronize()
         checkpoint.save_weights(path, self.network, self.comm)
 
     def load_weights(self, path: str) -> None:
