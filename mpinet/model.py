@@ -12,7 +12,6 @@ is a sum over ranks divided by a global count, so 1, 2 or 4 ranks report the sam
 """
 from __future__ import annotations
 
-import signal
 import sys
 import time
 
@@ -26,6 +25,7 @@ from .data.sampler import DistributedSampler, ShardSampler
 from .nn.module import Module
 from .ops import loss as loss_ops
 from .parallel.data_parallel import DataParallel
+from .preemption import PreemptionFlag
 
 LOSSES = ("cross_entropy", "mse")
 METRICS = ("accuracy", "iou", "mae")
@@ -38,35 +38,6 @@ class History:
     def append(self, logs: dict) -> None:
         for k, v in logs.items():
             self.history.setdefault(k, []).append(v)
-
-
-class PreemptionFlag:
-    """SIGTERM / SIGUSR1 set a flag; the training loop reduces it over ranks every step, so all
-    ranks stop at the same step, write one checkpoint and exit cleanly (a Slurm requeue resumes)."""
-
-    SIGNALS = ("SIGTERM", "SIGUSR1")
-
-    def __init__(self):
-        self.raised = None
-        self._previous = {}
-
-    @property
-    def installed(self) -> bool:
-        return bool(self._previous)
-
-    def install(self) -> None:
-        for name in self.SIGNALS:
-            sig = getattr(signal, name, None)
-            if sig is not None:
-                self._previous[sig] = signal.signal(sig, self._handle)
-
-    def _handle(self, signum, frame) -> None:
-        self.raised = signal.Signals(signum).name
-
-    def uninstall(self) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous.clear()
 
 
 class Model:

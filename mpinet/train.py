@@ -230,7 +230,7 @@ def main(argv=None) -> int:
     from mpinet.comm.failure import install_abort_handler  # noqa: PLC0415
     from mpi4py import MPI  # noqa: PLC0415
 
-    from mpinet.model import PreemptionFlag  # noqa: PLC0415
+    from mpinet.preemption import PreemptionFlag  # noqa: PLC0415
 
     world = MPI.COMM_WORLD
     rank = world.Get_rank()
