@@ -40,6 +40,18 @@ class History:
             self.history.setdefault(k, []).append(v)
 
 
+def check_can_train(train, world_size: int, batch_size: int, accumulation_steps: int = 1) -> None:
+    """Raise ValueError if ``Model.fit`` could not train on ``train`` at this world size. The
+    CLI calls it before building anything, so every rank reports the same error up front."""
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be > 0 samples per rank, got {batch_size}")
+    if accumulation_steps < 1:
+        raise ValueError(f"accumulation_steps must be >= 1, got {accumulation_steps}")
+    if len(train) < world_size:
+        raise ValueError(f"{len(train)} training samples for {world_size} ranks: every rank "
+                         f"needs at least one sample; use fewer ranks or more data")
+
+
 class Model:
     def __init__(self, network: Module, comm=None):
         if comm is None:
@@ -200,13 +212,7 @@ class Model:
         is not lost); otherwise fit installs its own for its duration.
         """
         self._require_compiled("fit")
-        if batch_size <= 0:
-            raise ValueError(f"batch_size must be > 0 samples per rank, got {batch_size}")
-        if accumulation_steps < 1:
-            raise ValueError(f"accumulation_steps must be >= 1, got {accumulation_steps}")
-        if len(train) < self.comm.size:
-            raise ValueError(f"the training set has {len(train)} samples but {self.comm.size} "
-                             f"ranks: every rank needs data; use fewer ranks or more samples")
+        check_can_train(train, self.comm.size, batch_size, accumulation_steps)
         self.sampler = DistributedSampler(len(train), batch_size, self.comm.rank, self.comm.size,
                                           seed=seed, shuffle=shuffle)
         self.loader = DataLoader(train, self.sampler, transform=transform)

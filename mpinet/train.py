@@ -126,7 +126,7 @@ def _read_config_file(path: str) -> dict:
     return data
 
 
-def validate(cfg: dict, world_size: int) -> None:
+def validate(cfg: dict) -> None:
     """Everything that can be checked before touching data or devices."""
     from mpinet.data.registry import DATASET_NAMES  # noqa: PLC0415
     from mpinet.models import available_models  # noqa: PLC0415
@@ -171,7 +171,7 @@ def setup(cfg: dict, comm):
     from mpinet.optim.factory import build_schedule  # noqa: PLC0415
     from mpinet.data import augment as aug  # noqa: PLC0415
     from mpinet.data.registry import dataset_options, get_dataset  # noqa: PLC0415
-    from mpinet.model import Model  # noqa: PLC0415
+    from mpinet.model import Model, check_can_train  # noqa: PLC0415
     from mpinet.models import build_model  # noqa: PLC0415
     from mpinet.nn import init  # noqa: PLC0415
 
@@ -183,10 +183,9 @@ def setup(cfg: dict, comm):
         from mpinet.data.dataset import ArrayDataset  # noqa: PLC0415
 
         n = int(cfg["train_samples"])
-        train = ArrayDataset(train.images[:n], train.labels[:n], train.num_classes, train.name)
-    if len(train) < comm.size:
-        raise ConfigError(f"{len(train)} training samples for {comm.size} ranks: every rank "
-                          f"needs at least one sample; use fewer ranks or more data")
+        train = ArrayDataset(train.images[:n], train.labels[:n], train.num_classes, train.name,
+                             class_names=train.class_names)
+    check_can_train(train, comm.size, cfg["batch_size"], cfg["accumulation_steps"])
     init.manual_seed(cfg["seed"])
     net = build_model(cfg["model"], **_pick_model_opts(cfg, train))
     # Same initial weights everywhere (rank 0's are broadcast anyway), but each rank its own
@@ -243,7 +242,7 @@ def main(argv=None) -> int:
     error = None
     try:
         cfg = load_config(argv)
-        validate(cfg, world.Get_size())
+        validate(cfg)
         topo = topology.build(world)[0]
         backend.select_device(topo.local_rank, cfg["device"])
         comm = create_communicator(cfg["comm"], world)
