@@ -58,17 +58,6 @@ class FlatParameters:
         """Zero the gradient buffer in place (the per-parameter views stay valid)."""
         self.grad.fill(0)
 
-    def span(self, p: Parameter) -> tuple[int, int]:
-        """(start, stop) of a parameter in the flat buffers."""
-        i = self.index(p)
-        return self.offsets[i], self.offsets[i] + p.size
-
-    def index(self, p: Parameter) -> int:
-        for i, q in enumerate(self.params):
-            if q is p:
-                return i
-        raise KeyError(f"parameter {p.name!r} is not in this FlatParameters")
-
     def check_views(self) -> None:
         """Raise if code replaced a parameter's data or grad instead of writing into it."""
         for p, start in zip(self.params, self.offsets):
