@@ -32,10 +32,6 @@ def lift(value, like):
     return xp.asarray(value)
 
 
-def data_of(x):
-    return x.data if isinstance(x, Variable) else x
-
-
 def check_ndim(op: str, name: str, x, ndim: int, layout: str) -> None:
     """Raise a ValueError naming the op, the argument, the expected layout and the actual shape."""
     if x.ndim != ndim:
