@@ -237,10 +237,14 @@ class Communicator:
             who = "ranks that did not arrive: unknown (MPI lacks THREAD_MULTIPLE for the watchdog)"
         msg = (f"{info.describe()} did not complete within {self.timeout_s:g} s "
                f"(${TIMEOUT_ENV}); {who}{extra}")
-        # _before_abort (NCCL abort) runs last, right before MPI_Abort: it frees a stuck GPU
-        # stream, and the main thread must not run on with the unfinished result meanwhile
-        # (seen on H100: "rank 0 finished" printed in the 0.3 s the report took to flush).
-        failure.abort(msg, before_exit=self._before_abort)
+        # _before_abort (NCCL abort) frees a stuck GPU stream. Only the main thread may do it:
+        # when the NCCL watchdog thread reports, the main thread may be blocked on that very
+        # stream, and freeing it lets the main thread run on with an unfinished result before
+        # MPI_Abort ends the process (seen on H100: "rank 0 finished" printed, even with the
+        # NCCL abort placed right before MPI_Abort). There the process ends without it:
+        # MPI_Abort, then os._exit, which does not wait for the GPU.
+        on_main = threading.current_thread() is threading.main_thread()
+        failure.abort(msg, before_exit=self._before_abort if on_main else None)
 
     def _before_abort(self) -> None:
         """Hook: release device-side resources (NCCL abort) before MPI_Abort."""
