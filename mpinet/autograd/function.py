@@ -66,6 +66,23 @@ class Function:
             self.saved = ()
         return outputs[0] if single else outputs
 
+    def grad_destination(self, index: int):
+        """Where backward may write input ``index``'s gradient directly, or None.
+
+        That is the input's own ``.grad`` when the input is a leaf whose gradient buffer was
+        just zeroed (``mark_grad_zeroed``), e.g. a parameter's view into the flat gradient
+        buffer. A backward that writes the whole gradient there returns that same array, and
+        autograd then skips the add it would otherwise launch. The caller must still check
+        that shape, dtype and layout suit it; returning a different array is always correct.
+        """
+        v = self.inputs[index]
+        grad = v.grad
+        if grad is None or v._grad_zeroed is not grad or v.creator is not None:
+            return None
+        if sum(u is v for u in self.inputs) != 1:  # two outputs into one buffer: accumulate
+            return None
+        return grad
+
     def release(self) -> None:
         """Drop inputs and saved arrays once backward has run (frees activation memory)."""
         self.inputs = None

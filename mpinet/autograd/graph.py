@@ -26,6 +26,10 @@ def _reachable_functions(root: Variable) -> list[Function]:
 
 
 def _accumulate_leaf(leaf: Variable, grad) -> None:
+    if grad is leaf.grad:  # the op wrote it in place (Function.grad_destination)
+        leaf._grad_zeroed = None
+        return
+    leaf._grad_zeroed = None
     if leaf.grad is None:
         # Copy: a backward may hand the same array to several inputs (e.g. add), and the leaf's
         # grad must be its own so later in-place updates (accumulation, scaling) stay local.

@@ -26,6 +26,11 @@ class Variable:
         self.creator = None  # the Function that produced this variable
         self.generation = 0  # creator's depth; backward visits larger generations first
         self._grad_ready_hooks: list[Callable[["Variable"], None]] = []
+        # The .grad array while it is known to hold zeros (set by whoever zeroed it in place,
+        # e.g. FlatParameters.zero_grad; cleared by the first accumulation). While it is the
+        # current .grad, a backward may write this leaf's gradient straight into it
+        # (Function.grad_destination) instead of autograd adding a fresh array into it.
+        self._grad_zeroed = None
 
     # ---- array-like surface -------------------------------------------------------------
     @property
@@ -85,6 +90,11 @@ class Variable:
 
     def zero_grad(self) -> None:
         self.grad = None
+
+    def mark_grad_zeroed(self) -> None:
+        """Declare that ``.grad`` now holds zeros (its owner just zeroed it in place), so the next
+        backward may overwrite it instead of adding into it."""
+        self._grad_zeroed = self.grad
 
     # ---- operators (implemented in mpinet.ops; imported lazily to keep layering) -----------
     def __add__(self, other):

@@ -50,13 +50,25 @@ class FlatParameters:
             view = self.data[start:start + p.size]
             view[...] = p.data.reshape(-1)
             p.data = view.reshape(p.shape)
-            if p.grad is not None:
+            had_grad = p.grad is not None
+            if had_grad:
                 self.grad[start:start + p.size] = p.grad.reshape(-1)
             p.grad = self.grad[start:start + p.size].reshape(p.shape)
+            if not had_grad:
+                p.mark_grad_zeroed()
 
     def zero_grad(self) -> None:
-        """Zero the gradient buffer in place (the per-parameter views stay valid)."""
+        """Zero the gradient buffer in place (the per-parameter views stay valid). The next
+        backward may then write each first gradient straight into its view (no add)."""
         self.grad.fill(0)
+        for p in self.params:
+            p.mark_grad_zeroed()
+
+    def zero_grad_slice(self, start: int, stop: int, params) -> None:
+        """Zero flat.grad[start:stop], which holds exactly the gradients of ``params``."""
+        self.grad[start:stop] = 0
+        for p in params:
+            p.mark_grad_zeroed()
 
     def check_views(self) -> None:
         """Raise if code replaced a parameter's data or grad instead of writing into it."""

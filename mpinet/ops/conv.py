@@ -179,13 +179,14 @@ def dgrad(gy, w, x_shape, geom: ConvGeometry):
     return _dgrad_col2im(gy, w, x_shape, geom)
 
 
-def wgrad(x, gy, w_shape, geom: ConvGeometry):
-    """conv2d weight gradient: x (N, C, H, W), gy (N, O, OH, OW) -> gw of ``w_shape``."""
+def wgrad(x, gy, w_shape, geom: ConvGeometry, out=None):
+    """conv2d weight gradient: x (N, C, H, W), gy (N, O, OH, OW) -> gw of ``w_shape``.
+    ``out``: where cuDNN may write gw (the weight's zeroed gradient buffer), or None."""
     w_shape = tuple(int(v) for v in w_shape)
     cudnn_conv = _cudnn(gy)
     if cudnn_conv is not None:
         return cudnn_conv.conv_wgrad(x, gy, w_shape, geom.stride, geom.padding, geom.dilation,
-                                     geom.groups)
+                                     geom.groups, out=out)
     return _wgrad_columns(columns(x, w_shape, geom), gy, w_shape)
 
 
@@ -260,7 +261,7 @@ class Conv2d(Function):
         x, w = self.saved
         need = self.needs_input_grad
         gx = dgrad(gy, w, x.shape, self.geom) if need[0] else None
-        gw = wgrad(x, gy, w.shape, self.geom) if need[1] else None
+        gw = wgrad(x, gy, w.shape, self.geom, out=self.grad_destination(1)) if need[1] else None
         if len(need) == 2:
             return gx, gw
         return gx, gw, _bias_grad(gy) if need[2] else None

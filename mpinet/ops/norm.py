@@ -108,10 +108,23 @@ class BatchNormTrain(Function):
     After forward, ``self.mean`` / ``self.var`` (biased) / ``self.count`` hold the statistics used.
     """
 
-    def __init__(self, eps: float, stats=None, reduce_grads=None):
+    def __init__(self, eps: float, stats=None, reduce_grads=None, running=None):
         self.eps = eps
         self.stats = stats  # (mean, var, count) or None: compute from this batch
         self.reduce_grads = reduce_grads
+        # (running_mean, running_var, momentum) for the GPU kernel to update in the same launch;
+        # it sets new_running. Otherwise the caller updates them (update_running_stats).
+        self.running = running
+        self.new_running = None
+        self._var = None
+
+    @property
+    def var(self):
+        """Biased batch variance used to normalise (computed on demand on the fused path)."""
+        if self._var is None:
+            invstd = self._invstd
+            self._var = 1 / (invstd * invstd) - invstd.dtype.type(self.eps)
+        return self._var
 
     def forward(self, x, gamma, beta):
         _check_input(x, gamma, beta)
@@ -123,9 +136,12 @@ class BatchNormTrain(Function):
 
             self.count = _count(x)
             _need_two_values(self.count, x)
-            y, mean, invstd = fused.batch_norm_train(x, gamma, beta, self.eps)
-            self.mean = mean
-            self.var = 1 / (invstd * invstd) - mean.dtype.type(self.eps)
+            rm, rv, momentum = self.running if self.running is not None else (None, None, 0.0)
+            y, mean, invstd, new_rm, new_rv = fused.batch_norm_train(
+                x, gamma, beta, self.eps, rm, rv, momentum)
+            if new_rm is not None:
+                self.new_running = (new_rm, new_rv)
+            self.mean, self._invstd = mean, invstd
             self.save(x, gamma, mean, invstd)
             return y
 
@@ -144,7 +160,7 @@ class BatchNormTrain(Function):
             _need_two_values(self.count, x)
             centred = xc - _per_channel(mean, x)
         invstd = 1 / xp.sqrt(var + cdt.type(self.eps))
-        self.mean, self.var = mean, var
+        self.mean, self._var = mean, var
         scale = _per_channel(gamma.astype(cdt, copy=False) * invstd, x)
         y = centred * scale + _per_channel(beta.astype(cdt, copy=False), x)
         self.save(x, gamma, mean, invstd)
@@ -152,18 +168,21 @@ class BatchNormTrain(Function):
 
     def backward(self, gy):
         x, gamma, mean, invstd = self.saved
+        # gamma's and beta's gradients go straight into their zeroed buffers when possible
+        ggamma_out, gbeta_out = self.grad_destination(1), self.grad_destination(2)
         if self.fused:
             from .cuda import fused  # noqa: PLC0415 - GPU only
 
-            gx, ggamma, gbeta = fused.batch_norm_backward(x, gy, gamma, mean, invstd)
+            gx, ggamma, gbeta = fused.batch_norm_backward(x, gy, gamma, mean, invstd,
+                                                          ggamma_out, gbeta_out)
             return gx, ggamma, gbeta
         cdt = _compute_dtype(x)
         xp = backend.xp_of(x)
         axes = _reduce_axes(x)
         xhat = (x.astype(cdt, copy=False) - _per_channel(mean, x)) * _per_channel(invstd, x)
         gyc = gy.astype(cdt, copy=False)
-        gbeta = gyc.sum(axis=axes)             # (C,)
-        ggamma = (gyc * xhat).sum(axis=axes)   # (C,)
+        gbeta = gyc.sum(axis=axes, out=_usable_out(gbeta_out, cdt))             # (C,)
+        ggamma = (gyc * xhat).sum(axis=axes, out=_usable_out(ggamma_out, cdt))  # (C,)
         gx = None
         if self.needs_input_grad[0]:
             sums = xp.stack([gbeta, ggamma])   # (2, C)
@@ -174,6 +193,11 @@ class BatchNormTrain(Function):
                 gyc - (_per_channel(sums[0], x) + xhat * _per_channel(sums[1], x)) / n)
             gx = gx.astype(x.dtype, copy=False)
         return gx, ggamma.astype(gamma.dtype, copy=False), gbeta.astype(gamma.dtype, copy=False)
+
+
+def _usable_out(out, dtype):
+    """A reduction's ``out=`` argument: the destination if it has the result's dtype."""
+    return out if out is not None and out.dtype == dtype else None
 
 
 def _need_two_values(count: int, x) -> None:
@@ -239,10 +263,13 @@ def batch_norm(x, gamma, beta, running_mean, running_var, training: bool, moment
             raise ValueError("batch_norm: eval mode needs running_mean and running_var")
         return BatchNormEval(running_mean, running_var, eps).apply(x, gamma, beta), \
             running_mean, running_var
-    op = BatchNormTrain(eps)
+    tracked = running_mean is not None and running_var is not None
+    op = BatchNormTrain(eps, running=(running_mean, running_var, momentum) if tracked else None)
     y = op.apply(x, gamma, beta)
-    if running_mean is None or running_var is None:
+    if not tracked:
         return y, None, None
+    if op.new_running is not None:  # updated by the GPU kernel in the forward launch
+        return (y, *op.new_running)
     new_mean, new_var = update_running_stats(running_mean, running_var, op.mean, op.var,
                                              op.count, momentum)
     return y, new_mean, new_var

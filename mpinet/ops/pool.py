@@ -105,6 +105,14 @@ class MaxPool2d(Function):
     def forward(self, x):
         xp = backend.xp_of(x)
         geom = _geometry("max_pool2d", x, *self.options)
+        self.geom, self.x_shape = geom, x.shape
+        self.fused = backend.is_gpu_array(x)
+        if self.fused:  # one kernel each way (the loop below launches ~6 per window offset)
+            from .cuda import fused  # noqa: PLC0415 - GPU only
+
+            y, arg = fused.max_pool2d_forward(x, geom.kernel, geom.stride, geom.pad_lo, geom.out)
+            self.save(arg)
+            return y
         xpad = geom.padded(x, value=-float("inf"))  # padding never wins, like PyTorch
         y = None
         for _, (rows, cols) in geom.windows():
@@ -112,11 +120,17 @@ class MaxPool2d(Function):
                 y = xpad[:, :, rows, cols].copy()
             else:
                 xp.maximum(y, xpad[:, :, rows, cols], out=y)
-        self.geom, self.x_shape = geom, x.shape
         self.save(xpad, y)
         return y
 
     def backward(self, gy):
+        if self.fused:
+            from .cuda import fused  # noqa: PLC0415 - GPU only
+
+            (arg,) = self.saved
+            g = self.geom
+            return (fused.max_pool2d_backward(gy, arg, self.x_shape, g.kernel, g.stride,
+                                              g.pad_lo),)
         xp = backend.xp_of(gy)
         xpad, y = self.saved
         gpad = self.geom.zeros_padded(self.x_shape, gy.dtype, xp)

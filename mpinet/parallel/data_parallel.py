@@ -234,7 +234,7 @@ class DataParallel:
             b = self.buckets[i]
             self._wait(b)
             _step_slice(optimizer, self.flat, b.start, b.stop, lr)
-            self.flat.grad[b.start:b.stop] = 0  # consumed; the next backward starts from zero
+            self.flat.zero_grad_slice(b.start, b.stop, b.params)  # consumed; next starts at 0
             done.add(i)
         if len(done) == len(self.buckets):
             self._end_pending_update()

@@ -91,3 +91,83 @@ def test_shape_ops_gradients():
 def test_scalar_operands_keep_float32():
     x = Variable(np.ones(3, np.float32), requires_grad=True)
     assert (x * 0.5 + 1).dtype == np.float32
+
+
+# ---- first gradients written straight into zeroed buffers (Function.grad_destination) ---------
+def _flat_params(*arrays):
+    from mpinet.nn.flat import FlatParameters
+
+    params = [Parameter(a) for a in arrays]
+    return params, FlatParameters(params)
+
+
+def _linear_bn_loss(x, w, b, gamma, beta, training=True):
+    from mpinet.ops import linear, norm
+
+    h = linear.linear(x, w, b)
+    y, _, _ = norm.batch_norm(h, gamma, beta, None, None, training)
+    return (y * y).sum() + (h * 0.5).sum()
+
+
+def test_zeroed_buffers_receive_first_gradients_in_place_and_values_match():
+    rng = np.random.default_rng(0)
+    arrays = [rng.standard_normal((4, 3)), rng.standard_normal(4), rng.standard_normal(4),
+              rng.standard_normal(4)]
+    x = Variable(rng.standard_normal((6, 3)))
+    ref = [Parameter(a.copy()) for a in arrays]
+    _linear_bn_loss(x, *ref).backward()           # plain leaves: autograd copies the gradients
+
+    params, flat = _flat_params(*arrays)
+    views = [p.grad for p in params]
+    for step in range(2):                          # twice: zero_grad re-arms the direct writes
+        flat.zero_grad()
+        assert all(p._grad_zeroed is p.grad for p in params)
+        _linear_bn_loss(x, *params).backward()
+        for p, r, v in zip(params, ref, views):
+            assert p.grad is v                     # still the view into the flat buffer
+            assert p._grad_zeroed is None          # the next gradient must be added
+            np.testing.assert_allclose(p.grad, r.grad, rtol=1e-12, atol=1e-12)
+
+
+def test_direct_write_happens_instead_of_an_add(monkeypatch):
+    """The ops hand back the buffer itself, so autograd launches no add for it."""
+    from mpinet.autograd import graph
+
+    rng = np.random.default_rng(1)
+    params, flat = _flat_params(rng.standard_normal((4, 3)), rng.standard_normal(4),
+                                rng.standard_normal(4), rng.standard_normal(4))
+    flat.zero_grad()
+    seen = []
+    original = graph._accumulate_leaf
+    monkeypatch.setattr(graph, "_accumulate_leaf",
+                        lambda leaf, g: (seen.append(g is leaf.grad), original(leaf, g)))
+    _linear_bn_loss(Variable(rng.standard_normal((6, 3))), *params).backward()
+    assert seen == [True, True, True, True]
+
+
+def test_without_zeroing_gradients_still_accumulate():
+    """No mark_grad_zeroed (e.g. micro-batch accumulation): the ops must not overwrite."""
+    rng = np.random.default_rng(2)
+    arrays = [rng.standard_normal((4, 3)), rng.standard_normal(4), rng.standard_normal(4),
+              rng.standard_normal(4)]
+    x = Variable(rng.standard_normal((6, 3)))
+    params, flat = _flat_params(*arrays)
+    flat.zero_grad()
+    _linear_bn_loss(x, *params).backward()
+    once = [p.grad.copy() for p in params]
+    _linear_bn_loss(x, *params).backward()        # second micro-batch: accumulates
+    for p, g in zip(params, once):
+        np.testing.assert_allclose(p.grad, 2 * g, rtol=1e-12)
+
+
+def test_a_parameter_used_twice_sums_both_gradients():
+    rng = np.random.default_rng(3)
+    from mpinet.ops import linear
+
+    w0 = rng.standard_normal((2, 3))
+    x1, x2 = Variable(rng.standard_normal((5, 3))), Variable(rng.standard_normal((4, 3)))
+    (params, flat) = _flat_params(w0)
+    flat.zero_grad()
+    (linear.linear(x1, params[0]).sum() + (linear.linear(x2, params[0]) * 2).sum()).backward()
+    expected = np.ones((5, 2)).T @ x1.data + 2 * np.ones((4, 2)).T @ x2.data
+    np.testing.assert_allclose(params[0].grad, expected, rtol=1e-12)

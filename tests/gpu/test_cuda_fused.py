@@ -105,11 +105,22 @@ def _bn_ref(x64, gamma, beta, eps):
     return xhat * gamma.reshape(shape) + beta.reshape(shape), mean, invstd, xhat, axes, shape
 
 
+TWO_LAUNCH_SHAPES = ((40, 3, 30, 30), (36, 2, 31, 31))  # channels above fused.ONE_BLOCK_MAX
+
+
+def stat_tol_of(dtname):
+    return 1e-12 if dtname == "float64" else 2e-6
+
+
 @pytest.mark.parametrize("dtname", DTYPES)
 @pytest.mark.parametrize("shape,offset", [((8, 6, 5, 7), 0.0), ((32, 16, 4, 4), 0.0),
                                           ((64, 12), 0.0), ((16, 4, 33, 33), 1000.0),
-                                          ((3, 5, 1, 1), 0.0)])
+                                          ((3, 5, 1, 1), 0.0),
+                                          ((40, 3, 30, 30), 0.0),      # > ONE_BLOCK_MAX per
+                                          ((36, 2, 31, 31), 1000.0)])  # channel: 2 launches
 def test_batch_norm_train_and_backward(cp, fused, dtname, shape, offset):
+    one_block = shape[0] * int(np.prod(shape[2:])) <= fused.ONE_BLOCK_MAX
+    assert one_block == (shape not in TWO_LAUNCH_SHAPES)  # both kernel families are covered
     rng = np.random.default_rng(2)
     eps = 1e-5
     c = shape[1]
@@ -121,11 +132,27 @@ def test_batch_norm_train_and_backward(cp, fused, dtname, shape, offset):
     gamma, beta = cp.asarray(gamma64, dtype=pdt), cp.asarray(beta64, dtype=pdt)
     gamma64, beta64 = _host(gamma), _host(beta)
 
-    y, mean, invstd = fused.batch_norm_train(x, gamma, beta, eps)
+    rm0 = cp.asarray(rng.standard_normal(c), dtype=pdt)
+    rv0 = cp.asarray(rng.random(c) + 0.5, dtype=pdt)
+    rm0_host, rv0_host = _host(rm0), _host(rv0)
+    y, mean, invstd, rm1, rv1 = fused.batch_norm_train(x, gamma, beta, eps, rm0, rv0, 0.3)
     y_ref, m_ref, is_ref, xhat, axes, pshape = _bn_ref(x64, gamma64, beta64, eps)
+    # Running statistics from the same launch: PyTorch's rule with the unbiased variance; the
+    # given arrays are left as they were.
+    m = x64.size // c
+    np.testing.assert_array_equal(_host(rm0), rm0_host)
+    np.testing.assert_array_equal(_host(rv0), rv0_host)
+    assert rm1.dtype == rm0.dtype and rv1.dtype == rv0.dtype
+    np.testing.assert_allclose(_host(rm1), 0.7 * rm0_host + 0.3 * m_ref, rtol=stat_tol_of(dtname),
+                               atol=10 * stat_tol_of(dtname) * (1 + offset))
+    np.testing.assert_allclose(_host(rv1), 0.7 * rv0_host + 0.3 * x64.var(axis=axes) * m / (m - 1),
+                               rtol=20 * stat_tol_of(dtname))
+    y2, _, _, none_m, none_v = fused.batch_norm_train(x, gamma, beta, eps)
+    assert none_m is None and none_v is None
+    np.testing.assert_array_equal(_host(y2), _host(y))
     stat_dtype = np.float64 if dtname == "float64" else np.float32
     assert y.dtype == x.dtype and mean.dtype == stat_dtype and invstd.dtype == stat_dtype
-    stat_tol = 1e-12 if dtname == "float64" else 2e-6
+    stat_tol = stat_tol_of(dtname)
     np.testing.assert_allclose(_host(mean), m_ref, rtol=stat_tol, atol=stat_tol * 10)
     np.testing.assert_allclose(_host(invstd), is_ref, rtol=20 * stat_tol)
     # x - mean loses ~|mean| * 2^-24 in float32 (as in any float32 implementation)
@@ -134,7 +161,6 @@ def test_batch_norm_train_and_backward(cp, fused, dtname, shape, offset):
 
     gy, gy64 = _gpu(cp, rng.standard_normal(shape), dtname)
     gx, ggamma, gbeta = fused.batch_norm_backward(x, gy, gamma, mean, invstd)
-    m = x64.size // c
     gb_ref = gy64.sum(axis=axes)
     gg_ref = (gy64 * xhat).sum(axis=axes)
     gx_ref = (gamma64 * is_ref).reshape(pshape) * (
@@ -252,3 +278,27 @@ def test_optimizers_match_torch(cp, fused):
                                    decoupled=kind == "adamw")
         np.testing.assert_allclose(_host(p), tp.detach().numpy(), rtol=1e-10, atol=1e-12,
                                    err_msg=f"{kind} {kw}")
+
+
+@pytest.mark.parametrize("dtname", DTYPES)
+def test_max_pool_kernels_match_numpy_path(cp, fused, dtname):
+    """The fused max pool (ResNet stem: 3x3, stride 2, padding 1) picks the same values as the
+    NumPy path in every dtype (max is exact) and routes each gradient to the first maximum."""
+    from mpinet.autograd import Variable
+    from mpinet.ops.pool import max_pool2d
+
+    rng = np.random.default_rng(7)
+    x_host = rng.standard_normal((2, 3, 9, 8)).astype(_dtype(dtname))
+    x_host[0, 0, :3, :3] = x_host[0, 0, 1, 1]  # ties: the first position in the window wins
+    gy_host = rng.standard_normal((2, 3, 5, 4)).astype(_dtype(dtname))
+    got, want = [], []
+    for to_dev, sink in ((cp.asarray, got), (np.asarray, want)):
+        x = Variable(to_dev(x_host), requires_grad=True)
+        y = max_pool2d(x, 3, 2, 1)
+        y.backward(to_dev(gy_host))
+        sink += [np.asarray(cp.asnumpy(y.data) if to_dev is cp.asarray else y.data),
+                 np.asarray(cp.asnumpy(x.grad) if to_dev is cp.asarray else x.grad)]
+    np.testing.assert_array_equal(got[0].astype(np.float64), want[0].astype(np.float64))
+    # an input that wins several windows sums their gradients: order may differ from NumPy's
+    np.testing.assert_allclose(got[1].astype(np.float64), want[1].astype(np.float64),
+                               rtol=RTOL[dtname], atol=RTOL[dtname] * 4)

@@ -202,3 +202,37 @@ def test_bad_shapes_raise_clear_errors(conv):
     with pytest.raises(TypeError, match="float64"):  # left to the caller's xp path
         cc.conv_fprop(x.astype(cp.float64), cp.zeros((4, 6, 3, 3), dtype=cp.float64), 1, 1, 1, 1)
     assert not cc.supports(np.dtype(np.float64)) and cc.supports(np.dtype(np.float32))
+
+
+@pytest.mark.gpu
+def test_wgrad_writes_into_given_buffer_and_autograd_skips_the_add(conv):
+    """conv_wgrad(out=...) fills the zeroed flat gradient view; values equal the plain path."""
+    cp, cc = conv
+    cc.allow_tf32 = False
+    from mpinet.autograd import Parameter, Variable
+    from mpinet.nn.flat import FlatParameters
+    from mpinet.ops import conv as conv_ops, norm
+
+    rng = np.random.default_rng(5)
+    x = Variable(cp.asarray(rng.standard_normal((4, 3, 8, 8)), dtype=cp.float32))
+    arrays = [rng.standard_normal((6, 3, 3, 3)), rng.standard_normal(6), rng.standard_normal(6)]
+
+    def loss(w, g, b):
+        y, _, _ = norm.batch_norm(conv_ops.conv2d(x, w, padding=1), g, b, None, None, True)
+        return (y * y).sum()
+
+    plain = [Parameter(cp.asarray(a, dtype=cp.float32)) for a in arrays]
+    loss(*plain).backward()
+    params = [Parameter(cp.asarray(a, dtype=cp.float32)) for a in arrays]
+    flat = FlatParameters(params)
+    views = [p.grad for p in params]
+    for _ in range(2):
+        flat.zero_grad()
+        loss(*params).backward()
+        for p, q, v in zip(params, plain, views):
+            assert p.grad is v and p._grad_zeroed is None
+            np.testing.assert_allclose(p.grad.get(), q.grad.get(), rtol=1e-5, atol=1e-4)
+    out = cp.full((6, 3, 3, 3), np.nan, cp.float32)
+    got = cc.conv_wgrad(x.data, cp.ones((4, 6, 8, 8), cp.float32), (6, 3, 3, 3), padding=(1, 1),
+                        out=out)
+    assert got is out and not cp.isnan(out).any()

@@ -5,9 +5,10 @@ Why this shape:
   * Building a cuDNN graph costs milliseconds (the first one ~0.1 s), executing one ~17 us of
     host time: graphs are built once per (op, dtype, shapes, stride, padding, dilation,
     device, allow_tf32, benchmark) and kept in ``_plans``.
-  * Host overhead is the budget (a ResNet step makes hundreds of these calls), so a call does a
-    dict lookup, one or two pool allocations and one ``execute`` with raw device pointers; the
-    cuDNN handle's stream is re-set only when the current CuPy stream changed.
+  * Host overhead is the budget (a ResNet step makes hundreds of these calls), so a call does
+    two dict lookups (validated geometry, plan), one output allocation (none when the caller
+    gives the output) and one ``execute`` with raw device pointers; the workspace is kept per
+    stream, and the cuDNN handle's stream is re-set only when the current CuPy stream changed.
   * Plans: by default the first plan cuDNN's heuristics (mode A, then FALLBACK) rank and can
     build. ``benchmark = True`` (or MPINET_CUDNN_BENCHMARK=1), like
     ``torch.backends.cudnn.benchmark``, times up to ``max_benchmark_plans`` candidates once per
@@ -38,6 +39,8 @@ max_benchmark_plans = 8
 SUPPORTED_DTYPES = frozenset({"float32", "float16", "bfloat16"})
 
 _plans: dict = {}     # cache key -> _Plan
+_checked: dict = {}   # call arguments -> (stride, padding, dilation, output shape), validated
+_workspaces: dict = {}  # (device id, stream pointer) -> scratch buffer for plans' workspaces
 _handles: dict = {}   # device id -> [cudnn handle, stream pointer it is set to]
 _cudnn_mod = None
 
@@ -68,10 +71,16 @@ def _types(dtype):
     return table[dtype.name]
 
 
+_supported_dtype_cache: dict = {}  # dtype -> bool (dtype.name costs ~2 us: NumPy builds it)
+
+
 def supports(dtype) -> bool:
     """True if the cuDNN path takes this dtype (float32, float16, bfloat16). float64 is left to
     the caller's xp path: cuDNN 9.19's graph engines returned wrong float64 results on an H100."""
-    return getattr(dtype, "name", str(dtype)) in SUPPORTED_DTYPES
+    ok = _supported_dtype_cache.get(dtype)
+    if ok is None:
+        ok = _supported_dtype_cache[dtype] = getattr(dtype, "name", str(dtype)) in SUPPORTED_DTYPES
+    return ok
 
 
 def _handle(cp, device_id: int):
@@ -248,20 +257,38 @@ def _plan_benchmarked(cp, g, uid_of, ptrs, handle, rebuild):
     return _finish(g, uid_of, best[2], best[1])
 
 
-def _run(op, a, b, out_shape, stride, padding, dilation):
+def _workspace(cp, nbytes: int, device_id: int):
+    """A scratch buffer of at least ``nbytes`` for the current stream, kept between calls (an
+    allocation per call is host time; calls on one stream run in order, so one buffer serves
+    them all). Grows to the largest plan's need."""
+    key = (device_id, cp.cuda.get_current_stream().ptr)
+    ws = _workspaces.get(key)
+    if ws is None or ws.nbytes < nbytes:
+        ws = _workspaces[key] = cp.empty(nbytes, dtype=cp.uint8)
+    return ws.data.ptr
+
+
+def _run(op, a, b, out_shape, stride, padding, dilation, out=None):
+    """Execute (building and caching on first use) conv ``op`` on a, b into a new array of
+    out_shape, or into ``out`` if it is a C-contiguous array of that shape and a's dtype.
+    stride/padding/dilation: normalised (h, w) tuples."""
     import cupy as cp  # noqa: PLC0415 - GPU-only module
 
     if a.dtype != b.dtype:
         raise TypeError(f"cuDNN conv_{op}: operands have dtypes {a.dtype.name} and "
                         f"{b.dtype.name}; expected the same dtype for both")
-    a = cp.ascontiguousarray(a)
-    b = cp.ascontiguousarray(b)
+    if not a.flags.c_contiguous:
+        a = cp.ascontiguousarray(a)
+    if not b.flags.c_contiguous:
+        b = cp.ascontiguousarray(b)
     device_id = a.device.id
     handle = _handle(cp, device_id)
-    out = cp.empty(out_shape, dtype=a.dtype)
+    if out is None or out.shape != out_shape or out.dtype != a.dtype \
+            or not out.flags.c_contiguous or out.data.ptr % 256:
+        out = cp.empty(out_shape, dtype=a.dtype)
     ptrs = (a.data.ptr, b.data.ptr, out.data.ptr)
-    key = (op, a.dtype.name, a.shape, b.shape,
-           out_shape, stride, padding, dilation, device_id, allow_tf32, benchmark)
+    key = (op, a.dtype, a.shape, b.shape, out_shape, stride, padding, dilation, device_id,
+           allow_tf32, benchmark)
     plan = _plans.get(key)
     if plan is None:
         def build():
@@ -271,9 +298,7 @@ def _run(op, a, b, out_shape, stride, padding, dilation):
         plan = _plan_benchmarked(cp, *build(), ptrs, handle, build) if benchmark \
             else _plan_heuristic(*build())
         _plans[key] = plan
-    # Workspace from CuPy's stream-ordered pool: safe on any stream, ~2 us.
-    ws = cp.empty(plan.workspace, dtype=cp.uint8) if plan.workspace else None
-    ws_ptr = ws.data.ptr if ws is not None else 0
+    ws_ptr = _workspace(cp, plan.workspace, device_id) if plan.workspace else 0
     if plan.raw_ptrs:
         plan.graph._execute_with_ptrs([ptrs[r] for r in plan.roles], ws_ptr, handle)
     elif plan.plan_index >= 0:
@@ -284,36 +309,61 @@ def _run(op, a, b, out_shape, stride, padding, dilation):
     return out
 
 
-def conv_fprop(x, w, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1):
-    """y = conv2d(x, w): x (N, C, H, W), w (K, C/groups, R, S) -> y (N, K, Ho, Wo)."""
+def _geometry(op, a_shape, b_shape, out_shape, stride, padding, dilation, groups):
+    """(normalised stride, padding, dilation, output shape) for a call, validated once per
+    distinct argument set and then served from ``_checked`` (this runs on every call)."""
+    key = (op, a_shape, b_shape, out_shape, stride, padding, dilation, groups)
+    try:
+        return _checked[key]
+    except KeyError:
+        pass
+    except TypeError:  # unhashable arguments (lists): validate every time
+        key = None
     stride, padding, dilation = (_pair(stride, "stride"), _pair(padding, "padding"),
                                  _pair(dilation, "dilation"))
-    y_shape = _check("conv_fprop", x.shape, w.shape, groups, stride, padding, dilation)
+    if op == "fprop":  # a = x, b = w
+        result_shape = _check("conv_fprop", a_shape, b_shape, groups, stride, padding, dilation)
+    elif op == "dgrad":  # a = gy, b = w, out_shape = x's
+        x_shape = tuple(int(n) for n in out_shape)
+        y_shape = _check("conv_dgrad", x_shape, b_shape, groups, stride, padding, dilation)
+        if tuple(a_shape) != y_shape:
+            raise ValueError(f"conv_dgrad: gradient has shape {tuple(a_shape)}, expected "
+                             f"{y_shape} for input {x_shape} and weight {tuple(b_shape)}")
+        result_shape = x_shape
+    else:  # wgrad: a = x, b = gy, out_shape = w's
+        w_shape = tuple(int(n) for n in out_shape)
+        y_shape = _check("conv_wgrad", a_shape, w_shape, groups, stride, padding, dilation)
+        if tuple(b_shape) != y_shape:
+            raise ValueError(f"conv_wgrad: gradient has shape {tuple(b_shape)}, expected "
+                             f"{y_shape} for input {tuple(a_shape)} and weight {w_shape}")
+        result_shape = w_shape
+    result = (stride, padding, dilation, tuple(result_shape))
+    if key is not None:
+        _checked[key] = result
+    return result
+
+
+def conv_fprop(x, w, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1):
+    """y = conv2d(x, w): x (N, C, H, W), w (K, C/groups, R, S) -> y (N, K, Ho, Wo)."""
+    stride, padding, dilation, y_shape = _geometry("fprop", x.shape, w.shape, None, stride,
+                                                   padding, dilation, groups)
     return _run("fprop", x, w, y_shape, stride, padding, dilation)
 
 
 def conv_dgrad(gy, w, x_shape, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1):
     """Gradient w.r.t. the input: gy (N, K, Ho, Wo), w (K, C/groups, R, S) -> gx of x_shape."""
-    stride, padding, dilation = (_pair(stride, "stride"), _pair(padding, "padding"),
-                                 _pair(dilation, "dilation"))
-    x_shape = tuple(int(n) for n in x_shape)
-    y_shape = _check("conv_dgrad", x_shape, w.shape, groups, stride, padding, dilation)
-    if tuple(gy.shape) != y_shape:
-        raise ValueError(f"conv_dgrad: gradient has shape {tuple(gy.shape)}, expected {y_shape} "
-                         f"for input {x_shape} and weight {tuple(w.shape)}")
+    stride, padding, dilation, x_shape = _geometry("dgrad", gy.shape, w.shape, tuple(x_shape),
+                                                   stride, padding, dilation, groups)
     return _run("dgrad", gy, w, x_shape, stride, padding, dilation)
 
 
-def conv_wgrad(x, gy, w_shape, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1):
-    """Gradient w.r.t. the weight: x (N, C, H, W), gy (N, K, Ho, Wo) -> gw of w_shape."""
-    stride, padding, dilation = (_pair(stride, "stride"), _pair(padding, "padding"),
-                                 _pair(dilation, "dilation"))
-    w_shape = tuple(int(n) for n in w_shape)
-    y_shape = _check("conv_wgrad", x.shape, w_shape, groups, stride, padding, dilation)
-    if tuple(gy.shape) != y_shape:
-        raise ValueError(f"conv_wgrad: gradient has shape {tuple(gy.shape)}, expected {y_shape} "
-                         f"for input {tuple(x.shape)} and weight {w_shape}")
-    return _run("wgrad", x, gy, w_shape, stride, padding, dilation)
+def conv_wgrad(x, gy, w_shape, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1,
+               out=None):
+    """Gradient w.r.t. the weight: x (N, C, H, W), gy (N, K, Ho, Wo) -> gw of w_shape.
+    ``out``: an array to write gw into (used if contiguous, of w_shape and x's dtype)."""
+    stride, padding, dilation, w_shape = _geometry("wgrad", x.shape, gy.shape, tuple(w_shape),
+                                                   stride, padding, dilation, groups)
+    return _run("wgrad", x, gy, w_shape, stride, padding, dilation, out)
 
 
 def cache_info() -> dict:

@@ -48,8 +48,20 @@ def _cp():
     return cupy
 
 
+_BF16 = []  # [bfloat16 dtype or None], resolved on first use
+
+
 def _is_bf16(a) -> bool:
-    return a.dtype.name == "bfloat16"
+    # A dtype comparison, not dtype.name: NumPy builds .name in Python (~2 us), and this runs
+    # several times per kernel call.
+    if not _BF16:
+        try:
+            import ml_dtypes  # noqa: PLC0415 - optional; without it no array is bfloat16
+
+            _BF16.append(np.dtype(ml_dtypes.bfloat16))
+        except ImportError:
+            _BF16.append(None)
+    return _BF16[0] is not None and a.dtype == _BF16[0]
 
 
 def _io(a):
@@ -142,8 +154,81 @@ def bias_relu(x, b):
 
 
 # ---------------------------------------------------------------------------------------------
+# Max pooling: one launch each way instead of ~6 elementwise launches per window offset.
+# Forward keeps the winning input position (h * W + w within its (n, c) plane, int32) per output;
+# backward gathers, for each input element, the gradients of the outputs it won, in a fixed
+# order (deterministic, no atomics). Ties go to the first position in the window (row-major), a
+# NaN wins over numbers, as in PyTorch.
+# ---------------------------------------------------------------------------------------------
+
+_POOL_GEOM = ("int32 H, int32 W, int32 OH, int32 OW, int32 kh, int32 kw, int32 sh, int32 sw, "
+              "int32 ph, int32 pw")
+
+
+def _pool_args(x_shape, geom):
+    n, c, h, w = x_shape
+    if n * c * h * w >= 2**31:
+        raise ValueError(f"max_pool2d: input {tuple(x_shape)} has {n * c * h * w} elements; the "
+                         f"fused kernels index with 32 bits (at most 2**31 - 1): split the batch")
+    (kh, kw), (sh, sw), (ph, pw), (oh, ow) = geom
+    return [np.int32(v) for v in (h, w, oh, ow, kh, kw, sh, sw, ph, pw)]
+
+
+def max_pool2d_forward(x, kernel, stride, padding, out_hw):
+    """y (N, C, OH, OW) and the argmax positions (int32, h * W + w) of max pooling x (N, C, H, W).
+    kernel/stride/padding/out_hw: (h, w) pairs, already validated (mpinet.ops.pool)."""
+    cp = _cp()
+    _check_float("max_pool2d", x)
+    x = _contiguous(cp, x)
+    args = _pool_args(x.shape, (kernel, stride, padding, out_hw))
+    k = _elementwise("maxpool_fwd", "raw X x, " + _POOL_GEOM, "X y, int32 arg",
+                     "typedef mpn_acc<X>::type A; "
+                     "int ow = i % OW; int t = i / OW; int oh = t % OH; int nc = t / OH; "
+                     "int h0 = oh * sh - ph, w0 = ow * sw - pw; "
+                     "A best = A(0); int at = -1; "
+                     "for (int r = 0; r < kh; ++r) { int h = h0 + r; if (h < 0 || h >= H) continue; "
+                     "  for (int c = 0; c < kw; ++c) { int w = w0 + c; if (w < 0 || w >= W) continue; "
+                     "    A v = mpn_ld<A>(x[((long long)nc * H + h) * W + w]); "
+                     "    if (at < 0 || v > best || (isnan(v) && !isnan(best))) { best = v; at = h * W + w; } "
+                     "  } } "
+                     "mpn_put(y, best); arg = at;")
+    shape = tuple(x.shape[:2]) + tuple(out_hw)
+    y = cp.empty(shape, dtype=x.dtype)
+    arg = cp.empty(shape, dtype=cp.int32)
+    k(_io(x), *args, _io(y), arg)
+    return y, arg
+
+
+def max_pool2d_backward(gy, arg, x_shape, kernel, stride, padding):
+    """gx (N, C, H, W) of max pooling, from gy (N, C, OH, OW) and forward's argmax positions."""
+    cp = _cp()
+    _check_float("max_pool2d_backward", gy)
+    gy = _contiguous(cp, gy)
+    out_hw = tuple(gy.shape[2:])
+    args = _pool_args(x_shape, (kernel, stride, padding, out_hw))
+    k = _elementwise("maxpool_bwd", "raw G gy, raw int32 arg, " + _POOL_GEOM, "G gx",
+                     "typedef mpn_acc<G>::type A; "
+                     "int w = i % W; int t = i / W; int h = t % H; int nc = t / H; "
+                     "int me = h * W + w; "
+                     # outputs whose window [o*s - p, o*s - p + k) contains this row / column
+                     "int lo_h = h + ph - kh + 1, lo_w = w + pw - kw + 1; "
+                     "int oh0 = lo_h <= 0 ? 0 : (lo_h + sh - 1) / sh; "
+                     "int ow0 = lo_w <= 0 ? 0 : (lo_w + sw - 1) / sw; "
+                     "int oh1 = min(OH - 1, (h + ph) / sh), ow1 = min(OW - 1, (w + pw) / sw); "
+                     "A acc = A(0); "
+                     "for (int oh = oh0; oh <= oh1; ++oh) for (int ow = ow0; ow <= ow1; ++ow) { "
+                     "  long long o = ((long long)nc * OH + oh) * OW + ow; "
+                     "  if (arg[o] == me) acc += mpn_ld<A>(gy[o]); } "
+                     "mpn_put(gx, acc);")
+    gx = cp.empty(tuple(x_shape), dtype=gy.dtype)
+    k(_io(gy), arg, *args, _io(gx))
+    return gx
+
+
+# ---------------------------------------------------------------------------------------------
 # Batch norm: per-channel statistics over (N, H, W) of x (N, C, H, W), or over N of x (N, C).
-# Two launches a direction: a reduction over S slices of each channel (grid S x C) whose last
+# Channels of at most ONE_BLOCK_MAX elements: one launch a direction, a block per channel. Larger:
+# two launches a direction: a reduction over S slices of each channel (grid S x C) whose last
 # block per channel combines the slices in float64 and writes the statistics, then an
 # elementwise apply. Forward sums are shifted by each channel's first element, so the one-pass
 # variance does not cancel catastrophically when |mean| >> std. Host cost is kept down (it
@@ -214,11 +299,16 @@ __device__ __forceinline__ bool arrive_last(A a, A b, A* part, unsigned int* cou
 
 // Sums of channel c over slice s of j in [0, M), M = N * HW, element j = (n, i) = (j / HW, j % HW).
 // Forward: a = sum(x - shift), b = sum((x - shift)^2), shift = x[0, c, 0]; the last block writes
-// stats[c] = mean, stats[C + c] = 1 / sqrt(biased var + eps).
+// stats[c] = mean, stats[C + c] = 1 / sqrt(biased var + eps), and with update_running the new
+// running statistics (into separate outputs: the inputs stay unmodified). Doing that here saves
+// the ~10 small launches per layer that the running-statistics arithmetic costs in CuPy.
 template <int K>
 __global__ void bn_stats(const typename io<K>::T* x, unsigned int C, unsigned int HW,
                          unsigned int M, unsigned int per, typename io<K>::A* part,
-                         unsigned int* counter, double eps, typename io<K>::A* stats) {
+                         unsigned int* counter, double eps, typename io<K>::A* stats,
+                         int update_running, double momentum, const typename io<K>::A* rmean,
+                         const typename io<K>::A* rvar, typename io<K>::A* rmean_out,
+                         typename io<K>::A* rvar_out) {
     typedef typename io<K>::A A;
     unsigned int c = blockIdx.y, s = blockIdx.x, S = gridDim.x;
     A shift = io<K>::ld(x[(size_t)c * HW]);
@@ -239,6 +329,11 @@ __global__ void bn_stats(const typename io<K>::T* x, unsigned int C, unsigned in
         double var = fmax(sb / M - d * d, 0.0);  // biased variance, as used to normalise
         stats[c] = (A)((double)shift + d);
         stats[C + c] = (A)(1.0 / sqrt(var + eps));
+        if (update_running) {  // PyTorch's rule; running_var takes the unbiased variance
+            rmean_out[c] = (A)((1.0 - momentum) * (double)rmean[c] + momentum * ((double)shift + d));
+            rvar_out[c] = (A)((1.0 - momentum) * (double)rvar[c]
+                              + momentum * var * ((double)M / (double)(M - 1)));
+        }
         counter[c] = 0;
     }
 }
@@ -254,6 +349,88 @@ __global__ void bn_apply(const typename io<K>::T* x, const typename io<K>::A* me
          i += gridDim.x * blockDim.x) {
         unsigned int c = (i / HW) % C;
         y[i] = io<K>::st((io<K>::ld(x[i]) - mean[c]) * (invstd[c] * gamma[c]) + beta[c]);
+    }
+}
+
+// Small channels (M <= ONE_BLOCK_MAX elements each): one block per channel computes the
+// statistics and applies them in a single launch, as cuDNN's bn_fw_tr_1C11 does: at these sizes
+// the host's launch cost, not the GPU, is the limit. Same arithmetic as bn_stats + bn_apply
+// (shifted one-pass sums; mean and invstd rounded to A before the apply).
+template <int K>
+__global__ void bn_fwd_block(const typename io<K>::T* x, unsigned int C, unsigned int HW,
+                             unsigned int M, double eps, typename io<K>::A* stats,
+                             const typename io<K>::A* gamma, const typename io<K>::A* beta,
+                             typename io<K>::T* y, int update_running, double momentum,
+                             const typename io<K>::A* rmean, const typename io<K>::A* rvar,
+                             typename io<K>::A* rmean_out, typename io<K>::A* rvar_out) {
+    typedef typename io<K>::A A;
+    __shared__ A s_mean, s_scale;
+    unsigned int c = blockIdx.x;
+    A shift = io<K>::ld(x[(size_t)c * HW]);
+    A a = 0, b = 0;
+    for (unsigned int j = threadIdx.x; j < M; j += blockDim.x) {
+        unsigned int n = j / HW, i = j - n * HW;
+        A v = io<K>::ld(x[((size_t)n * C + c) * HW + i]) - shift;
+        a += v; b += v * v;
+    }
+    block_sum2(a, b);
+    if (threadIdx.x == 0) {
+        double d = (double)a / M;
+        double var = fmax((double)b / M - d * d, 0.0);
+        A mean = (A)((double)shift + d), invstd = (A)(1.0 / sqrt(var + eps));
+        stats[c] = mean;
+        stats[C + c] = invstd;
+        if (update_running) {
+            rmean_out[c] = (A)((1.0 - momentum) * (double)rmean[c] + momentum * ((double)shift + d));
+            rvar_out[c] = (A)((1.0 - momentum) * (double)rvar[c]
+                              + momentum * var * ((double)M / (double)(M - 1)));
+        }
+        s_mean = mean;
+        s_scale = invstd * gamma[c];
+    }
+    __syncthreads();
+    A mean = s_mean, scale = s_scale, bc = beta[c];
+    for (unsigned int j = threadIdx.x; j < M; j += blockDim.x) {
+        unsigned int n = j / HW, i = j - n * HW;
+        size_t off = ((size_t)n * C + c) * HW + i;
+        y[off] = io<K>::st((io<K>::ld(x[off]) - mean) * scale + bc);
+    }
+}
+
+// Backward counterpart of bn_fwd_block (bnb_stats + bnb_apply in one launch).
+template <int K>
+__global__ void bnb_block(const typename io<K>::T* x, const typename io<K>::T* gy,
+                          const typename io<K>::A* mean, const typename io<K>::A* invstd,
+                          const typename io<K>::A* gamma, unsigned int C, unsigned int HW,
+                          unsigned int M, typename io<K>::A* ggamma, typename io<K>::A* gbeta,
+                          typename io<K>::T* gx, typename io<K>::A inv_m) {
+    typedef typename io<K>::A A;
+    __shared__ A s_gg, s_gb;
+    unsigned int c = blockIdx.x;
+    A mu = mean[c];
+    A a = 0, b = 0;
+    for (unsigned int j = threadIdx.x; j < M; j += blockDim.x) {
+        unsigned int n = j / HW, i = j - n * HW;
+        size_t off = ((size_t)n * C + c) * HW + i;
+        A g = io<K>::ld(gy[off]);
+        a += g; b += g * (io<K>::ld(x[off]) - mu);
+    }
+    block_sum2(a, b);
+    if (threadIdx.x == 0) {
+        A gg = (A)((double)b * (double)invstd[c]), gb = a;
+        ggamma[c] = gg;
+        gbeta[c] = gb;
+        s_gg = gg;
+        s_gb = gb;
+    }
+    __syncthreads();
+    A is = invstd[c], gg = s_gg, gb = s_gb, gam = gamma[c];
+    for (unsigned int j = threadIdx.x; j < M; j += blockDim.x) {
+        unsigned int n = j / HW, i = j - n * HW;
+        size_t off = ((size_t)n * C + c) * HW + i;
+        A xhat = (io<K>::ld(x[off]) - mu) * is;
+        A g = io<K>::ld(gy[off]) - (gb + xhat * gg) * inv_m;
+        gx[off] = io<K>::st(gam * is * g);
     }
 }
 
@@ -274,13 +451,14 @@ __global__ void bn_infer(const typename io<K>::T* x, const typename io<K>::A* rm
 }
 
 // Backward sums: a = sum(gy), b = sum(gy * (x - mean[c])); the last block writes
-// grads[c] = ggamma = b * invstd[c], grads[C + c] = gbeta = a.
+// ggamma[c] = b * invstd[c], gbeta[c] = a (separate pointers: they may be the parameters'
+// gradient buffers).
 template <int K>
 __global__ void bnb_stats(const typename io<K>::T* x, const typename io<K>::T* gy,
                           const typename io<K>::A* mean, const typename io<K>::A* invstd,
                           unsigned int C, unsigned int HW, unsigned int M, unsigned int per,
                           typename io<K>::A* part, unsigned int* counter,
-                          typename io<K>::A* grads) {
+                          typename io<K>::A* ggamma, typename io<K>::A* gbeta) {
     typedef typename io<K>::A A;
     unsigned int c = blockIdx.y, s = blockIdx.x, S = gridDim.x;
     A mu = mean[c];
@@ -298,8 +476,8 @@ __global__ void bnb_stats(const typename io<K>::T* x, const typename io<K>::T* g
         const volatile A* vp = part;
         double sa = 0, sb = 0;
         for (unsigned int t = 0; t < S; ++t) { sa += vp[c * S + t]; sb += vp[C * S + c * S + t]; }
-        grads[c] = (A)(sb * (double)invstd[c]);
-        grads[C + c] = (A)sa;
+        ggamma[c] = (A)(sb * (double)invstd[c]);
+        gbeta[c] = (A)sa;
         counter[c] = 0;
     }
 }
@@ -308,26 +486,31 @@ __global__ void bnb_stats(const typename io<K>::T* x, const typename io<K>::T* g
 template <int K>
 __global__ void bnb_apply(const typename io<K>::T* x, const typename io<K>::T* gy,
                           const typename io<K>::A* mean, const typename io<K>::A* invstd,
-                          const typename io<K>::A* gamma, const typename io<K>::A* grads,
-                          typename io<K>::T* gx, unsigned int total, unsigned int C,
-                          unsigned int HW, typename io<K>::A inv_m) {
+                          const typename io<K>::A* gamma, const typename io<K>::A* ggamma,
+                          const typename io<K>::A* gbeta, typename io<K>::T* gx,
+                          unsigned int total, unsigned int C, unsigned int HW,
+                          typename io<K>::A inv_m) {
     typedef typename io<K>::A A;
     for (unsigned int i = blockIdx.x * blockDim.x + threadIdx.x; i < total;
          i += gridDim.x * blockDim.x) {
         unsigned int c = (i / HW) % C;
         A is = invstd[c];
         A xhat = (io<K>::ld(x[i]) - mean[c]) * is;
-        A g = io<K>::ld(gy[i]) - (grads[C + c] + xhat * grads[c]) * inv_m;
+        A g = io<K>::ld(gy[i]) - (gbeta[c] + xhat * ggamma[c]) * inv_m;
         gx[i] = io<K>::st(gamma[c] * is * g);
     }
 }
 """
 
-_BN_KERNELS = ("bn_stats", "bn_apply", "bn_infer", "bnb_stats", "bnb_apply")
+_BN_KERNELS = ("bn_stats", "bn_apply", "bn_infer", "bnb_stats", "bnb_apply", "bn_fwd_block",
+               "bnb_block")
+# Channels of at most this many elements take the one-launch kernels (one block per channel).
+ONE_BLOCK_MAX = 32768
+_ONE_BLOCK_THREADS = 512
 _BN_KIND = {"float32": 0, "float16": 1, "bfloat16": 2, "float64": 3}
 _THREADS = 256
 _functions: dict = {}   # (kernel name, kind) -> cupy Function
-_geometry: dict = {}    # (shape, dtype name, device) -> _BNGeometry
+_geometry: dict = {}    # (shape, dtype, device) -> _BNGeometry
 _scratch: dict = {}     # (device, stream) -> (uint32 arrival counters, partial-sum bytes)
 
 
@@ -374,6 +557,8 @@ class _BNGeometry:
         self.total_c_hw = (u32(x.size), u32(self.c), u32(hw))
         self.inv_m = self.acc.type(1.0 / m)
         self.part_bytes = 2 * self.c * self.slices * self.acc.itemsize
+        self.one_block = m <= ONE_BLOCK_MAX  # one launch per direction (see bn_fwd_block)
+        self.c_hw_m = (u32(self.c), u32(hw), u32(m))
 
 
 def _geom(where, x):
@@ -410,29 +595,52 @@ def _contiguous(cp, a):
     return a if a.flags.c_contiguous else cp.ascontiguousarray(a)
 
 
-def batch_norm_train(x, gamma, beta, eps):
-    """Normalise with batch statistics: returns (y, mean, invstd), mean/invstd of shape (C,),
-    invstd = 1/sqrt(biased var + eps). y has x's dtype."""
+def batch_norm_train(x, gamma, beta, eps, running_mean=None, running_var=None, momentum=0.1):
+    """Normalise with batch statistics: returns (y, mean, invstd, new_running_mean,
+    new_running_var); mean/invstd of shape (C,), invstd = 1/sqrt(biased var + eps); y has x's
+    dtype. With running statistics given, the new ones (PyTorch's momentum rule, unbiased
+    variance) come from the same launch, in fresh arrays of the given ones' dtype; else None."""
     cp = _cp()
     geom = _geom("batch_norm_train", x)
     x = _contiguous(cp, x)
     gamma = _per_channel(gamma, geom, "gamma", "batch_norm_train")
     beta = _per_channel(beta, geom, "beta", "batch_norm_train")
-    counters, part = _scratch_for(cp, geom)
     stats = cp.empty(2 * geom.c, dtype=geom.acc)  # mean, invstd
     y = cp.empty_like(x)
     xi = _io(x)
-    _bn_fn("bn_stats", geom.kind)(geom.reduce_grid, (_THREADS,),
-                                  (xi, *geom.c_hw_m_per, part, counters, np.float64(eps), stats))
-    mean, invstd = stats[:geom.c], stats[geom.c:]
-    _bn_fn("bn_apply", geom.kind)(geom.apply_grid, (_THREADS,),
-                                  (xi, mean, invstd, gamma, beta, _io(y), *geom.total_c_hw))
-    return y, mean, invstd
+    if (running_mean is None) != (running_var is None):
+        raise ValueError("batch_norm_train: give both running_mean and running_var, or neither")
+    if running_mean is not None:
+        rm = _per_channel(running_mean, geom, "running_mean", "batch_norm_train")
+        rv = _per_channel(running_var, geom, "running_var", "batch_norm_train")
+        rm_out, rv_out = cp.empty_like(rm), cp.empty_like(rv)
+        running = (np.int32(1), np.float64(momentum), rm, rv, rm_out, rv_out)
+    else:  # never read or written by the kernel (update flag 0)
+        running = (np.int32(0), np.float64(0), stats, stats, stats, stats)
+    if geom.one_block:
+        _bn_fn("bn_fwd_block", geom.kind)((geom.c,), (_ONE_BLOCK_THREADS,),
+                                          (xi, *geom.c_hw_m, np.float64(eps), stats, gamma, beta,
+                                           _io(y), *running))
+        mean, invstd = stats[:geom.c], stats[geom.c:]
+    else:
+        counters, part = _scratch_for(cp, geom)
+        _bn_fn("bn_stats", geom.kind)(geom.reduce_grid, (_THREADS,),
+                                      (xi, *geom.c_hw_m_per, part, counters, np.float64(eps),
+                                       stats, *running))
+        mean, invstd = stats[:geom.c], stats[geom.c:]
+        _bn_fn("bn_apply", geom.kind)(geom.apply_grid, (_THREADS,),
+                                      (xi, mean, invstd, gamma, beta, _io(y), *geom.total_c_hw))
+    if running_mean is None:
+        return y, mean, invstd, None, None
+    return (y, mean, invstd, rm_out.astype(running_mean.dtype, copy=False),
+            rv_out.astype(running_var.dtype, copy=False))
 
 
-def batch_norm_backward(x, gy, gamma, mean, invstd):
+def batch_norm_backward(x, gy, gamma, mean, invstd, ggamma_out=None, gbeta_out=None):
     """Gradients of batch_norm_train given its saved mean and invstd: returns (gx, ggamma,
-    gbeta). x and gy share shape and dtype; gx has that dtype, ggamma/gbeta have gamma's."""
+    gbeta). x and gy share shape and dtype; gx has that dtype, ggamma/gbeta have gamma's.
+    ``ggamma_out``/``gbeta_out``: arrays to write those into (the parameters' zeroed gradient
+    buffers), used when contiguous (C,) of the statistics' dtype; else fresh arrays."""
     cp = _cp()
     geom = _geom("batch_norm_backward", x)
     if gy.shape != x.shape or gy.dtype != x.dtype:
@@ -442,18 +650,31 @@ def batch_norm_backward(x, gy, gamma, mean, invstd):
     g_acc = _per_channel(gamma, geom, "gamma", "batch_norm_backward")
     mean = _per_channel(mean, geom, "mean", "batch_norm_backward")
     invstd = _per_channel(invstd, geom, "invstd", "batch_norm_backward")
-    counters, part = _scratch_for(cp, geom)
-    grads = cp.empty(2 * geom.c, dtype=geom.acc)  # ggamma, gbeta
+    ggamma = _out_or_new(cp, ggamma_out, geom)
+    gbeta = _out_or_new(cp, gbeta_out, geom)
     gx = cp.empty_like(x)
     xi, gyi = _io(x), _io(gy)
-    _bn_fn("bnb_stats", geom.kind)(geom.reduce_grid, (_THREADS,),
-                                   (xi, gyi, mean, invstd, *geom.c_hw_m_per, part, counters,
-                                    grads))
-    _bn_fn("bnb_apply", geom.kind)(geom.apply_grid, (_THREADS,),
-                                   (xi, gyi, mean, invstd, g_acc, grads, _io(gx),
-                                    *geom.total_c_hw, geom.inv_m))
-    ggamma, gbeta = grads[:geom.c], grads[geom.c:]
+    if geom.one_block:
+        _bn_fn("bnb_block", geom.kind)((geom.c,), (_ONE_BLOCK_THREADS,),
+                                       (xi, gyi, mean, invstd, g_acc, *geom.c_hw_m, ggamma, gbeta,
+                                        _io(gx), geom.inv_m))
+    else:
+        counters, part = _scratch_for(cp, geom)
+        _bn_fn("bnb_stats", geom.kind)(geom.reduce_grid, (_THREADS,),
+                                       (xi, gyi, mean, invstd, *geom.c_hw_m_per, part, counters,
+                                        ggamma, gbeta))
+        _bn_fn("bnb_apply", geom.kind)(geom.apply_grid, (_THREADS,),
+                                       (xi, gyi, mean, invstd, g_acc, ggamma, gbeta, _io(gx),
+                                        *geom.total_c_hw, geom.inv_m))
     return gx, ggamma.astype(gamma.dtype, copy=False), gbeta.astype(gamma.dtype, copy=False)
+
+
+def _out_or_new(cp, out, geom):
+    """``out`` if the kernels can write a (C,) statistic into it, else a new array."""
+    if out is not None and out.shape == (geom.c,) and out.dtype == geom.acc \
+            and out.flags.c_contiguous:
+        return out
+    return cp.empty(geom.c, dtype=geom.acc)
 
 
 def batch_norm_infer(x, gamma, beta, running_mean, running_var, eps):
