@@ -4,6 +4,7 @@
 #   tests      GPU-marked tests, 1 process, then the MPI+GPU tests on 2 ranks
 #   conv       benchmarks/conv_bench.py (cuDNN path vs PyTorch, same process)
 #   step       ResNet-18 32px batch 128 fp32/TF32 step, 1 GPU, beside torch_ddp_bench.py
+#   profile    that step's kernels per step and GPU-busy vs wall, mpinet and torch (profile_step.py)
 #   allreduce  busbw per size: mpinet nccl + hierarchical (2 emulated nodes) beside raw NCCL
 #   scale      ResNet-50 and VGG-16, 224px, batch 64/GPU, bf16, on 1 and 2 GPUs, beside DDP
 #   modes      DataParallel backward / forward / sync on 2 GPUs (which overlap is faster)
@@ -41,19 +42,32 @@ for s in $sections; do
   conv)
     timeout 300 python3 benchmarks/conv_bench.py 2>&1
     ;;
-  step)
-    timeout 200 $MPIRUN -n 1 python3 benchmarks/train_bench.py --model resnet18 --batch 128 --size 32 --out "$OUT/step.jsonl" 2>&1
-    timeout 200 $MPIRUN -n 1 python3 $ANCHOR/torch_ddp_bench.py --model resnet18 --batch 128 --size 32 2>&1
+  step)  # alternating, 3 runs each: host-bound steps vary by tens of percent between seconds
+    for i in 1 2 3; do
+      timeout 100 $MPIRUN -n 1 python3 benchmarks/train_bench.py --model resnet18 --batch 128 --size 32 --out "$OUT/step.jsonl" 2>&1
+      timeout 100 $MPIRUN -n 1 python3 $ANCHOR/torch_ddp_bench.py --model resnet18 --batch 128 --size 32 2>&1
+    done
+    ;;
+  profile)  # kernels per step, GPU busy vs wall (launch-bound share), beside torch; .device/base
+    # (if carried) is an older checkout timed in the same call as the baseline of a change.
+    if [ -d .device/base ]; then
+      timeout 200 $MPIRUN -n 1 python3 .device/base/benchmarks/train_bench.py --model resnet18 --batch 128 --size 32 2>&1 | sed 's/^/base: /'
+    fi
+    timeout 200 $MPIRUN -n 1 python3 benchmarks/train_bench.py --model resnet18 --batch 128 --size 32 --stem cifar 2>&1
+    timeout 200 $MPIRUN -n 1 python3 benchmarks/train_bench.py --model resnet18 --batch 128 --size 32 --stem imagenet --out "$OUT/step.jsonl" 2>&1
+    timeout 200 $MPIRUN -n 1 python3 $ANCHOR/torch_ddp_bench.py --model resnet18 --batch 128 --size 32 2>&1 | grep torch-ddp
+    timeout 200 python3 benchmarks/profile_step.py --framework mpinet --host 2>&1
+    timeout 200 python3 benchmarks/profile_step.py --framework torch 2>&1
     ;;
   allreduce)
     timeout 200 $MPIRUN -n 2 python3 $ANCHOR/nccl_allreduce_bw.py 2>&1
     timeout 300 $MPIRUN -n 2 python3 benchmarks/allreduce_bw.py --impls nccl,hierarchical --emulate-nodes 2 2>&1
     ;;
-  scale)
+  scale)  # mpinet on 1 and 2 GPUs (efficiency, communication not hidden), then DDP on 1 and 2
     for m in resnet50 vgg16; do
+      timeout 300 python3 benchmarks/scaling.py --gpus 2 --model $m --batch 64 --size 224 --precision bf16 --classes 1000 --steps 15 --repeats 6 --mpirun "$MPIRUN" --out "$OUT/scale.jsonl" 2>&1
       for n in 1 2; do
-        timeout 300 $MPIRUN -n $n python3 benchmarks/train_bench.py --model $m --batch 64 --size 224 --precision bf16 --classes 1000 --out "$OUT/scale.jsonl" 2>&1
-        timeout 300 $MPIRUN -n $n python3 $ANCHOR/torch_ddp_bench.py --model $m --batch 64 --size 224 --amp bf16 --classes 1000 2>&1
+        timeout 300 $MPIRUN -n $n python3 $ANCHOR/torch_ddp_bench.py --model $m --batch 64 --size 224 --amp bf16 --classes 1000 --steps 15 2>&1
       done
     done
     ;;

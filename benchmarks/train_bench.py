@@ -12,6 +12,7 @@ Prints one line per run with img/s over all ranks and ms/step; --out appends a J
 import argparse
 import json
 import os
+import statistics
 import sys
 import time
 
@@ -24,7 +25,7 @@ from mpinet.comm import create_communicator, topology  # noqa: E402
 from mpinet.comm.failure import install_abort_handler  # noqa: E402
 
 
-def main():
+def parser():
     p = argparse.ArgumentParser()
     p.add_argument("--model", default="resnet18")
     p.add_argument("--batch", type=int, default=128, help="per GPU")
@@ -34,12 +35,21 @@ def main():
     p.add_argument("--dp-mode", default="backward", choices=["backward", "forward", "sync"])
     p.add_argument("--comm", default="auto")
     p.add_argument("--bucket-mb", type=float, default=25.0)
-    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--steps", type=int, default=30, help="steps per timed window")
+    p.add_argument("--repeats", type=int, default=5,
+                   help="timed windows; the median is reported (host-bound steps vary by tens of "
+                        "percent from one second to the next on the shared GPU machines)")
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default=None)
-    a = p.parse_args()
+    p.add_argument("--stem", default="imagenet", choices=["imagenet", "cifar"],
+                   help="ResNet stem; imagenet (7x7/2 conv + max-pool) is torchvision's, which the "
+                        "anchor torch_ddp_bench.py trains at every image size")
+    return p
 
+
+def setup(a):
+    """(comm, backend, model, x, y, global_count) for the parsed arguments ``a``."""
     world = MPI.COMM_WORLD
     install_abort_handler(world)
     os.environ.setdefault("CUPY_TF32", "1")  # like torch's allow_tf32 in the anchor
@@ -50,7 +60,7 @@ def main():
     from mpinet.model import Model  # noqa: PLC0415
     from mpinet.models import build_model  # noqa: PLC0415
 
-    opts = {"stem": "cifar"} if a.model.startswith("resnet") and a.size <= 64 else {}
+    opts = {"stem": a.stem} if a.model.startswith("resnet") else {}
     net = build_model(a.model, num_classes=a.classes, in_channels=3, input_size=a.size, **opts)
     model = Model(net, comm)
     model.compile("sgd", lr=0.1, momentum=0.9, precision=a.precision, dp_mode=a.dp_mode,
@@ -59,27 +69,39 @@ def main():
     rng = xp.random.default_rng(comm.rank) if hasattr(xp.random, "default_rng") else xp.random
     x = rng.standard_normal((a.batch, 3, a.size, a.size), dtype=xp.float32)
     y = xp.asarray(rng.integers(0, a.classes, size=(a.batch,)), dtype=xp.int64)
-    global_count = a.batch * comm.size
+    return comm, be, model, x, y, a.batch * comm.size
+
+
+def main():
+    a = parser().parse_args()
+    world = MPI.COMM_WORLD
+    comm, be, model, x, y, global_count = setup(a)
 
     for _ in range(a.warmup):
         model.train_step(x, y, global_count)
     model.dp.synchronize()
     backend.synchronize()
-    world.Barrier()
-    t = time.perf_counter()
-    for _ in range(a.steps):
-        model.train_step(x, y, global_count)
-    model.dp.synchronize()
-    backend.synchronize()
-    dt = time.perf_counter() - t
+    windows = []
+    for _ in range(a.repeats):
+        world.Barrier()
+        t = time.perf_counter()
+        for _ in range(a.steps):
+            model.train_step(x, y, global_count)
+        model.dp.synchronize()
+        backend.synchronize()
+        windows.append(time.perf_counter() - t)
+    dt = statistics.median(windows)
     if comm.rank == 0:
         rec = {"framework": "mpinet", "model": a.model, "batch_per_gpu": a.batch, "size": a.size,
+               "stem": a.stem if a.model.startswith("resnet") else None,
                "precision": a.precision, "dp_mode": a.dp_mode, "comm": comm.name,
                "gpus": comm.size, "device": str(be), "img_per_s": global_count * a.steps / dt,
-               "ms_per_step": dt / a.steps * 1e3}
+               "ms_per_step": dt / a.steps * 1e3,
+               "ms_per_step_windows": [round(w / a.steps * 1e3, 3) for w in windows]}
         print(f"mpinet {a.model} batch {a.batch}/gpu {a.size}px {a.precision} mode={a.dp_mode} "
               f"comm={comm.name} gpus={comm.size}: {rec['img_per_s']:.0f} img/s, "
-              f"{rec['ms_per_step']:.2f} ms/step", flush=True)
+              f"{rec['ms_per_step']:.2f} ms/step (median of {a.repeats} windows of {a.steps} "
+              f"steps; min {min(windows) / a.steps * 1e3:.2f})", flush=True)
         if a.out:
             with open(a.out, "a") as f:
                 f.write(json.dumps(rec) + "\n")
