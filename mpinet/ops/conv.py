@@ -230,7 +230,23 @@ def _crop_to(x, hw):
 
 
 def _bias_grad(gy):
+    """Sum of gy (N, O, OH, OW) over all axes but 1: one fused launch on the GPU (CuPy's sum over
+    axes (0, 2, 3) took 8 ms of a VGG-16 bf16 step)."""
+    if backend.is_gpu_array(gy):
+        from .cuda import fused  # noqa: PLC0415 - GPU only
+
+        return fused.channel_sum(gy)
     return gy.sum(axis=(0, 2, 3))
+
+
+def _add_bias_(y, b):
+    """y (N, O, OH, OW) += b (O,) per channel, in place (y is a fresh output)."""
+    if backend.is_gpu_array(y):
+        from .cuda import fused  # noqa: PLC0415 - GPU only
+
+        return fused.add_channel_bias_(y, b)
+    y += b.reshape(1, -1, 1, 1)
+    return y
 
 
 # ---- the ops ------------------------------------------------------------------------------
@@ -254,7 +270,7 @@ class Conv2d(Function):
         self.save(x, w)
         y = fprop(x, w, g)
         if b is not None:
-            y += b.reshape(1, -1, 1, 1)
+            y = _add_bias_(y, b)
         return y
 
     def backward(self, gy):
@@ -299,7 +315,7 @@ class ConvTranspose2d(Function):
         self.save(x, w)
         y = dgrad(x, w, (x.shape[0], c_out) + tuple(out_hw), g)
         if b is not None:
-            y += b.reshape(1, -1, 1, 1)
+            y = _add_bias_(y, b)
         return y
 
     def backward(self, gy):

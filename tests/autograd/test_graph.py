@@ -171,3 +171,27 @@ def test_a_parameter_used_twice_sums_both_gradients():
     (linear.linear(x1, params[0]).sum() + (linear.linear(x2, params[0]) * 2).sum()).backward()
     expected = np.ones((5, 2)).T @ x1.data + 2 * np.ones((4, 2)).T @ x2.data
     np.testing.assert_allclose(params[0].grad, expected, rtol=1e-12)
+
+
+def test_autocast_cast_backward_writes_into_the_master_gradient():
+    """amp.Cast's backward casts the half-precision gradient straight into the float32 master
+    weight's zeroed buffer (one kernel, no add), with the same values as the plain path."""
+    from mpinet import amp
+    from mpinet.ops import linear
+
+    rng = np.random.default_rng(4)
+    w0 = rng.standard_normal((3, 5)).astype(np.float32)
+    x = Variable(rng.standard_normal((4, 5)).astype(np.float16))
+
+    def loss(w):
+        return amp.cast(linear.linear(x, amp.cast(w, np.dtype(np.float16))),
+                        np.dtype(np.float32)).sum()
+
+    plain = Parameter(w0.copy())
+    loss(plain).backward()
+    (params, flat) = _flat_params(w0.copy())
+    flat.zero_grad()
+    view = params[0].grad
+    loss(params[0]).backward()
+    assert params[0].grad is view and params[0]._grad_zeroed is None
+    np.testing.assert_array_equal(params[0].grad, plain.grad)

@@ -302,3 +302,53 @@ def test_max_pool_kernels_match_numpy_path(cp, fused, dtname):
     # an input that wins several windows sums their gradients: order may differ from NumPy's
     np.testing.assert_allclose(got[1].astype(np.float64), want[1].astype(np.float64),
                                rtol=RTOL[dtname], atol=RTOL[dtname] * 4)
+
+
+def _vec_cases(cp, dtname, rng, shape):
+    """(aligned contiguous array, a misaligned view of the same shape) with their float64
+    values: the view starts one element into its buffer, so the kernels must take the
+    one-value-per-thread path for it."""
+    x, x64 = _gpu(cp, rng.standard_normal(shape), dtname)
+    n = int(np.prod(shape))
+    buf = cp.asarray(rng.standard_normal(n + 1).astype(_dtype(dtname)))
+    view = buf[1:].reshape(shape)
+    assert view.data.ptr % 16 != 0
+    return (x, x64), (view, _host(view))
+
+
+# shapes: n a multiple of every vector width; n with a tail; channels crossing vectors (HW = 3)
+VEC_SHAPES = [(4, 8, 4, 4), (3, 5, 7, 3), (2, 7, 1, 3)]
+
+
+@pytest.mark.parametrize("dtname", DTYPES)
+@pytest.mark.parametrize("shape", VEC_SHAPES)
+def test_vector_elementwise_kernels(cp, fused, dtname, shape):
+    rng = np.random.default_rng(3)
+    tol = RTOL[dtname]
+    for x, x64 in _vec_cases(cp, dtname, rng, shape):
+        x64 = x64.copy()
+        y = fused.relu(x)
+        np.testing.assert_array_equal(_host(y), np.maximum(x64, 0))
+        gy, gy64 = _gpu(cp, rng.standard_normal(shape), dtname)
+        np.testing.assert_array_equal(_host(fused.relu_backward(y, gy)),
+                                      np.where(x64 > 0, gy64, 0))
+        b, b64 = _gpu(cp, rng.standard_normal(shape[1]), dtname)
+        want = x64 + b64.reshape(1, -1, 1, 1)
+        target = x.copy() if x.flags.c_contiguous else x  # the view is updated in place
+        got = fused.add_channel_bias_(target, b)
+        assert got is target
+        _close(got, want, dtname, what=f"add_channel_bias_ {shape}")
+        z, z64 = _gpu(cp, rng.standard_normal(shape), dtname)
+        _close(fused.add(x, z), _host(x) + z64, dtname, what=f"add {shape}")
+        s = fused.channel_sum(x)
+        assert s.dtype == x.dtype and s.shape == (shape[1],)
+        want_s = _host(x).sum(axis=(0, 2, 3))
+        np.testing.assert_allclose(_host(s), want_s, rtol=tol, atol=tol * np.abs(_host(x)).sum() / 10)
+
+
+def test_relu_keeps_nan_and_vector_path_matches_numpy_for_bfloat16(cp, fused):
+    x = cp.asarray(np.array([np.nan, -1, 0, 2, -0.5, 3, np.inf, -np.inf, 1], np.float32)
+                   .astype(_dtype("bfloat16")))
+    y = _host(fused.relu(x))
+    assert np.isnan(y[0])
+    np.testing.assert_array_equal(y[1:], [0, 0, 2, 0, 3, np.inf, 0, 1])
