@@ -219,11 +219,17 @@ def test_gpu_forward_and_gradients_match_cpu(name, opts):
         y_gpu.backward(gpu.xp.asarray(gy))
         scale = float(np.abs(y_cpu.numpy()).max())
         np.testing.assert_allclose(y_gpu.numpy(), y_cpu.numpy(), rtol=1e-3, atol=1e-3 * scale)
+        # Gradients are compared by relative norm, not element by element: GPU and CPU sum in
+        # different orders, so a pre-activation within ~1e-6 of zero can land on different sides
+        # of a ReLU, and that one routed-or-not element then shifts every gradient behind it by
+        # up to a few percent of some elements (seen on an H200: 27% of conv1.weight beyond
+        # 2e-3 of the max, ~1% in norm; float32 vs float64 on the CPU shows the same, 3.6e-3 in
+        # norm at batch 8). A wrong kernel, layout or parameter mapping gives errors of order 1.
         for n, p in model.named_parameters():
-            g_cpu, g_gpu = grads_cpu[n], backend.to_numpy(p.grad)
-            np.testing.assert_allclose(g_gpu, g_cpu, rtol=2e-3,
-                                       atol=2e-3 * float(np.abs(g_cpu).max()) + 1e-7,
-                                       err_msg=f"{name}: gradient of {n}")
+            g_cpu, g_gpu = grads_cpu[n].astype(np.float64), backend.to_numpy(p.grad)
+            err = np.linalg.norm(g_gpu - g_cpu) / max(np.linalg.norm(g_cpu), 1e-30)
+            assert err < 5e-2, f"{name}: gradient of {n} differs from the CPU's by {err:.2e} " \
+                               f"in relative norm"
     finally:
         cudnn_conv.allow_tf32 = tf32
         backend.use_cpu()
