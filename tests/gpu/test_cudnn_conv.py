@@ -236,3 +236,23 @@ def test_wgrad_writes_into_given_buffer_and_autograd_skips_the_add(conv):
     got = cc.conv_wgrad(x.data, cp.ones((4, 6, 8, 8), cp.float32), (6, 3, 3, 3), padding=(1, 1),
                         out=out)
     assert got is out and not cp.isnan(out).any()
+
+
+def test_call_geometry_is_validated_and_cached_without_a_gpu():
+    """The per-call validation of the cuDNN wrapper is plain Python: it runs on the CPU too."""
+    from mpinet.ops.cuda import cudnn_conv as cc
+
+    assert cc._geometry("fprop", (2, 3, 8, 8), (4, 3, 3, 3), None, 2, 1, 1, 1) == \
+        ((2, 2), (1, 1), (1, 1), (2, 4, 4, 4))
+    key = ("fprop", (2, 3, 8, 8), (4, 3, 3, 3), None, 2, 1, 1, 1)
+    assert key in cc._checked  # served from the cache next time
+    assert cc._geometry("wgrad", (2, 3, 8, 8), (2, 4, 8, 8), (4, 3, 3, 3), (1, 1), (1, 1),
+                        (1, 1), 1)[3] == (4, 3, 3, 3)
+    with pytest.raises(ValueError, match=r"conv_dgrad: gradient has shape \(2, 4, 7, 8\), "
+                                         r"expected \(2, 4, 8, 8\)"):
+        cc._geometry("dgrad", (2, 4, 7, 8), (4, 3, 3, 3), (2, 3, 8, 8), (1, 1), (1, 1), (1, 1), 1)
+    with pytest.raises(ValueError, match="groups=2 does not fit"):
+        cc._geometry("fprop", (2, 3, 8, 8), (4, 3, 3, 3), None, 1, 1, 1, 2)
+    # unhashable (list) arguments are validated every time instead of cached
+    assert cc._geometry("fprop", (2, 3, 8, 8), (4, 3, 3, 3), None, [1, 1], [0, 0], [1, 1], 1)[3] \
+        == (2, 4, 6, 6)

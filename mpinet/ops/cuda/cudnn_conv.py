@@ -309,6 +309,14 @@ def _run(op, a, b, out_shape, stride, padding, dilation, out=None):
     return out
 
 
+def _check_gradient(where, x_shape, w_shape, gy_shape, groups, stride, padding, dilation):
+    """Validate a backward call: gy must have the forward output's shape for x and w."""
+    y_shape = _check(where, x_shape, w_shape, groups, stride, padding, dilation)
+    if tuple(gy_shape) != y_shape:
+        raise ValueError(f"{where}: gradient has shape {tuple(gy_shape)}, expected {y_shape} "
+                         f"for input {tuple(x_shape)} and weight {tuple(w_shape)}")
+
+
 def _geometry(op, a_shape, b_shape, out_shape, stride, padding, dilation, groups):
     """(normalised stride, padding, dilation, output shape) for a call, validated once per
     distinct argument set and then served from ``_checked`` (this runs on every call)."""
@@ -324,19 +332,13 @@ def _geometry(op, a_shape, b_shape, out_shape, stride, padding, dilation, groups
     if op == "fprop":  # a = x, b = w
         result_shape = _check("conv_fprop", a_shape, b_shape, groups, stride, padding, dilation)
     elif op == "dgrad":  # a = gy, b = w, out_shape = x's
-        x_shape = tuple(int(n) for n in out_shape)
-        y_shape = _check("conv_dgrad", x_shape, b_shape, groups, stride, padding, dilation)
-        if tuple(a_shape) != y_shape:
-            raise ValueError(f"conv_dgrad: gradient has shape {tuple(a_shape)}, expected "
-                             f"{y_shape} for input {x_shape} and weight {tuple(b_shape)}")
-        result_shape = x_shape
+        result_shape = tuple(int(n) for n in out_shape)
+        _check_gradient("conv_dgrad", result_shape, b_shape, a_shape, groups, stride, padding,
+                        dilation)
     else:  # wgrad: a = x, b = gy, out_shape = w's
-        w_shape = tuple(int(n) for n in out_shape)
-        y_shape = _check("conv_wgrad", a_shape, w_shape, groups, stride, padding, dilation)
-        if tuple(b_shape) != y_shape:
-            raise ValueError(f"conv_wgrad: gradient has shape {tuple(b_shape)}, expected "
-                             f"{y_shape} for input {tuple(a_shape)} and weight {w_shape}")
-        result_shape = w_shape
+        result_shape = tuple(int(n) for n in out_shape)
+        _check_gradient("conv_wgrad", a_shape, result_shape, b_shape, groups, stride, padding,
+                        dilation)
     result = (stride, padding, dilation, tuple(result_shape))
     if key is not None:
         _checked[key] = result

@@ -658,17 +658,6 @@ def _kind_of(a):
 _FLOAT_KIND = {"f": 0, "e": 1, "d": 3}  # dtype.char (fast) -> K
 
 
-def _vec_fn(name, kind):
-    f = _functions.get((name, kind))
-    if f is None:
-        mod = _kernels.get("vec")
-        if mod is None:
-            names = [f"{k}<{i}>" for k in _VEC_KERNELS for i in range(4)]
-            mod = _kernels["vec"] = _cp().RawModule(code=_VEC_SOURCE, name_expressions=names)
-        f = _functions[(name, kind)] = mod.get_function(f"{name}<{kind}>")
-    return f
-
-
 def _vectorizable(*arrays):
     """K if the arrays share a float dtype and shape, are C-contiguous, 16-byte aligned and
     small enough for 32-bit indices; else None."""
@@ -755,20 +744,35 @@ ONE_BLOCK_MAX = 32768
 _ONE_BLOCK_THREADS = 512
 _BN_KIND = {"float32": 0, "float16": 1, "bfloat16": 2, "float64": 3}
 _THREADS = 256
-_functions: dict = {}   # (kernel name, kind) -> cupy Function
+_functions: dict = {}   # (module, kernel name, kind) -> cupy Function
 _geometry: dict = {}    # (shape, dtype, device) -> _BNGeometry
 _scratch: dict = {}     # (device, stream) -> (uint32 arrival counters, partial-sum bytes)
 
 
-def _bn_fn(name, kind):
-    f = _functions.get((name, kind))
+# The raw-kernel modules: name -> (source, kernel templates), each compiled on first use for
+# all four dtype kinds K.
+_RAW_MODULES = {"bn": (_BN_SOURCE, _BN_KERNELS), "vec": (_VEC_SOURCE, _VEC_KERNELS)}
+
+
+def _raw_fn(module, name, kind):
+    """Kernel template ``name`` of raw module ``module`` (see _RAW_MODULES) for dtype kind K."""
+    f = _functions.get((module, name, kind))
     if f is None:
-        mod = _kernels.get("bn")
+        mod = _kernels.get(module)
         if mod is None:
-            names = [f"{k}<{i}>" for k in _BN_KERNELS for i in range(4)]
-            mod = _kernels["bn"] = _cp().RawModule(code=_BN_SOURCE, name_expressions=names)
-        f = _functions[(name, kind)] = mod.get_function(f"{name}<{kind}>")
+            source, kernels = _RAW_MODULES[module]
+            names = [f"{k}<{i}>" for k in kernels for i in range(4)]
+            mod = _kernels[module] = _cp().RawModule(code=source, name_expressions=names)
+        f = _functions[(module, name, kind)] = mod.get_function(f"{name}<{kind}>")
     return f
+
+
+def _bn_fn(name, kind):
+    return _raw_fn("bn", name, kind)
+
+
+def _vec_fn(name, kind):
+    return _raw_fn("vec", name, kind)
 
 
 class _BNGeometry:
