@@ -107,12 +107,11 @@ def _unary_grad(name, where, y, gy, expr):
 
 def relu_backward(y, gy):
     """gx = gy where y > 0 else 0 (y is ReLU's output)."""
-    kind = _vectorizable(y, gy) if y.size else None
+    kind = _vectorizable(y, gy)
     if kind is None:
         return _unary_grad("relu_bwd", "relu_backward", y, gy, "yv > A(0) ? g : A(0)")
     gx = _cp().empty_like(gy)
-    _vec_fn("v_relu_bwd", kind)(_vec_grid(y.size, y.device.id), (_VEC_THREADS,),
-                                (_io(y), _io(gy), _io(gx), np.uint32(y.size)))
+    _launch_vec("v_relu_bwd", kind, y, _io(y), _io(gy), _io(gx), np.uint32(y.size))
     return gx
 
 
@@ -309,6 +308,42 @@ __device__ __forceinline__ bool arrive_last(A a, A b, A* part, unsigned int* cou
     return last;
 }
 
+// For the last block of channel c (after arrive_last): the sums of the S partials of a and b,
+// in float64.
+template <typename A>
+__device__ __forceinline__ void sum_partials(const A* part, unsigned int c, unsigned int C,
+                                             double& sa, double& sb) {
+    __threadfence();
+    const volatile A* vp = part;
+    unsigned int S = gridDim.x;
+    sa = 0;
+    sb = 0;
+    for (unsigned int t = 0; t < S; ++t) { sa += vp[c * S + t]; sb += vp[C * S + c * S + t]; }
+}
+
+// From the shifted sums sa = sum(x - shift), sb = sum((x - shift)^2) over M values of channel
+// c: writes stats[c] = mean, stats[C + c] = 1 / sqrt(biased var + eps) and, with
+// update_running, the new running statistics (PyTorch's rule; running_var takes the unbiased
+// variance). Returns mean and invstd as stored.
+template <typename A>
+__device__ __forceinline__ void finish_stats(double sa, double sb, A shift, unsigned int c,
+                                             unsigned int C, unsigned int M, double eps,
+                                             A* stats, int update_running, double momentum,
+                                             const A* rmean, const A* rvar, A* rmean_out,
+                                             A* rvar_out, A& mean, A& invstd) {
+    double d = sa / M;                       // mean - shift
+    double var = fmax(sb / M - d * d, 0.0);  // biased variance, as used to normalise
+    mean = (A)((double)shift + d);
+    invstd = (A)(1.0 / sqrt(var + eps));
+    stats[c] = mean;
+    stats[C + c] = invstd;
+    if (update_running) {
+        rmean_out[c] = (A)((1.0 - momentum) * (double)rmean[c] + momentum * ((double)shift + d));
+        rvar_out[c] = (A)((1.0 - momentum) * (double)rvar[c]
+                          + momentum * var * ((double)M / (double)(M - 1)));
+    }
+}
+
 // Sums of channel c over slice s of j in [0, M), M = N * HW, element j = (n, i) = (j / HW, j % HW).
 // Forward: a = sum(x - shift), b = sum((x - shift)^2), shift = x[0, c, 0]; the last block writes
 // stats[c] = mean, stats[C + c] = 1 / sqrt(biased var + eps), and with update_running the new
@@ -322,7 +357,7 @@ __global__ void bn_stats(const typename io<K>::T* x, unsigned int C, unsigned in
                          const typename io<K>::A* rvar, typename io<K>::A* rmean_out,
                          typename io<K>::A* rvar_out) {
     typedef typename io<K>::A A;
-    unsigned int c = blockIdx.y, s = blockIdx.x, S = gridDim.x;
+    unsigned int c = blockIdx.y, s = blockIdx.x;
     A shift = io<K>::ld(x[(size_t)c * HW]);
     A a = 0, b = 0;
     unsigned int j1 = min(M, (s + 1) * per);
@@ -333,19 +368,11 @@ __global__ void bn_stats(const typename io<K>::T* x, unsigned int C, unsigned in
     }
     block_sum2(a, b);
     if (arrive_last(a, b, part, counter, c, C) && threadIdx.x == 0) {
-        __threadfence();
-        const volatile A* vp = part;
-        double sa = 0, sb = 0;
-        for (unsigned int t = 0; t < S; ++t) { sa += vp[c * S + t]; sb += vp[C * S + c * S + t]; }
-        double d = sa / M;                       // mean - shift
-        double var = fmax(sb / M - d * d, 0.0);  // biased variance, as used to normalise
-        stats[c] = (A)((double)shift + d);
-        stats[C + c] = (A)(1.0 / sqrt(var + eps));
-        if (update_running) {  // PyTorch's rule; running_var takes the unbiased variance
-            rmean_out[c] = (A)((1.0 - momentum) * (double)rmean[c] + momentum * ((double)shift + d));
-            rvar_out[c] = (A)((1.0 - momentum) * (double)rvar[c]
-                              + momentum * var * ((double)M / (double)(M - 1)));
-        }
+        double sa, sb;
+        sum_partials(part, c, C, sa, sb);
+        A mean, invstd;
+        finish_stats(sa, sb, shift, c, C, M, eps, stats, update_running, momentum, rmean, rvar,
+                     rmean_out, rvar_out, mean, invstd);
         counter[c] = 0;
     }
 }
@@ -387,16 +414,9 @@ __global__ void bn_fwd_block(const typename io<K>::T* x, unsigned int C, unsigne
     }
     block_sum2(a, b);
     if (threadIdx.x == 0) {
-        double d = (double)a / M;
-        double var = fmax((double)b / M - d * d, 0.0);
-        A mean = (A)((double)shift + d), invstd = (A)(1.0 / sqrt(var + eps));
-        stats[c] = mean;
-        stats[C + c] = invstd;
-        if (update_running) {
-            rmean_out[c] = (A)((1.0 - momentum) * (double)rmean[c] + momentum * ((double)shift + d));
-            rvar_out[c] = (A)((1.0 - momentum) * (double)rvar[c]
-                              + momentum * var * ((double)M / (double)(M - 1)));
-        }
+        A mean, invstd;
+        finish_stats((double)a, (double)b, shift, c, C, M, eps, stats, update_running, momentum,
+                     rmean, rvar, rmean_out, rvar_out, mean, invstd);
         s_mean = mean;
         s_scale = invstd * gamma[c];
     }
@@ -453,7 +473,7 @@ __global__ void ch_sum(const typename io<K>::T* x, unsigned int C, unsigned int 
                        unsigned int M, unsigned int per, typename io<K>::A* part,
                        unsigned int* counter, typename io<K>::T* out) {
     typedef typename io<K>::A A;
-    unsigned int c = blockIdx.y, s = blockIdx.x, S = gridDim.x;
+    unsigned int c = blockIdx.y, s = blockIdx.x;
     A a = 0, unused = 0;
     unsigned int j1 = min(M, (s + 1) * per);
     for (unsigned int j = s * per + threadIdx.x; j < j1; j += blockDim.x) {
@@ -462,10 +482,8 @@ __global__ void ch_sum(const typename io<K>::T* x, unsigned int C, unsigned int 
     }
     block_sum2(a, unused);
     if (arrive_last(a, unused, part, counter, c, C) && threadIdx.x == 0) {
-        __threadfence();
-        const volatile A* vp = part;
-        double sa = 0;
-        for (unsigned int t = 0; t < S; ++t) sa += vp[c * S + t];
+        double sa, sb_unused;
+        sum_partials(part, c, C, sa, sb_unused);
         out[c] = io<K>::st((A)sa);
         counter[c] = 0;
     }
@@ -497,7 +515,7 @@ __global__ void bnb_stats(const typename io<K>::T* x, const typename io<K>::T* g
                           typename io<K>::A* part, unsigned int* counter,
                           typename io<K>::A* ggamma, typename io<K>::A* gbeta) {
     typedef typename io<K>::A A;
-    unsigned int c = blockIdx.y, s = blockIdx.x, S = gridDim.x;
+    unsigned int c = blockIdx.y, s = blockIdx.x;
     A mu = mean[c];
     A a = 0, b = 0;
     unsigned int j1 = min(M, (s + 1) * per);
@@ -509,10 +527,8 @@ __global__ void bnb_stats(const typename io<K>::T* x, const typename io<K>::T* g
     }
     block_sum2(a, b);
     if (arrive_last(a, b, part, counter, c, C) && threadIdx.x == 0) {
-        __threadfence();
-        const volatile A* vp = part;
-        double sa = 0, sb = 0;
-        for (unsigned int t = 0; t < S; ++t) { sa += vp[c * S + t]; sb += vp[C * S + c * S + t]; }
+        double sa, sb;
+        sum_partials(part, c, C, sa, sb);
         ggamma[c] = (A)(sb * (double)invstd[c]);
         gbeta[c] = (A)sa;
         counter[c] = 0;
@@ -645,25 +661,35 @@ __global__ void v_add(const typename io<K>::T* a, const typename io<K>::T* b,
 
 _VEC_KERNELS = ("v_relu", "v_relu_bwd", "v_bias_add", "v_add")
 _VEC_THREADS = 256
-_vec_blocks: dict = {}  # device id -> most blocks worth launching (grid-stride beyond that)
 
 
 def _kind_of(a):
-    """The kernels' dtype index K of an array, or None for other dtypes."""
+    """The kernels' dtype index K of an array (see _IO_HEADER), or None for other dtypes."""
     if _is_bf16(a):
         return 2
     return _FLOAT_KIND.get(a.dtype.char)
 
 
-_FLOAT_KIND = {"f": 0, "e": 1, "d": 3}  # dtype.char (fast) -> K
+_FLOAT_KIND = {"f": 0, "e": 1, "d": 3}  # dtype.char (fast) -> K; bfloat16 is 2
+KERNEL_DTYPES = ("float32", "float16", "bfloat16", "float64")  # by K
+
+
+_sm_counts: dict = {}  # device id -> multiprocessor count
+
+
+def _sm_count(device_id):
+    n = _sm_counts.get(device_id)
+    if n is None:
+        n = _sm_counts[device_id] = _cp().cuda.Device(device_id).attributes["MultiProcessorCount"]
+    return n
 
 
 def _vectorizable(*arrays):
-    """K if the arrays share a float dtype and shape, are C-contiguous, 16-byte aligned and
-    small enough for 32-bit indices; else None."""
+    """K if the arrays are non-empty, share a float dtype and shape, are C-contiguous, 16-byte
+    aligned and small enough for 32-bit indices; else None."""
     first = arrays[0]
     kind = _kind_of(first)
-    if kind is None or first.size >= 2**31:
+    if kind is None or first.size == 0 or first.size >= 2**31:
         return None
     for a in arrays:
         if a.dtype != first.dtype or a.shape != first.shape or not a.flags.c_contiguous \
@@ -672,24 +698,21 @@ def _vectorizable(*arrays):
     return kind
 
 
-def _vec_grid(n, device_id):
-    blocks = _vec_blocks.get(device_id)
-    if blocks is None:
-        sms = _cp().cuda.Device(device_id).attributes["MultiProcessorCount"]
-        blocks = _vec_blocks[device_id] = 16 * sms
-    per_block = _VEC_THREADS * 8  # ~8 values or vectors per thread at least
-    return (max(1, min(blocks, -(-n // per_block))),)
+def _launch_vec(name, kind, like, *args):
+    """Launch vector kernel ``name`` over ``like``'s elements: at most 16 blocks per SM (grid-
+    stride beyond that), at least ~8 values or vectors per thread."""
+    blocks = max(1, min(16 * _sm_count(like.device.id), -(-like.size // (_VEC_THREADS * 8))))
+    _vec_fn(name, kind)((blocks,), (_VEC_THREADS,), args)
 
 
 def relu(x):
     """max(x, 0) (NaN stays NaN), one 16-byte vector per thread where the layout allows."""
     cp = _cp()
-    kind = _vectorizable(x) if x.size else None
+    kind = _vectorizable(x)
     if kind is None:
         return cp.maximum(x, 0)
     y = cp.empty_like(x)
-    _vec_fn("v_relu", kind)(_vec_grid(x.size, x.device.id), (_VEC_THREADS,),
-                            (_io(x), _io(y), np.uint32(x.size)))
+    _launch_vec("v_relu", kind, x, _io(x), _io(y), np.uint32(x.size))
     return y
 
 
@@ -699,26 +722,24 @@ def add_channel_bias_(y, b):
     if y.ndim < 2 or b.shape != (y.shape[1],):
         raise ValueError(f"add_channel_bias_: expected y (N, C, ...) and bias (C,), got y "
                          f"{y.shape} and bias {b.shape}")
-    kind = _vectorizable(y) if y.size else None
+    kind = _vectorizable(y)
     if kind is None or b.dtype != y.dtype or not b.flags.c_contiguous:
         y += b.reshape((1, -1) + (1,) * (y.ndim - 2))
         return y
     hw = int(np.prod(y.shape[2:])) if y.ndim > 2 else 1
-    _vec_fn("v_bias_add", kind)(_vec_grid(y.size, y.device.id), (_VEC_THREADS,),
-                                (_io(y), _io(b), np.uint32(y.size), np.uint32(y.shape[1]),
-                                 np.uint32(hw)))
+    _launch_vec("v_bias_add", kind, y, _io(y), _io(b), np.uint32(y.size),
+                np.uint32(y.shape[1]), np.uint32(hw))
     return y
 
 
 def add(a, b):
     """a + b for two arrays of one shape and dtype (a new array)."""
     cp = _cp()
-    kind = _vectorizable(a, b) if a.size else None
+    kind = _vectorizable(a, b)
     if kind is None:
         return a + b
     out = cp.empty_like(a)
-    _vec_fn("v_add", kind)(_vec_grid(a.size, a.device.id), (_VEC_THREADS,),
-                           (_io(a), _io(b), _io(out), np.uint32(a.size)))
+    _launch_vec("v_add", kind, a, _io(a), _io(b), _io(out), np.uint32(a.size))
     return out
 
 
@@ -742,7 +763,6 @@ _BN_KERNELS = ("bn_stats", "bn_apply", "bn_infer", "bnb_stats", "bnb_apply", "bn
 # Channels of at most this many elements take the one-launch kernels (one block per channel).
 ONE_BLOCK_MAX = 32768
 _ONE_BLOCK_THREADS = 512
-_BN_KIND = {"float32": 0, "float16": 1, "bfloat16": 2, "float64": 3}
 _THREADS = 256
 _functions: dict = {}   # (module, kernel name, kind) -> cupy Function
 _geometry: dict = {}    # (shape, dtype, device) -> _BNGeometry
@@ -780,12 +800,12 @@ class _BNGeometry:
     scalar arguments, computed once per (shape, dtype, device)."""
 
     def __init__(self, where, x, device_id):
-        cp = _cp()
         if x.ndim not in (2, 4):
             raise ValueError(f"{where}: expected input (N, C, H, W) or (N, C), got {x.shape}")
-        if x.dtype.name not in _BN_KIND:
+        self.kind = _kind_of(x)
+        if self.kind is None:
             raise TypeError(f"{where}: dtype {x.dtype.name} not supported; expected one of "
-                            f"{sorted(_BN_KIND)}")
+                            f"{sorted(KERNEL_DTYPES)}")
         n, self.c = x.shape[0], x.shape[1]
         hw = int(x.shape[2] * x.shape[3]) if x.ndim == 4 else 1
         m = n * hw  # elements per channel
@@ -794,9 +814,8 @@ class _BNGeometry:
         if x.size >= 2**31:
             raise ValueError(f"{where}: input {x.shape} has {x.size} elements; the fused "
                              f"kernels index with 32 bits (at most 2**31 - 1): split the batch")
-        self.kind = _BN_KIND[x.dtype.name]
         self.acc = np.dtype(np.float64 if self.kind == 3 else np.float32)
-        sms = cp.cuda.Device(device_id).attributes["MultiProcessorCount"]
+        sms = _sm_count(device_id)
         # Slices per channel: enough blocks to fill the GPU (~8 per SM), none under ~2K elements.
         self.slices = max(1, min(max(1, 8 * sms // self.c), -(-m // 2048)))
         per = -(-m // self.slices)
@@ -871,15 +890,15 @@ def batch_norm_train(x, gamma, beta, eps, running_mean=None, running_var=None, m
         _bn_fn("bn_fwd_block", geom.kind)((geom.c,), (_ONE_BLOCK_THREADS,),
                                           (xi, *geom.c_hw_m, np.float64(eps), stats, gamma, beta,
                                            _io(y), *running))
-        mean, invstd = stats[:geom.c], stats[geom.c:]
     else:
         counters, part = _scratch_for(cp, geom)
         _bn_fn("bn_stats", geom.kind)(geom.reduce_grid, (_THREADS,),
                                       (xi, *geom.c_hw_m_per, part, counters, np.float64(eps),
                                        stats, *running))
-        mean, invstd = stats[:geom.c], stats[geom.c:]
         _bn_fn("bn_apply", geom.kind)(geom.apply_grid, (_THREADS,),
-                                      (xi, mean, invstd, gamma, beta, _io(y), *geom.total_c_hw))
+                                      (xi, stats[:geom.c], stats[geom.c:], gamma, beta, _io(y),
+                                       *geom.total_c_hw))
+    mean, invstd = stats[:geom.c], stats[geom.c:]
     if running_mean is None:
         return y, mean, invstd, None, None
     return (y, mean, invstd, rm_out.astype(running_mean.dtype, copy=False),
