@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import numbers
 
+import numpy as np
+
 from .. import backend
 from ..autograd import Variable
 
@@ -30,6 +32,18 @@ def lift(value, like):
     if isinstance(value, numbers.Number):
         return xp.asarray(value, dtype=ref.dtype)
     return xp.asarray(value)
+
+
+_OUT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def writable_out(dest, dtype):
+    """``dest`` (a leaf's zeroed gradient buffer, from Function.grad_destination) if an op that
+    computes in ``dtype`` can write its result there with ``out=``, else None (let it allocate).
+    float32/float64 only: NumPy computes bfloat16 matmuls and sums in another dtype."""
+    if dest is None or dtype not in _OUT_DTYPES or dest.dtype != dtype:
+        return None
+    return dest
 
 
 def check_ndim(op: str, name: str, x, ndim: int, layout: str) -> None:

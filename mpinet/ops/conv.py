@@ -239,6 +239,13 @@ def _bias_grad(gy):
     return gy.sum(axis=(0, 2, 3))
 
 
+def _with_bias_grad(need, gx, gw, gy):
+    """Backward's result: (gx, gw) for an op called without a bias, else (gx, gw, gb)."""
+    if len(need) == 2:
+        return gx, gw
+    return gx, gw, _bias_grad(gy) if need[2] else None
+
+
 def _add_bias_(y, b):
     """y (N, O, OH, OW) += b (O,) per channel, in place (y is a fresh output)."""
     if backend.is_gpu_array(y):
@@ -278,9 +285,7 @@ class Conv2d(Function):
         need = self.needs_input_grad
         gx = dgrad(gy, w, x.shape, self.geom) if need[0] else None
         gw = wgrad(x, gy, w.shape, self.geom, out=self.grad_destination(1)) if need[1] else None
-        if len(need) == 2:
-            return gx, gw
-        return gx, gw, _bias_grad(gy) if need[2] else None
+        return _with_bias_grad(need, gx, gw, gy)
 
 
 class ConvTranspose2d(Function):
@@ -324,9 +329,7 @@ class ConvTranspose2d(Function):
         gx = _crop_to(fprop(gy, w, self.geom), self.x_hw) if need[0] else None
         # In conv2d terms gy is the input and x the output gradient.
         gw = wgrad(gy, x, w.shape, self.geom) if need[1] else None
-        if len(need) == 2:
-            return gx, gw
-        return gx, gw, _bias_grad(gy) if need[2] else None
+        return _with_bias_grad(need, gx, gw, gy)
 
 
 def conv2d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1):

@@ -1,10 +1,9 @@
 """Fully connected layer math: y = x @ w.T + b (PyTorch's weight layout, (out, in))."""
 from __future__ import annotations
 
-import numpy as np
-
 from .. import backend
 from ..autograd import Function
+from ._util import writable_out
 
 
 class Linear(Function):
@@ -39,25 +38,14 @@ class Linear(Function):
         gy2 = gy.reshape(-1, out_features)
         xp = backend.xp_of(gy)
         if self.needs_input_grad[1]:
-            # Straight into the weight's zeroed gradient buffer when the dtypes allow (NumPy's
-            # bf16 matmul computes in float32, so only for float32/float64).
-            out = _direct(self.grad_destination(1), gy2, x)
+            # Straight into the weight's zeroed gradient buffer when the dtypes allow.
+            out = writable_out(self.grad_destination(1), gy2.dtype) if x.dtype == gy2.dtype \
+                else None
             gw = xp.matmul(gy2.T, x.reshape(-1, in_features), out=out).astype(w.dtype,
                                                                                 copy=False)
         if self.has_bias and self.needs_input_grad[2]:
-            gb = gy2.sum(axis=0, out=_direct(self.grad_destination(2), gy2))
+            gb = gy2.sum(axis=0, out=writable_out(self.grad_destination(2), gy2.dtype))
         return (gx, gw, gb) if self.has_bias else (gx, gw)
-
-
-_DIRECT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
-
-
-def _direct(out, *operands):
-    """``out`` if it can take the result of an op on ``operands`` as is (same float32/float64
-    dtype), else None (let the op allocate)."""
-    if out is None or out.dtype not in _DIRECT_DTYPES:
-        return None
-    return out if all(a.dtype == out.dtype for a in operands) else None
 
 
 def linear(x, w, b=None):

@@ -29,6 +29,7 @@ import numpy as np
 
 from .. import backend
 from ..autograd import Function
+from ._util import writable_out
 
 
 def _compute_dtype(x):
@@ -181,8 +182,8 @@ class BatchNormTrain(Function):
         axes = _reduce_axes(x)
         xhat = (x.astype(cdt, copy=False) - _per_channel(mean, x)) * _per_channel(invstd, x)
         gyc = gy.astype(cdt, copy=False)
-        gbeta = gyc.sum(axis=axes, out=_usable_out(gbeta_out, cdt))             # (C,)
-        ggamma = (gyc * xhat).sum(axis=axes, out=_usable_out(ggamma_out, cdt))  # (C,)
+        gbeta = gyc.sum(axis=axes, out=writable_out(gbeta_out, cdt))             # (C,)
+        ggamma = (gyc * xhat).sum(axis=axes, out=writable_out(ggamma_out, cdt))  # (C,)
         gx = None
         if self.needs_input_grad[0]:
             sums = xp.stack([gbeta, ggamma])   # (2, C)
@@ -193,11 +194,6 @@ class BatchNormTrain(Function):
                 gyc - (_per_channel(sums[0], x) + xhat * _per_channel(sums[1], x)) / n)
             gx = gx.astype(x.dtype, copy=False)
         return gx, ggamma.astype(gamma.dtype, copy=False), gbeta.astype(gamma.dtype, copy=False)
-
-
-def _usable_out(out, dtype):
-    """A reduction's ``out=`` argument: the destination if it has the result's dtype."""
-    return out if out is not None and out.dtype == dtype else None
 
 
 def _need_two_values(count: int, x) -> None:

@@ -331,14 +331,14 @@ def _geometry(op, a_shape, b_shape, out_shape, stride, padding, dilation, groups
                                  _pair(dilation, "dilation"))
     if op == "fprop":  # a = x, b = w
         result_shape = _check("conv_fprop", a_shape, b_shape, groups, stride, padding, dilation)
-    elif op == "dgrad":  # a = gy, b = w, out_shape = x's
+    else:
         result_shape = tuple(int(n) for n in out_shape)
-        _check_gradient("conv_dgrad", result_shape, b_shape, a_shape, groups, stride, padding,
-                        dilation)
-    else:  # wgrad: a = x, b = gy, out_shape = w's
-        result_shape = tuple(int(n) for n in out_shape)
-        _check_gradient("conv_wgrad", a_shape, result_shape, b_shape, groups, stride, padding,
-                        dilation)
+        if op == "dgrad":  # a = gy, b = w, out_shape = x's
+            _check_gradient("conv_dgrad", result_shape, b_shape, a_shape, groups, stride,
+                            padding, dilation)
+        else:  # wgrad: a = x, b = gy, out_shape = w's
+            _check_gradient("conv_wgrad", a_shape, result_shape, b_shape, groups, stride,
+                            padding, dilation)
     result = (stride, padding, dilation, tuple(result_shape))
     if key is not None:
         _checked[key] = result
