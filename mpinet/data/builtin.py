@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from .dataset import ArrayDataset, to_pixels
+from .dataset import ArrayDataset, check_split, to_pixels
 
 _SPLIT_ID = {"train": 0, "test": 1}
 
 
 def _check_split(split: str) -> int:
-    if split not in _SPLIT_ID:
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    return _SPLIT_ID[split]
+    return _SPLIT_ID[check_split(split)]
 
 
 def digits_split_indices(labels: np.ndarray, test_fraction: float = 0.2, split_seed: int = 0):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .dataset import ArrayDataset, DataFormatError, to_pixels
+from .dataset import ArrayDataset, DataFormatError, check_split, to_pixels
 
 _PIXELS = 3 * 32 * 32
 _CIFAR10_TRAIN = [f"data_batch_{i}.bin" for i in range(1, 6)]
@@ -65,9 +65,7 @@ def _need(d: Path, files: list[str], name: str) -> list[Path]:
 
 def load_cifar10(data_dir, split: str = "train", raw: bool = False) -> ArrayDataset:
     """CIFAR-10: images (N, 3, 32, 32), labels (N,) in [0, 10); N = 50000 train / 10000 test."""
-    files = {"train": _CIFAR10_TRAIN, "test": _CIFAR10_TEST}.get(split)
-    if files is None:
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    files = {"train": _CIFAR10_TRAIN, "test": _CIFAR10_TEST}[check_split(split)]
     d = _resolve(data_dir, files[0], "cifar-10-batches-bin", "cifar10")
     parts = [read_cifar_records(p, 1, (10,)) for p in _need(d, files, "cifar10")]
     images = np.concatenate([p[0] for p in parts])
@@ -79,8 +77,7 @@ def load_cifar10(data_dir, split: str = "train", raw: bool = False) -> ArrayData
 def load_cifar100(data_dir, split: str = "train", raw: bool = False,
                   label: str = "fine") -> ArrayDataset:
     """CIFAR-100: labels are the 100 fine classes (default) or, with label="coarse", the 20 superclasses."""
-    if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    check_split(split)
     if label not in ("fine", "coarse"):
         raise ValueError(f"label must be 'fine' or 'coarse', got {label!r}")
     fname = f"{split}.bin"

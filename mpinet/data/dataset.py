@@ -25,6 +25,16 @@ class DataFormatError(ValueError):
         super().__init__(f"{self.path}: {problem}")
 
 
+SPLITS = ("train", "test")
+
+
+def check_split(split: str) -> str:
+    """Return ``split`` if it is one every reader knows, else raise naming the choices."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    return split
+
+
 def to_pixels(images_u8: np.ndarray, raw: bool) -> np.ndarray:
     """uint8 pixels -> the reader's output convention (uint8 if raw, else float32 in [0, 1])."""
     if raw:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .dataset import ArrayDataset, DataFormatError, to_pixels
+from .dataset import ArrayDataset, DataFormatError, check_split, to_pixels
 
 # IDX type byte -> big-endian NumPy dtype
 _IDX_TYPES = {0x08: np.dtype("u1"), 0x09: np.dtype("i1"), 0x0B: np.dtype(">i2"),
@@ -88,8 +88,7 @@ def load_idx_dataset(data_dir, split: str = "train", raw: bool = False, name: st
     Files are looked up as ``train-images-idx3-ubyte`` / ``t10k-labels-idx1-ubyte`` etc. (also the
     ``train-images.idx3-ubyte`` spelling), raw or ``.gz``.
     """
-    if split not in _SPLIT_PREFIX:
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    check_split(split)
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise FileNotFoundError(f"{name} data dir {data_dir} does not exist; point data_dir (--data-dir) "

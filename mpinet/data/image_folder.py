@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .dataset import ArrayDataset, DataFormatError, to_pixels
+from .dataset import ArrayDataset, DataFormatError, check_split, to_pixels
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 _SPLIT_DIRS = {"train": ("train",), "test": ("test", "val")}
@@ -70,8 +70,7 @@ def _decode(path: Path, mode: str, size_hw: tuple[int, int] | None) -> np.ndarra
 def load_image_folder(data_dir, split: str = "train", size=None, grayscale: bool = False,
                       raw: bool = False) -> ArrayDataset:
     """Decode a class-per-folder tree: images (N, 3 or 1, H, W), labels (N,) = index of sorted class."""
-    if split not in _SPLIT_DIRS:
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    check_split(split)
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise FileNotFoundError(f"image-folder data dir {data_dir} does not exist; point data_dir "

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import builtin, cifar, idx, image_folder
-from .dataset import ArrayDataset
+from .dataset import ArrayDataset, check_split
 
 
 def _load_fashion_mnist(data_dir, split="train", raw=False):
@@ -63,8 +63,7 @@ def get_dataset(name: str, split: str = "train", data_dir=None, **opts) -> Array
     """
     if name not in _DATASETS:
         raise ValueError(f"unknown data set {name!r}; choose one of: {', '.join(DATASET_NAMES)}")
-    if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    check_split(split)
     unknown = sorted(set(opts) - set(_OPTIONS[name]))
     if unknown:
         raise ValueError(f"data set {name!r} has no option(s) {unknown}; its options are: "
