@@ -363,3 +363,20 @@ def test_array_dataset_checks_shapes_and_labels():
         ArrayDataset(np.zeros((3, 1, 2, 2), np.float32), np.zeros(2), 2)
     with pytest.raises(ValueError, match="num_classes"):
         ArrayDataset(np.zeros((2, 1, 2, 2), np.float32), np.array([0, 5]), 2)
+
+
+def test_every_reader_refuses_an_unknown_split(tmp_path):
+    from mpinet.data.builtin import load_digits
+    from mpinet.data.cifar import load_cifar100
+    from mpinet.data.idx import load_idx_dataset
+    from mpinet.data.image_folder import load_image_folder
+
+    readers = [lambda: load_digits("val"), lambda: load_synthetic("val"),
+               lambda: load_synthetic_segmentation("val"),
+               lambda: load_cifar10(tmp_path, "val"), lambda: load_cifar100(tmp_path, "val"),
+               lambda: load_idx_dataset(tmp_path, "val"),
+               lambda: load_image_folder(tmp_path, "val"),
+               lambda: get_dataset("synthetic", "val")]
+    for read in readers:
+        with pytest.raises(ValueError, match=r"split must be 'train' or 'test', got 'val'"):
+            read()
