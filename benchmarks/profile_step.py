@@ -23,7 +23,11 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import torch  # noqa: E402 - the profiler; also the anchor framework
+try:
+    import torch  # noqa: E402 - the profiler (CUPTI kernel trace); also the anchor framework
+except ImportError:
+    sys.exit("profile_step.py needs PyTorch for its profiler: pip install torch (the GPU "
+             "machines have it); mpinet itself does not")
 
 
 def mpinet_step(a):
