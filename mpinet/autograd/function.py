@@ -18,17 +18,26 @@ Options (stride, axis, ...) go to ``__init__``; a Function instance is used for 
 """
 from __future__ import annotations
 
+import itertools
 import weakref
 
 from . import mode
 from .variable import Variable, as_variable
 
 
+# Creation order of recorded nodes. Every consumer of a node's output is recorded after that
+# node, so visiting nodes from the newest down is a valid reverse topological order: the one
+# PyTorch's autograd uses. Unlike ordering by depth, it runs the cast of a master weight (a
+# shallow node, recorded right before its layer) right after that layer's backward, so the
+# weight's gradient is final and its allreduce can start while backprop goes on.
+_sequence = itertools.count()
+
+
 class Function:
     inputs: tuple[Variable, ...] | None = None
     needs_input_grad: tuple[bool, ...] = ()
     saved: tuple = ()
-    generation: int = 0
+    sequence: int = 0
 
     def forward(self, *xs):
         raise NotImplementedError(f"{type(self).__name__}.forward")
@@ -54,10 +63,9 @@ class Function:
         outputs = tuple(Variable(y, requires_grad=record) for y in ((ys,) if single else ys))
         if record:
             self.inputs = variables
-            self.generation = max(v.generation for v in variables)
+            self.sequence = next(_sequence)
             for out in outputs:
                 out.creator = self
-                out.generation = self.generation + 1
             # Weak references: the graph must not keep outputs (activations) alive by itself;
             # an output nobody uses again simply contributes no gradient.
             self.outputs = tuple(weakref.ref(out) for out in outputs)

@@ -73,8 +73,8 @@ def backward(root: Variable, grad=None, retain_graph: bool = False) -> None:
     # Gradients of non-leaf variables: id -> (variable, grad). Holding the variable keeps it
     # alive (and its id unique) after its consumer's release() dropped the last other reference.
     grads: dict[int, tuple] = {id(root): (root, grad)}
-    # Max-heap on generation (later ops first); the counter breaks ties deterministically.
-    heap = [(-root.creator.generation, 0, root.creator)]
+    # Max-heap on creation order (Function.sequence): the newest recorded node first.
+    heap = [(-root.creator.sequence, 0, root.creator)]
     queued = {id(root.creator)}
     counter = 1
     while heap:
@@ -112,7 +112,7 @@ def backward(root: Variable, grad=None, retain_graph: bool = False) -> None:
                     grads[id(x)] = (x, gx if previous is None else previous[1] + gx)
                 if id(x.creator) not in queued:
                     queued.add(id(x.creator))
-                    heapq.heappush(heap, (-x.creator.generation, counter, x.creator))
+                    heapq.heappush(heap, (-x.creator.sequence, counter, x.creator))
                     counter += 1
         if not retain_graph:
             func.release()

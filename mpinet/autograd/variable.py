@@ -24,7 +24,6 @@ class Variable:
         self.requires_grad = requires_grad
         self.name = name
         self.creator = None  # the Function that produced this variable
-        self.generation = 0  # creator's depth; backward visits larger generations first
         self._grad_ready_hooks: list[Callable[["Variable"], None]] = []
         # The .grad array while it is known to hold zeros (set by whoever zeroed it in place,
         # e.g. FlatParameters.zero_grad; cleared by the first accumulation). While it is the

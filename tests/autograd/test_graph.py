@@ -26,6 +26,32 @@ def test_hooks_fire_in_reverse_layer_order():
     assert order == ["w2", "w1"]
 
 
+def test_cast_weight_is_final_before_earlier_layers_backprop():
+    """Mixed precision casts each master weight right before its layer. The cast's backward must
+    run right after that layer's, not at the very end (ordering by depth put every cast, a
+    shallow node, last: no allreduce could start before backprop was over)."""
+    from mpinet import amp
+    from mpinet.autograd import Function
+
+    events = []
+
+    class Log(Function):
+        def forward(self, x):
+            return x
+
+        def backward(self, gy):
+            events.append("earlier layer's backward")
+            return gy
+
+    x = Variable(np.ones((2, 3)))
+    w1, w2 = Parameter(np.full((3, 3), 0.5)), Parameter(np.full((3, 1), 0.5))
+    w2.register_grad_ready_hook(lambda p: events.append("w2 final"))
+    h = Log().apply(x @ amp.cast(w1, np.dtype(np.float32)))
+    (h @ amp.cast(w2, np.dtype(np.float32))).sum().backward()
+    assert events == ["w2 final", "earlier layer's backward"]
+    np.testing.assert_allclose(w2.grad, np.full((3, 1), 3.0))  # sum of h over the batch
+
+
 def test_gradients_accumulate_across_backward_calls():
     w = Parameter(np.array([1.0]))
     (w * 2.0).sum().backward()
