@@ -168,9 +168,19 @@ def test_heuristic_and_benchmarked_plans_agree_with_reference(conv, bench, dtnam
     dtype = _dtype(dtname)
     x, x64 = _to_gpu(cp, rng.standard_normal(x_shape), dtype)
     w, w64 = _to_gpu(cp, rng.standard_normal(w_shape), dtype)
+    cc.clear_cache()
+    decided = sum(cc.autotune_stats.values())
+    y_ref = ref_fprop(x64, w64, st, pd, dl, g)
+    gy, gy64 = _to_gpu(cp, rng.standard_normal(y_ref.shape), dtype)
     for _ in range(2):  # the second call runs the cached plan
         y = cc.conv_fprop(x, w, st, pd, dl, g)
-        assert _rel_err(y, ref_fprop(x64, w64, st, pd, dl, g)) < TOL[dtname]
+        assert _rel_err(y, y_ref) < TOL[dtname], "fprop"
+        gx = cc.conv_dgrad(gy, w, x_shape, st, pd, dl, g)
+        assert _rel_err(gx, ref_dgrad(gy64, w64, x_shape, st, pd, dl, g)) < TOL[dtname], "dgrad"
+        gw = cc.conv_wgrad(x, gy, w_shape, st, pd, dl, g)
+        assert _rel_err(gw, ref_wgrad(x64, gy64, w_shape, st, pd, dl, g)) < TOL[dtname], "wgrad"
+    # Autotuning decides once per built graph (3 ops), and never when it is off.
+    assert sum(cc.autotune_stats.values()) - decided == (3 if bench else 0)
 
 
 @pytest.mark.gpu

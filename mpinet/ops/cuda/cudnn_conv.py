@@ -34,7 +34,7 @@ allow_tf32 = True
 benchmark = os.environ.get("MPINET_CUDNN_BENCHMARK", "0") == "1"
 # At most this many heuristic candidates are built and timed when benchmarking (each build can
 # take tens of ms; cuDNN's best plan is almost always among the first few it ranks).
-max_benchmark_plans = 8
+max_benchmark_plans = 12
 
 SUPPORTED_DTYPES = frozenset({"float32", "float16", "bfloat16"})
 
@@ -42,6 +42,9 @@ _plans: dict = {}     # cache key -> _Plan
 _checked: dict = {}   # call arguments -> (stride, padding, dilation, output shape), validated
 _workspaces: dict = {}  # (device id, stream pointer) -> scratch buffer for plans' workspaces
 _handles: dict = {}   # device id -> [cudnn handle, stream pointer it is set to]
+# What autotuning decided, per built graph: the heuristics' plan kept, another plan kept, or
+# another plan that timed faster as a candidate but not when run as _run runs it.
+autotune_stats = {"heuristic": 0, "tuned": 0, "rejected_in_use": 0}
 _cudnn_mod = None
 
 
@@ -150,8 +153,10 @@ class _Plan:
     raw_ptrs: bool         # the 1.23 fast path (_execute_with_ptrs) is usable
 
 
-def _build(op, dtype, a_shape, b_shape, out_shape, stride, padding, dilation, handle):
-    """Build (but do not yet tune) a graph for one convolution op on contiguous NCHW tensors.
+def _build(op, dtype, a_shape, b_shape, out_shape, stride, padding, dilation, handle,
+           modes=("A", "FALLBACK")):
+    """Build (but do not yet tune) a graph for one convolution op on contiguous NCHW tensors,
+    with the candidate plans of heuristics ``modes`` in that order.
 
     op "fprop": a=x, b=w, out=y.  "dgrad": a=gy, b=w, out=gx.  "wgrad": a=x, b=gy, out=gw.
     """
@@ -173,7 +178,7 @@ def _build(op, dtype, a_shape, b_shape, out_shape, stride, padding, dilation, ha
         _contiguous_strides(out_shape)).set_data_type(io)
     g.validate()
     g.build_operation_graph()
-    g.create_execution_plans([cudnn.heur_mode.A, cudnn.heur_mode.FALLBACK])
+    g.create_execution_plans([getattr(cudnn.heur_mode, m) for m in modes])
     # PyTorch's filter: never engines that down-convert inputs; TF32 only when allowed.
     notes = [cudnn.numerical_note.DOWN_CONVERT_INPUTS]
     if dtype.name == "float32" and not allow_tf32:
@@ -223,12 +228,15 @@ def _time_plan(cp, g, pack, workspace, index, handle, start, stop):
     return sorted(samples)[1]
 
 
-def _plan_benchmarked(cp, g, uid_of, ptrs, handle, rebuild):
+def _plan_benchmarked(cp, g, uid_of, ptrs, handle, rebuild, device_id):
     """Build up to ``max_benchmark_plans`` candidates, time each on the caller's arrays (whose
     output the real run overwrites), keep the fastest. The heuristics' own choice (the first
     plan that builds) is kept unless another is more than 5% faster: it then runs through the
     cheaper raw-pointer path (on a fresh graph from ``rebuild()``, whose candidate is surely that
-    plan), and timing noise does not flip plans."""
+    plan), and timing noise does not flip plans. A winner other than the heuristics' plan must
+    win again when both run exactly as ``_run`` will run them (shared workspace, the execute
+    call each will use): once on an H100 a weight-grad plan timed fast here then ran 3-5x
+    slower in use, so the candidate timing alone is not trusted."""
     built = []
     for i in range(min(g.get_execution_plan_count(), max_benchmark_plans)):
         try:
@@ -252,9 +260,33 @@ def _plan_benchmarked(cp, g, uid_of, ptrs, handle, rebuild):
         return _plan_heuristic(g, uid_of)
     best = min(timed)
     first = timed[0] if timed[0][1] == built[0][0] else None
+    heuristic = _plan_heuristic(*rebuild())
     if first is not None and first[0] <= 1.05 * best[0]:
-        return _plan_heuristic(*rebuild())
-    return _finish(g, uid_of, best[2], best[1])
+        autotune_stats["heuristic"] += 1
+        return heuristic
+    tuned = _finish(g, uid_of, best[2], best[1])
+    t_tuned, t_heur = (_time_in_use(cp, p, ptrs, handle, device_id, start, stop)
+                       for p in (tuned, heuristic))
+    if t_tuned > 0.95 * t_heur:
+        autotune_stats["rejected_in_use"] += 1
+        return heuristic
+    autotune_stats["tuned"] += 1
+    return tuned
+
+
+def _time_in_use(cp, plan, ptrs, handle, device_id, start, stop):
+    """Median ms of one run of ``plan`` through ``_execute`` (5 trials of 3 runs, 2 warm-up)."""
+    for _ in range(2):
+        _execute(cp, plan, ptrs, handle, device_id)
+    samples = []
+    for _ in range(5):
+        start.record()
+        for _ in range(3):
+            _execute(cp, plan, ptrs, handle, device_id)
+        stop.record()
+        stop.synchronize()
+        samples.append(cp.cuda.get_elapsed_time(start, stop) / 3)
+    return sorted(samples)[2]
 
 
 def _workspace(cp, nbytes: int, device_id: int):
@@ -291,13 +323,21 @@ def _run(op, a, b, out_shape, stride, padding, dilation, out=None):
            allow_tf32, benchmark)
     plan = _plans.get(key)
     if plan is None:
-        def build():
+        def build(modes=("A", "FALLBACK")):
             return _build(op, a.dtype, a.shape, b.shape, out_shape, stride, padding, dilation,
-                          handle)
+                          handle, modes)
 
-        plan = _plan_benchmarked(cp, *build(), ptrs, handle, build) if benchmark \
-            else _plan_heuristic(*build())
+        # Autotuning also times mode B's candidates (a wider, slower-to-rank list); the
+        # heuristics' own plan is always mode A's first.
+        plan = _plan_benchmarked(cp, *build(("A", "B", "FALLBACK")), ptrs, handle, build,
+                                 device_id) if benchmark else _plan_heuristic(*build())
         _plans[key] = plan
+    _execute(cp, plan, ptrs, handle, device_id)
+    return out
+
+
+def _execute(cp, plan, ptrs, handle, device_id):
+    """Run ``plan`` on (a, b, out) device pointers ``ptrs`` on the current stream."""
     ws_ptr = _workspace(cp, plan.workspace, device_id) if plan.workspace else 0
     if plan.raw_ptrs:
         plan.graph._execute_with_ptrs([ptrs[r] for r in plan.roles], ws_ptr, handle)
@@ -306,7 +346,6 @@ def _run(op, a, b, out_shape, stride, padding, dilation, out=None):
                                           plan.plan_index, handle, [], [], [])
     else:
         plan.graph._execute(dict(zip(plan.uid_of, ptrs)), ws_ptr, handle)
-    return out
 
 
 def _check_gradient(where, x_shape, w_shape, gy_shape, groups, stride, padding, dilation):
@@ -370,11 +409,13 @@ def conv_wgrad(x, gy, w_shape, stride=(1, 1), padding=(0, 0), dilation=(1, 1), g
 
 def cache_info() -> dict:
     """How many built graphs execute by each path: 'raw_ptrs' (sorted pointer list, fastest
-    host path), 'tuned_plan' (autotuned plan index, uid dict) and 'dict' (uid dict)."""
+    host path), 'tuned_plan' (autotuned plan index, uid dict) and 'dict' (uid dict); and the
+    autotuning decisions (``autotune_stats``)."""
     info = {"raw_ptrs": 0, "tuned_plan": 0, "dict": 0}
     for plan in _plans.values():
         info["raw_ptrs" if plan.raw_ptrs else "tuned_plan" if plan.plan_index >= 0
              else "dict"] += 1
+    info.update({f"autotune_{k}": v for k, v in autotune_stats.items()})
     return info
 
 
