@@ -13,6 +13,7 @@ with the same deadline.
 from __future__ import annotations
 
 import collections
+import os
 import threading
 import time
 
@@ -24,6 +25,22 @@ from mpinet.comm.base import Communicator, Handle, OpInfo, poll
 NCCL_TYPES = {"int32": 2, "int64": 4, "float16": 6, "float32": 7, "float64": 8, "bfloat16": 9}
 NCCL_SUM, NCCL_AVG = 0, 4
 _AVG_MIN_VERSION = 21000  # ncclAvg appeared in NCCL 2.10
+
+
+PRIORITY_ENV = "MPINET_NCCL_PRIORITY"
+
+
+def _stream_priority() -> int:
+    """The NCCL stream's priority: the device's highest by default, so a collective's blocks are
+    scheduled as soon as its inputs are ready instead of queuing behind the blocks of the
+    compute kernels already in flight (which delays the allreduce of the last bucket, the part
+    no compute can hide). $MPINET_NCCL_PRIORITY=normal gives the default priority."""
+    choice = os.environ.get(PRIORITY_ENV, "high").strip().lower()
+    if choice not in ("high", "normal"):
+        raise ValueError(f"${PRIORITY_ENV}={choice!r}: use 'high' (default) or 'normal'")
+    # CUDA clamps an out-of-range priority to the device's range (lower is higher; the
+    # greatest is -5 on recent GPUs), and CuPy 14 does not expose the range itself.
+    return 0 if choice == "normal" else -100
 
 
 class DeviceLane:
@@ -55,7 +72,7 @@ class DeviceLane:
             uid = self._mpi.bcast(nccl.get_unique_id() if rank == 0 else None, root=0)
             self.device_id = cp.cuda.Device().id
             self.nccl = nccl.NcclCommunicator(size, uid, rank)
-            self.stream = cp.cuda.Stream(non_blocking=True)
+            self.stream = cp.cuda.Stream(non_blocking=True, priority=_stream_priority())
             self.avg = nccl.get_version() >= _AVG_MIN_VERSION
             threading.Thread(target=self._watchdog, args=(self.device_id,),
                              name="mpinet-nccl-watchdog", daemon=True).start()
@@ -76,12 +93,22 @@ class DeviceLane:
         fn(self.nccl, self.stream.ptr)
         done = cp.cuda.Event(disable_timing=True)
         done.record(self.stream)
+        if self.stream.is_capturing():
+            # Recorded into a CUDA graph (the NCCL stream joined the capture through ``ready``):
+            # this event never fires by itself and must not be queried. The graph runner
+            # watches each replay instead (``track``).
+            return done
+        self.track(done, info, keep)
+        return done
+
+    def track(self, done, info: OpInfo, keep=()) -> None:
+        """Watch ``done`` (an event that fires when this lane's queued work has finished) for
+        the timeout; ``keep`` stays referenced until then (arrays the GPU still uses)."""
         with self._lock:
             # Drop finished entries: their arrays may now be freed (the GPU is done with them).
             while self._inflight and self._inflight[0][0].done:
                 self._inflight.popleft()
             self._inflight.append((done, info, time.monotonic(), keep))
-        return done
 
     def host_wait(self, event, info: OpInfo) -> None:
         """Block the host until ``event`` fires, checking NCCL errors; abort past the timeout."""
@@ -178,6 +205,12 @@ class NcclCommunicator(Communicator):
 
     def _before_abort(self):
         self._lane.abort()
+
+    def track_device_work(self, done, what: str) -> None:
+        """Put device work this communicator's collectives are part of (a replayed CUDA graph
+        of the training step) under the watchdog: ``done`` fires when it has finished."""
+        if self._lane.nccl is not None:
+            self._lane.track(done, OpInfo(self.name, what, self._tracker.seq, 0, "-"))
 
     def close(self):
         super().close()
