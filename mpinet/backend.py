@@ -122,6 +122,11 @@ def to_device(a, backend: Backend | None = None, dtype=None):
     return np.asarray(to_numpy(a), dtype=dtype)
 
 
+def is_capturing() -> bool:
+    """True while the current CUDA stream is capturing a CUDA graph (never on CPU)."""
+    return _current.is_gpu and _current.xp.cuda.get_current_stream().is_capturing()
+
+
 def synchronize() -> None:
     """Wait for queued GPU work (no-op on CPU). Use only for timing and host reads."""
     if _current.is_gpu:

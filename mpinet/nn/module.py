@@ -58,6 +58,18 @@ class Module:
             raise KeyError(f"{self.path}: no buffer named {name!r}; has {list(self._buffers)}")
         self.register_buffer(name, array)
 
+    def update_buffer_(self, name: str, value) -> None:
+        """Write ``value`` into buffer ``name`` in place (nothing to do if it is that array).
+
+        Training updates buffers in place rather than rebinding them: a CUDA graph of the
+        training step (mpinet.cuda_graph) replays kernels on the arrays it saw at capture, so a
+        rebound buffer would never see the replays' updates."""
+        buf = self._buffers.get(name)
+        if buf is None:
+            raise KeyError(f"{self.path}: no buffer named {name!r}; has {list(self._buffers)}")
+        if value is not buf:
+            buf[...] = value
+
     # ---- traversal ----------------------------------------------------------------------
     def named_modules(self, prefix: str = "") -> Iterator[tuple[str, "Module"]]:
         yield prefix, self

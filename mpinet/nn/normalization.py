@@ -14,8 +14,8 @@ from .module import Module
 class _BatchNorm(Module):
     """Shared by BatchNorm1d/2d: which input ranks are accepted is the only difference.
 
-    Training normalises with the batch's statistics and replaces the running buffers (via
-    ``set_buffer``) with PyTorch's momentum update; eval uses the running statistics.
+    Training normalises with the batch's statistics and updates the running buffers in place
+    with PyTorch's momentum update; eval uses the running statistics.
     ``momentum=None`` gives the cumulative average over all batches seen (as PyTorch).
     Statistics stay float32 whatever the input dtype (bf16/fp16 input is cast inside the op).
     """
@@ -44,15 +44,14 @@ class _BatchNorm(Module):
                                       self.running_var, False, eps=self.eps)
             return y
         count = self.num_batches_tracked
-        # asarray: NumPy turns 0-d array + 1 into a scalar; the buffer stays a 0-d array.
-        self.set_buffer("num_batches_tracked", backend.xp_of(count).asarray(count + 1))
+        backend.xp_of(count).add(count, 1, out=count)  # in place: see Module.update_buffer_
         momentum = self.momentum
         if momentum is None:  # cumulative moving average; reads the counter (a GPU sync point)
             momentum = 1.0 / float(self.num_batches_tracked)
         y, mean, var = norm.batch_norm(x, self.weight, self.bias, self.running_mean,
                                        self.running_var, True, momentum, self.eps)
-        self.set_buffer("running_mean", mean)
-        self.set_buffer("running_var", var)
+        self.update_buffer_("running_mean", mean)  # the GPU kernel already wrote them in place
+        self.update_buffer_("running_var", var)
         return y
 
     def extra_repr(self) -> str:

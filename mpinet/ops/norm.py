@@ -250,8 +250,9 @@ def batch_norm(x, gamma, beta, running_mean, running_var, training: bool, moment
                eps: float = 1e-5):
     """Batch norm over axis 1 -> (y, new_running_mean, new_running_var).
 
-    x (N, C) or (N, C, H, W); gamma, beta (C,); running stats (C,) raw arrays (not modified:
-    the new ones are returned; in eval mode the given ones come back). In training the running
+    x (N, C) or (N, C, H, W); gamma, beta (C,); running stats (C,) raw arrays. The new ones are
+    returned: on the GPU's fused path they are the given arrays, updated in place; elsewhere new
+    arrays (the given ones unmodified). In eval mode the given ones come back. In training the running
     stats may be None (no tracking): then None, None come back.
     """
     if not training:

@@ -36,7 +36,13 @@ class Adam(Optimizer):
 
     def _update_(self, p, g, state: dict, step: int) -> None:
         adam_update_(p, g, state["exp_avg"], state["exp_avg_sq"], self.lr, self.beta1,
-                     self.beta2, self.eps, self.weight_decay, step, self.decoupled)
+                     self.beta2, self.eps, self.weight_decay, step, self.decoupled,
+                     hyper=self._device_hyper(p, step))
+
+    def _device_hyper_values(self, step: int) -> tuple:
+        from ..ops.cuda import fused  # noqa: PLC0415 - GPU only
+
+        return fused.adam_hyper(self.lr, self.beta1, self.beta2, self.weight_decay, step)
 
 
 class AdamW(Adam):

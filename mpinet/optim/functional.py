@@ -18,23 +18,26 @@ from .. import backend
 
 
 def sgd_update_(p, g, buf, lr, momentum, dampening, weight_decay, nesterov,
-                first_step=False) -> None:
-    """One SGD step in place on ``p`` (and ``buf`` when momentum != 0). See ``sgd_update_xp_``."""
+                first_step=False, hyper=None) -> None:
+    """One SGD step in place on ``p`` (and ``buf`` when momentum != 0). See ``sgd_update_xp_``.
+    ``hyper``: GPU only, the device array the fused kernel reads lr from (see fused.HYPER_SIZE)."""
     if backend.is_gpu_array(p):
         from ..ops.cuda import fused  # noqa: PLC0415 - GPU only
 
         fused.sgd_update_(p, g, buf, lr, momentum, dampening, weight_decay, nesterov,
-                          first_step=first_step)
+                          first_step=first_step, hyper=hyper)
         return
     sgd_update_xp_(p, g, buf, lr, momentum, dampening, weight_decay, nesterov, first_step)
 
 
-def adam_update_(p, g, m, v, lr, beta1, beta2, eps, weight_decay, step, decoupled) -> None:
+def adam_update_(p, g, m, v, lr, beta1, beta2, eps, weight_decay, step, decoupled,
+                 hyper=None) -> None:
     """One Adam (decoupled=False) or AdamW (decoupled=True) step in place on p, m, v."""
     if backend.is_gpu_array(p):
         from ..ops.cuda import fused  # noqa: PLC0415 - GPU only
 
-        fused.adam_update_(p, g, m, v, lr, beta1, beta2, eps, weight_decay, step, decoupled)
+        fused.adam_update_(p, g, m, v, lr, beta1, beta2, eps, weight_decay, step, decoupled,
+                           hyper=hyper)
         return
     adam_update_xp_(p, g, m, v, lr, beta1, beta2, eps, weight_decay, step, decoupled)
 

@@ -62,6 +62,7 @@ class Optimizer:
         self.state: list[dict] = [{} for _ in params]
         self.steps: list[int] = [0] * len(params)
         self._flat_state: dict = {}  # flat mode: buffer name -> flat array
+        self._hyper = None  # GPU: device array of the step's hyper-parameters (_device_hyper)
 
     # ---- subclass interface ---------------------------------------------------------------
     def _buffer_names(self) -> tuple[str, ...]:
@@ -71,6 +72,41 @@ class Optimizer:
     def _update_(self, p, g, state: dict, step: int) -> None:
         """Update arrays ``p`` (and ``state``) in place from ``g``; ``step`` = 1 on the first."""
         raise NotImplementedError
+
+    def _device_hyper_values(self, step: int) -> tuple:
+        """GPU: the values the fused update kernel reads from device memory for update number
+        ``step`` (learning rate, bias corrections: what may change from step to step)."""
+        raise NotImplementedError
+
+    # ---- hyper-parameters in device memory (GPU) ------------------------------------------
+    def _device_hyper(self, p, step: int):
+        """GPU: the device array the fused kernels read this step's hyper-parameters from,
+        written now (one tiny launch), except inside a CUDA-graph capture: a captured write
+        would replay the capture-time values forever, so there the graph runner calls
+        ``write_device_hyper`` before each replay instead. CPU: None."""
+        if not backend.is_gpu_array(p):
+            return None
+        from ..ops.cuda import fused  # noqa: PLC0415 - GPU only
+
+        if self._hyper is None:
+            self._hyper = backend.xp_of(p).zeros(fused.HYPER_SIZE, dtype="float64")
+        if not backend.is_capturing():
+            fused.write_hyper_(self._hyper, self._device_hyper_values(step))
+        return self._hyper
+
+    def write_device_hyper(self) -> None:
+        """Write the next flat step's hyper-parameters (current ``lr``, step count + 1) into the
+        device array: what a replayed CUDA graph of the step reads. Call before each replay."""
+        if self._hyper is None:
+            raise RuntimeError(f"{type(self).__name__}.write_device_hyper: no device "
+                               f"hyper-parameters yet; run one step on the GPU first")
+        from ..ops.cuda import fused  # noqa: PLC0415 - GPU only
+
+        fused.write_hyper_(self._hyper, self._device_hyper_values(self.steps[0] + 1))
+
+    def count_replayed_step(self) -> None:
+        """Book a step that a CUDA graph replay applied (the host did not run ``step``)."""
+        self.steps = [self.steps[0] + 1] * len(self.params)
 
     # ---- stepping -----------------------------------------------------------------------
     def step(self) -> None:

@@ -36,4 +36,10 @@ class SGD(Optimizer):
 
     def _update_(self, p, g, state: dict, step: int) -> None:
         sgd_update_(p, g, state.get("momentum_buffer"), self.lr, self.momentum, self.dampening,
-                    self.weight_decay, self.nesterov, first_step=step == 1)
+                    self.weight_decay, self.nesterov, first_step=step == 1,
+                    hyper=self._device_hyper(p, step))
+
+    def _device_hyper_values(self, step: int) -> tuple:
+        from ..ops.cuda import fused  # noqa: PLC0415 - GPU only
+
+        return fused.sgd_hyper(self.lr)

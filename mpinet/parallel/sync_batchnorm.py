@@ -46,10 +46,11 @@ class SyncBatchNorm(Module):
                                        reduce_grads=reduce_grads)
         new_mean, new_var = norm.update_running_stats(self.running_mean, self.running_var,
                                                       mean, var, n, self.momentum)
-        self.set_buffer("running_mean", new_mean)
-        self.set_buffer("running_var", new_var)
+        self.update_buffer_("running_mean", new_mean)
+        self.update_buffer_("running_var", new_var)
         if "num_batches_tracked" in self._buffers:
-            self.set_buffer("num_batches_tracked", self.num_batches_tracked + 1)
+            count = self.num_batches_tracked
+            backend.xp_of(count).add(count, 1, out=count)
         return y
 
 

@@ -347,8 +347,9 @@ __device__ __forceinline__ void finish_stats(double sa, double sb, A shift, unsi
 // Sums of channel c over slice s of j in [0, M), M = N * HW, element j = (n, i) = (j / HW, j % HW).
 // Forward: a = sum(x - shift), b = sum((x - shift)^2), shift = x[0, c, 0]; the last block writes
 // stats[c] = mean, stats[C + c] = 1 / sqrt(biased var + eps), and with update_running the new
-// running statistics (into separate outputs: the inputs stay unmodified). Doing that here saves
-// the ~10 small launches per layer that the running-statistics arithmetic costs in CuPy.
+// running statistics (the outputs may be the inputs: one thread reads, then writes). Doing that
+// here saves the ~10 small launches per layer that the running-statistics arithmetic costs in
+// CuPy.
 template <int K>
 __global__ void bn_stats(const typename io<K>::T* x, unsigned int C, unsigned int HW,
                          unsigned int M, unsigned int per, typename io<K>::A* part,
@@ -868,7 +869,9 @@ def batch_norm_train(x, gamma, beta, eps, running_mean=None, running_var=None, m
     """Normalise with batch statistics: returns (y, mean, invstd, new_running_mean,
     new_running_var); mean/invstd of shape (C,), invstd = 1/sqrt(biased var + eps); y has x's
     dtype. With running statistics given, the new ones (PyTorch's momentum rule, unbiased
-    variance) come from the same launch, in fresh arrays of the given ones' dtype; else None."""
+    variance) come from the same launch, written in place into the given arrays when they are
+    contiguous arrays of the statistics' dtype (then those very arrays are returned), else into
+    fresh arrays of the given ones' dtype; without them, None."""
     cp = _cp()
     geom = _geom("batch_norm_train", x)
     x = _contiguous(cp, x)
@@ -882,7 +885,10 @@ def batch_norm_train(x, gamma, beta, eps, running_mean=None, running_var=None, m
     if running_mean is not None:
         rm = _per_channel(running_mean, geom, "running_mean", "batch_norm_train")
         rv = _per_channel(running_var, geom, "running_var", "batch_norm_train")
-        rm_out, rv_out = cp.empty_like(rm), cp.empty_like(rv)
+        # In place when the buffers are already contiguous statistics arrays (one thread reads
+        # and then writes each channel's value); else into copies returned to the caller.
+        rm_out = rm if rm is running_mean else cp.empty_like(rm)
+        rv_out = rv if rv is running_var else cp.empty_like(rv)
         running = (np.int32(1), np.float64(momentum), rm, rv, rm_out, rv_out)
     else:  # never read or written by the kernel (update flag 0)
         running = (np.int32(0), np.float64(0), stats, stats, stats, stats)
@@ -971,62 +977,106 @@ def _check_flat(where, p, *others):
                              f"shape {p.shape}")
 
 
+# The step's changing hyper-parameters (learning rate; Adam's bias-corrected step size) reach
+# the kernels through a small float64 device array, not as kernel arguments: a CUDA graph of the
+# training step (mpinet.cuda_graph) bakes kernel arguments in at capture, while it reads the
+# array at every replay. The optimizer writes the array (``write_hyper_``, one tiny launch)
+# before each step; inside a capture it does not (the graph runner writes it before replays).
+HYPER_SIZE = 4
+
+
+def write_hyper_(hyper, values) -> None:
+    """hyper[:len(values)] = values, by one launch with the values as kernel arguments (no host
+    copy, so nothing synchronises)."""
+    v = [float(x) for x in values] + [0.0] * (HYPER_SIZE - len(values))
+    k = _elementwise("write_hyper", "float64 a, float64 b, float64 c, float64 d",
+                     "raw float64 h", "h[0] = a; h[1] = b; h[2] = c; h[3] = d;")
+    k(*v, hyper, size=1)
+
+
+def _hyper_or_new(hyper, values):
+    """The caller's hyper array (already written), or a new one holding ``values``."""
+    if hyper is not None:
+        return hyper
+    if _cp().cuda.get_current_stream().is_capturing():
+        raise RuntimeError("an optimizer update inside a CUDA-graph capture needs its "
+                           "hyper-parameters in a device array (hyper=...); the Optimizer "
+                           "classes pass one")
+    hyper = _cp().empty(HYPER_SIZE, dtype=np.float64)
+    write_hyper_(hyper, values)
+    return hyper
+
+
+def sgd_hyper(lr):
+    """SGD's device hyper-parameters for a step at learning rate ``lr``."""
+    return (float(lr),)
+
+
 def sgd_update_(p, g, buf, lr, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False,
-                first_step=False):
+                first_step=False, hyper=None):
     """PyTorch's SGD step, in place on p (and buf):
         d = g + weight_decay * p
         buf = d on the first step, else momentum * buf + (1 - dampening) * d
         p -= lr * (d + momentum * buf if nesterov else buf)
     With momentum 0, buf may be None and p -= lr * d. Pass first_step=True on the first step
-    (PyTorch starts buf as a copy of d, which differs from a zero buffer when dampening != 0)."""
+    (PyTorch starts buf as a copy of d, which differs from a zero buffer when dampening != 0).
+    ``hyper``: a device array holding ``sgd_hyper(lr)``, read at run time; None: made from lr."""
     _check_float("sgd_update_", p, g)
+    hp = _hyper_or_new(hyper, sgd_hyper(lr))
     if momentum == 0:
         _check_flat("sgd_update_", p, ("grad", g))
-        k = _elementwise("sgd_plain", "G g, float64 lr, float64 wd", "P p",
+        k = _elementwise("sgd_plain", "G g, raw float64 hp, float64 wd", "P p",
                          "typedef mpn_acc<P>::type A; A pv = mpn_ld<A>(p); "
-                         "mpn_put(p, pv - A(lr) * (mpn_ld<A>(g) + A(wd) * pv));")
-        k(_io(g), float(lr), float(weight_decay), _io(p))
+                         "mpn_put(p, pv - A(hp[0]) * (mpn_ld<A>(g) + A(wd) * pv));")
+        k(_io(g), hp, float(weight_decay), _io(p))
         return p
     if buf is None:
         raise ValueError("sgd_update_: momentum != 0 needs a momentum buffer, got None")
     _check_flat("sgd_update_", p, ("grad", g), ("momentum buffer", buf))
     k = _elementwise("sgd_momentum",
-                     "G g, float64 lr, float64 mom, float64 one_m_damp, float64 wd, int32 nesterov, "
-                     "int32 first", "P p, B buf",
+                     "G g, raw float64 hp, float64 mom, float64 one_m_damp, float64 wd, "
+                     "int32 nesterov, int32 first", "P p, B buf",
                      "typedef mpn_acc<P>::type A; A pv = mpn_ld<A>(p); "
                      "A d = mpn_ld<A>(g) + A(wd) * pv; "
                      "A b = first ? d : A(mom) * mpn_ld<A>(buf) + A(one_m_damp) * d; "
                      "mpn_put(buf, b); "
-                     "mpn_put(p, pv - A(lr) * (nesterov ? d + A(mom) * b : b));")
+                     "mpn_put(p, pv - A(hp[0]) * (nesterov ? d + A(mom) * b : b));")
     # 1 - dampening in float64 on the host, as PyTorch does (1 - 0.999f in float32 is 1e-5 off)
-    k(_io(g), float(lr), float(momentum), 1.0 - float(dampening), float(weight_decay),
+    k(_io(g), hp, float(momentum), 1.0 - float(dampening), float(weight_decay),
       int(bool(nesterov)), int(bool(first_step)), _io(p), _io(buf))
     return p
 
 
-def adam_update_(p, g, m, v, lr, beta1, beta2, eps, weight_decay, step, decoupled):
-    """PyTorch's Adam (decoupled=False) / AdamW (decoupled=True) step, in place on p, m, v.
-    ``step`` is the 1-based step count after this update (for bias correction)."""
-    _check_float("adam_update_", p, g, m, v)
-    _check_flat("adam_update_", p, ("grad", g), ("exp_avg", m), ("exp_avg_sq", v))
+def adam_hyper(lr, beta1, beta2, weight_decay, step):
+    """Adam's device hyper-parameters for update number ``step`` (1-based): (decoupled decay
+    factor 1 - lr * weight_decay, step size lr / (1 - beta1**step), sqrt(1 - beta2**step)).
+    Combined in float64 on the host, as PyTorch does."""
     if step < 1:
         raise ValueError(f"adam_update_: step must be >= 1 (count including this update), "
                          f"got {step}")
-    bc1 = 1.0 - beta1 ** step
-    bc2_sqrt = math.sqrt(1.0 - beta2 ** step)
+    return (1.0 - lr * weight_decay, lr / (1.0 - beta1 ** step),
+            math.sqrt(1.0 - beta2 ** step))
+
+
+def adam_update_(p, g, m, v, lr, beta1, beta2, eps, weight_decay, step, decoupled, hyper=None):
+    """PyTorch's Adam (decoupled=False) / AdamW (decoupled=True) step, in place on p, m, v.
+    ``step`` is the 1-based step count after this update (for bias correction). ``hyper``: a
+    device array holding ``adam_hyper(lr, beta1, beta2, weight_decay, step)``, read at run
+    time; None: made from the arguments."""
+    _check_float("adam_update_", p, g, m, v)
+    _check_flat("adam_update_", p, ("grad", g), ("exp_avg", m), ("exp_avg_sq", v))
+    hp = _hyper_or_new(hyper, adam_hyper(lr, beta1, beta2, weight_decay, step))
     k = _elementwise("adam",
-                     "G g, float64 wd, float64 decay, float64 b1, float64 one_m_b1, float64 b2, "
-                     "float64 one_m_b2, float64 eps, float64 step_size, float64 bc2_sqrt, "
-                     "int32 decoupled", "P p, M m, V v",
+                     "G g, raw float64 hp, float64 wd, float64 b1, float64 one_m_b1, float64 b2, "
+                     "float64 one_m_b2, float64 eps, int32 decoupled", "P p, M m, V v",
                      "typedef mpn_acc<P>::type A; A pv = mpn_ld<A>(p); A gv = mpn_ld<A>(g); "
-                     "if (decoupled) pv = pv * A(decay); else gv = gv + A(wd) * pv; "
+                     "if (decoupled) pv = pv * A(hp[0]); else gv = gv + A(wd) * pv; "
                      "A mv = A(b1) * mpn_ld<A>(m) + A(one_m_b1) * gv; "
                      "A vv = A(b2) * mpn_ld<A>(v) + A(one_m_b2) * gv * gv; "
                      "mpn_put(m, mv); mpn_put(v, vv); "
-                     "mpn_put(p, pv - A(step_size) * mv / (sqrt(vv) / A(bc2_sqrt) + A(eps)));")
-    # Scalars combined in float64 on the host, as PyTorch does: 1 - beta2 in float32 is 1e-5
-    # off, which shows in v.
-    k(_io(g), float(weight_decay), 1.0 - lr * weight_decay, float(beta1), 1.0 - beta1,
-      float(beta2), 1.0 - beta2, float(eps), float(lr / bc1), float(bc2_sqrt),
-      int(bool(decoupled)), _io(p), _io(m), _io(v))
+                     "mpn_put(p, pv - A(hp[1]) * mv / (sqrt(vv) / A(hp[2]) + A(eps)));")
+    # 1 - beta in float64 on the host, as PyTorch does: 1 - beta2 in float32 is 1e-5 off,
+    # which shows in v.
+    k(_io(g), hp, float(weight_decay), float(beta1), 1.0 - beta1, float(beta2), 1.0 - beta2,
+      float(eps), int(bool(decoupled)), _io(p), _io(m), _io(v))
     return p
