@@ -42,6 +42,8 @@ def parser():
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default=None)
+    p.add_argument("--cuda-graph", action="store_true",
+                   help="replay each step as one CUDA graph after warm-up (mpinet.cuda_graph)")
     p.add_argument("--stem", default="imagenet", choices=["imagenet", "cifar"],
                    help="ResNet stem; imagenet (7x7/2 conv + max-pool) is torchvision's, which the "
                         "anchor torch_ddp_bench.py trains at every image size")
@@ -64,7 +66,7 @@ def setup(a):
     net = build_model(a.model, num_classes=a.classes, in_channels=3, input_size=a.size, **opts)
     model = Model(net, comm)
     model.compile("sgd", lr=0.1, momentum=0.9, precision=a.precision, dp_mode=a.dp_mode,
-                  bucket_mb=a.bucket_mb)
+                  bucket_mb=a.bucket_mb, cuda_graph=a.cuda_graph)
     xp = be.xp
     rng = xp.random.default_rng(comm.rank) if hasattr(xp.random, "default_rng") else xp.random
     x = rng.standard_normal((a.batch, 3, a.size, a.size), dtype=xp.float32)
@@ -95,11 +97,12 @@ def main():
         rec = {"framework": "mpinet", "model": a.model, "batch_per_gpu": a.batch, "size": a.size,
                "stem": a.stem if a.model.startswith("resnet") else None,
                "precision": a.precision, "dp_mode": a.dp_mode, "comm": comm.name,
+               "cuda_graph": a.cuda_graph,
                "gpus": comm.size, "device": str(be), "img_per_s": global_count * a.steps / dt,
                "ms_per_step": dt / a.steps * 1e3,
                "ms_per_step_windows": [round(w / a.steps * 1e3, 3) for w in windows]}
         print(f"mpinet {a.model} batch {a.batch}/gpu {a.size}px {a.precision} mode={a.dp_mode} "
-              f"comm={comm.name} gpus={comm.size}: {rec['img_per_s']:.0f} img/s, "
+              f"comm={comm.name}{' cuda-graph' if a.cuda_graph else ''} gpus={comm.size}: {rec['img_per_s']:.0f} img/s, "
               f"{rec['ms_per_step']:.2f} ms/step (median of {a.repeats} windows of {a.steps} "
               f"steps; min {min(windows) / a.steps * 1e3:.2f})", flush=True)
         if a.out:

@@ -75,6 +75,7 @@ class Model:
         self.loader = None
         self.preempted = None  # the signal name if fit stopped on preemption
         self.last_logs: dict = {}  # the latest logging window's figures
+        self._step_graphs = None  # mpinet.cuda_graph.StepGraphs when compiled with cuda_graph
         self._compiled = False
 
     # ---- compile --------------------------------------------------------------------------
@@ -82,10 +83,12 @@ class Model:
                 lr: float = 0.1, momentum: float = 0.9, weight_decay: float = 0.0,
                 nesterov: bool = False, schedule=None, precision: str = "fp32",
                 label_smoothing: float = 0.0, dp_mode: str = "backward", bucket_mb: float = 25.0,
-                grad_dtype=None) -> "Model":
+                grad_dtype=None, cuda_graph: bool = False) -> "Model":
         """Choose loss, metrics, optimizer (name or instance over ``model.parameters``), LR
         schedule (an mpinet.optim schedule, stepped once per optimizer step), precision
-        ('fp32', 'bf16', 'fp16' with dynamic loss scaling) and the data-parallel mode."""
+        ('fp32', 'bf16', 'fp16' with dynamic loss scaling) and the data-parallel mode.
+        ``cuda_graph``: on GPU, replay each training step as one CUDA graph after a few eager
+        steps (see mpinet.cuda_graph; refused with the reason where it would be wrong)."""
         from .optim.factory import build_optimizer  # noqa: PLC0415
         from .optim.loss_scaler import LossScaler  # noqa: PLC0415
 
@@ -109,6 +112,12 @@ class Model:
         self.schedule = schedule(optimizer) if callable(schedule) and not hasattr(schedule, "step") \
             else schedule
         self.scaler = LossScaler() if precision == "fp16" else None
+        self._step_graphs = None
+        if cuda_graph:
+            from . import cuda_graph as graphs  # noqa: PLC0415
+
+            graphs.check_capturable(self)
+            self._step_graphs = graphs.StepGraphs(self._device_step, self.optimizer, self.comm)
         self._compiled = True
         return self
 
@@ -152,6 +161,11 @@ class Model:
         """One optimizer step on this rank's share ``x, y`` of a global batch of
         ``global_count`` samples; returns device sums (loss*n, metric sums) for logging."""
         n_local = int(x.shape[0])
+        if self._step_graphs is not None and accumulation_steps == 1 and n_local > 0:
+            # Eager for the first steps of each batch shape, then one graph replay per step.
+            sums = self._step_graphs.run(x, y, global_count)
+            self._after_step()
+            return sums
         sums = {"loss": 0.0}
         if n_local == 0:
             self.dp.backward_empty()
@@ -177,10 +191,23 @@ class Model:
             self._scaled_step()
         else:
             self.dp.step(self.optimizer)
+        self._after_step()
+        return sums
+
+    def _device_step(self, x, y, global_count: int) -> dict:
+        """The device work of a one-chunk step: forward, backward (allreduces started from the
+        hooks), update. What a CUDA graph captures (``cuda_graph``): no host reads in here."""
+        out = self._forward(x)
+        loss = self._loss(out, y)
+        self.dp.backward(loss, weight=int(x.shape[0]) / global_count)
+        sums = {"loss": loss.data * int(x.shape[0]), **self._metric_sums(out.data, y)}
+        self.dp.step(self.optimizer)
+        return sums
+
+    def _after_step(self) -> None:
         if self.schedule is not None:
             self.schedule.step()
         self.global_step += 1
-        return sums
 
     def _scaled_step(self) -> None:
         """fp16: unscale, agree on overflow across ranks, skip the step and back off if any."""
@@ -411,6 +438,7 @@ class Model:
         }
 
     def load_training_state(self, state: dict) -> None:
+        self._forget_step_graphs()
         self.network.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         if state.get("schedule") is not None and self.schedule is not None:
@@ -424,6 +452,11 @@ class Model:
         self.global_step = int(state.get("global_step", 0))
         if state.get("rng") is not None:
             _set_rng_states(state["rng"])
+
+    def _forget_step_graphs(self) -> None:
+        """Loading replaces buffers and optimizer state with new arrays: recapture."""
+        if getattr(self, "_step_graphs", None) is not None:
+            self._step_graphs.reset()
 
     def save_checkpoint(self, directory: str, keep: int = 3) -> str:
         from . import checkpoint  # noqa: PLC0415
@@ -452,6 +485,7 @@ class Model:
     def load_weights(self, path: str) -> None:
         from . import checkpoint  # noqa: PLC0415
 
+        self._forget_step_graphs()
         self.network.load_state_dict(checkpoint.load_weights(path))
 
 

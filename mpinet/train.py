@@ -25,6 +25,7 @@ DEFAULTS = {
     "augment": False, "sync_batchnorm": False, "checkpoint_dir": None, "checkpoint_every": 0,
     "keep_checkpoints": 3, "resume": None, "seed": 0, "metrics": None, "log_every": 10,
     "train_samples": None, "quiet": False, "save_weights": None, "model_opt": None,
+    "cuda_graph": False,
 }
 
 
@@ -80,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--grad-dtype", choices=["bf16", "fp16"], help="compress gradients on the wire")
     g.add_argument("--sync-batchnorm", action="store_true", default=None,
                    help="batch statistics over all ranks")
+    g.add_argument("--cuda-graph", action="store_true", default=None,
+                   help="GPU: replay each training step as one CUDA graph after a few eager "
+                        "steps (no dropout, fp32/bf16, comm nccl; refused otherwise)")
     g = p.add_argument_group("checkpoints and output")
     g.add_argument("--checkpoint-dir")
     g.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (0: per epoch)")
@@ -212,7 +216,8 @@ def setup(cfg: dict, comm):
                       warmup_steps=cfg["warmup_steps"]),
                   precision=cfg["precision"],
                   label_smoothing=cfg["label_smoothing"], dp_mode=cfg["dp_mode"],
-                  bucket_mb=cfg["bucket_mb"], grad_dtype=cfg["grad_dtype"])
+                  bucket_mb=cfg["bucket_mb"], grad_dtype=cfg["grad_dtype"],
+                  cuda_graph=bool(cfg["cuda_graph"]))
     transform = eval_transform = None
     if cfg["augment"]:
         h = train.input_shape[1]
