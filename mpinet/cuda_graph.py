@@ -71,13 +71,19 @@ class StepGraphs:
     the global batch size): each distinct tuple gets its own graph.
     """
 
-    def __init__(self, step_fn, optimizer, comm=None, warmup: int = DEFAULT_WARMUP):
+    def __init__(self, step_fn, optimizer, comm=None, warmup: int = DEFAULT_WARMUP,
+                 state_arrays=None):
         if warmup < 1:
             raise ValueError(f"StepGraphs: warmup must be >= 1 eager step, got {warmup}")
         self.step_fn = step_fn
         self.optimizer = optimizer
         self.comm = comm
         self.warmup = warmup
+        # state_arrays() -> the arrays the step's state lives in (buffers, parameters, optimizer
+        # state). A graph replays on the ones it captured: if code outside the step replaced
+        # one (rebinding instead of writing in place), the graphs are dropped and recaptured.
+        self.state_arrays = state_arrays
+        self.recaptures = 0
         self._seen: dict = {}    # key -> eager steps run so far
         self._graphs: dict = {}  # key -> _CapturedStep
         self.replays = 0
@@ -85,13 +91,17 @@ class StepGraphs:
     def run(self, x, y, *args) -> dict:
         key = (tuple(x.shape), x.dtype, tuple(y.shape), y.dtype, args)
         captured = self._graphs.get(key)
+        if captured is not None and not captured.state_is(self._state()):
+            self.reset()  # some state array was replaced: the graphs would use stale ones
+            self.recaptures += 1
+            captured = None
         if captured is None:
             seen = self._seen.get(key, 0)
             if seen < self.warmup:
                 self._seen[key] = seen + 1
                 return self.step_fn(x, y, *args)
             captured = self._graphs[key] = _CapturedStep(
-                lambda sx, sy: self.step_fn(sx, sy, *args), self.optimizer, x, y)
+                lambda sx, sy: self.step_fn(sx, sy, *args), self.optimizer, x, y, self._state())
             outputs = captured.replay(x, y, first=True)
         else:
             outputs = captured.replay(x, y)
@@ -101,6 +111,9 @@ class StepGraphs:
                                                        f"step (replay {self.replays})")
         return outputs
 
+    def _state(self) -> tuple:
+        return tuple(self.state_arrays()) if self.state_arrays is not None else ()
+
     def reset(self) -> None:
         """Forget every graph: after parameters, buffers or optimizer state were replaced by
         new arrays (loading a checkpoint), the graphs would still use the old ones."""
@@ -109,10 +122,11 @@ class StepGraphs:
 
 
 class _CapturedStep:
-    def __init__(self, step_fn, optimizer, x, y):
+    def __init__(self, step_fn, optimizer, x, y, state=()):
         import cupy as cp  # noqa: PLC0415 - GPU only
 
         self._cp = cp
+        self.state = state  # referenced: the graph writes into these arrays
         self.optimizer = optimizer
         caller = cp.cuda.get_current_stream()
         self.static_x = cp.empty_like(x)
@@ -139,6 +153,10 @@ class _CapturedStep:
             self.graph = self.stream.end_capture()
         self.outputs = outputs
         self.done = None
+
+    def state_is(self, state: tuple) -> bool:
+        """True if ``state`` holds the very arrays this graph was captured on."""
+        return len(state) == len(self.state) and all(a is b for a, b in zip(state, self.state))
 
     def replay(self, x, y, first: bool = False) -> dict:
         """Copy in ``x, y``, run the graph after the caller's queued work, and return copies of

@@ -117,7 +117,8 @@ class Model:
             from . import cuda_graph as graphs  # noqa: PLC0415
 
             graphs.check_capturable(self)
-            self._step_graphs = graphs.StepGraphs(self._device_step, self.optimizer, self.comm)
+            self._step_graphs = graphs.StepGraphs(self._device_step, self.optimizer, self.comm,
+                                                  state_arrays=self._step_state_arrays)
         self._compiled = True
         return self
 
@@ -203,6 +204,11 @@ class Model:
         sums = {"loss": loss.data * int(x.shape[0]), **self._metric_sums(out.data, y)}
         self.dp.step(self.optimizer)
         return sums
+
+    def _step_state_arrays(self) -> list:
+        """The arrays a training step's state lives in (what a CUDA graph replays on)."""
+        arrays = [buf for _, m in self.network.named_modules() for buf in m._buffers.values()]
+        return arrays + [self.dp.flat.data, self.dp.flat.grad] + self.optimizer.device_state()
 
     def _after_step(self) -> None:
         if self.schedule is not None:

@@ -104,6 +104,13 @@ class Optimizer:
 
         fused.write_hyper_(self._hyper, self._device_hyper_values(self.steps[0] + 1))
 
+    def device_state(self) -> list:
+        """The arrays an update reads and writes besides the parameters and gradients: the
+        state buffers (flat mode: the flat ones) and the device hyper-parameters."""
+        arrays = list(self._flat_state.values()) if self.flat is not None else \
+            [a for state in self.state for a in state.values()]
+        return arrays + ([self._hyper] if self._hyper is not None else [])
+
     def count_replayed_step(self) -> None:
         """Book a step that a CUDA graph replay applied (the host did not run ``step``)."""
         self.steps = [self.steps[0] + 1] * len(self.params)

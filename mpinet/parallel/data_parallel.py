@@ -261,11 +261,16 @@ class DataParallel:
         self.flat.zero_grad()
 
     def average_buffers(self) -> None:
-        """Average floating buffers (BN running statistics) over ranks, e.g. before evaluation."""
+        """Average floating buffers (BN running statistics) over ranks, e.g. before evaluation.
+        In place: a CUDA graph of the training step keeps updating the arrays it captured."""
         for _, module in self.model.named_modules():
             for name, buf in list(module._buffers.items()):
                 if buf.dtype.kind == "f":
-                    module.set_buffer(name, self.comm.allreduce(buf, op="mean"))
+                    if buf.flags.c_contiguous:
+                        self.comm.allreduce(buf, op="mean", out=buf)
+                    else:
+                        module.update_buffer_(name, self.comm.allreduce(
+                            backend.xp_of(buf).ascontiguousarray(buf), op="mean"))
 
     def close(self) -> None:
         for remove in self._hook_removers:

@@ -46,7 +46,7 @@ def test_refused_with_every_reason_on_cpu():
     assert "CPU" in text and "fp16" in text and "dropout" in text, text
 
 
-def _train(comm, optimizer, graph, precision, rank=0, size=1, batches=None):
+def _train(comm, optimizer, graph, precision, rank=0, size=1, batches=None, between=None):
     import cupy as cp
 
     net = _net()
@@ -60,9 +60,11 @@ def _train(comm, optimizer, graph, precision, rank=0, size=1, batches=None):
         # size lr. A larger eps keeps such updates proportional to the gradient.
         model.optimizer.eps = 1e-2
     losses = []
-    for x, y in batches or _batches(rank, size):
+    for step, (x, y) in enumerate(batches or _batches(rank, size)):
         sums = model.train_step(cp.asarray(x), cp.asarray(y), BATCH * size)
         losses.append(float(sums["loss"]))
+        if between is not None:
+            between(model, step)
     state = {k: backend.to_numpy(v).copy() for k, v in net.state_dict().items()}
     return model, np.array(losses), state
 
@@ -114,6 +116,28 @@ def test_an_odd_batch_runs_eagerly_between_replays(exact_gpu):
     eager = _train(comm, "sgd", False, "fp32", batches=batches)
     model = graph[0]
     assert model._step_graphs.replays == STEPS - model._step_graphs.warmup - 1
+    np.testing.assert_allclose(graph[1], eager[1], rtol=2e-4)
+    for k in eager[2]:
+        np.testing.assert_allclose(graph[2][k], eager[2][k], rtol=2e-4, atol=2e-5, err_msg=k)
+
+
+@pytest.mark.gpu
+def test_buffers_averaged_in_place_or_replaced_between_replays(exact_gpu):
+    """Evaluation averages BN statistics between epochs (in place: the graph keeps them); code
+    that replaces a buffer with a new array makes the graphs recapture instead of writing into
+    memory the model no longer uses."""
+    def between(model, step):
+        if step == 4:
+            model.dp.average_buffers()
+        if step == 5:
+            bn = model.network[1]
+            bn.set_buffer("running_var", bn.running_var.copy())
+
+    comm = create_communicator("nccl", MPI.COMM_SELF)
+    graph = _train(comm, "sgd", True, "fp32", between=between)
+    eager = _train(comm, "sgd", False, "fp32", between=between)
+    graphs = graph[0]._step_graphs
+    assert graphs.recaptures == 1 and graphs.replays == 3  # steps 3-5; 6-7 warm up again
     np.testing.assert_allclose(graph[1], eager[1], rtol=2e-4)
     for k in eager[2]:
         np.testing.assert_allclose(graph[2][k], eager[2][k], rtol=2e-4, atol=2e-5, err_msg=k)
