@@ -3,7 +3,7 @@
 # start). Usage:  bash benchmarks/gpu_suite.sh SECTION...   (default: all)
 #   tests      GPU-marked tests, 1 process, then the MPI+GPU tests on 2 ranks
 #   conv       benchmarks/conv_bench.py (cuDNN path vs PyTorch, same process)
-#   step       ResNet-18 32px batch 128 fp32/TF32 step, 1 GPU, beside torch_ddp_bench.py
+#   step       ResNet-18 32px batch 128 fp32/TF32 step, 1 GPU (eager and CUDA graph), beside torch_ddp_bench.py
 #   profile    that step's kernels per step and GPU-busy vs wall, mpinet and torch (profile_step.py)
 #   allreduce  busbw per size: mpinet nccl + hierarchical (2 emulated nodes) beside raw NCCL
 #   scale      ResNet-50 and VGG-16, 224px, batch 64/GPU, bf16, on 1 and 2 GPUs, beside DDP
@@ -11,6 +11,7 @@
 #   tune       cuDNN autotuning on/off and fp32 vs bf16, 1 GPU, beside the anchor
 #   unet       U-Net on synthetic shapes-on-noise segmentation, IoU
 #   fmnist     ResNet-18 (CIFAR stem) on Fashion-MNIST, 2 GPUs, to >= 93% test accuracy
+#              (FMNIST_EXTRA=--cuda-graph to train with the step as a CUDA graph)
 # Output goes to stdout (the device command saves it under $OUT). Carried paths: .whl (cudnn-frontend, ml_dtypes wheels) and .device (anchor scripts, data).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -45,6 +46,7 @@ for s in $sections; do
   step)  # alternating, 3 runs each: host-bound steps vary by tens of percent between seconds
     for i in 1 2 3; do
       timeout 100 $MPIRUN -n 1 python3 benchmarks/train_bench.py --model resnet18 --batch 128 --size 32 --out "$OUT/step.jsonl" 2>&1
+      timeout 100 $MPIRUN -n 1 python3 benchmarks/train_bench.py --model resnet18 --batch 128 --size 32 --cuda-graph --out "$OUT/step.jsonl" 2>&1
       timeout 100 $MPIRUN -n 1 python3 $ANCHOR/torch_ddp_bench.py --model resnet18 --batch 128 --size 32 2>&1
     done
     ;;
@@ -63,9 +65,11 @@ for s in $sections; do
     timeout 200 $MPIRUN -n 2 python3 $ANCHOR/nccl_allreduce_bw.py 2>&1
     timeout 300 $MPIRUN -n 2 python3 benchmarks/allreduce_bw.py --impls nccl,hierarchical --emulate-nodes 2 2>&1
     ;;
-  scale)  # mpinet on 1 and 2 GPUs (efficiency, communication not hidden), then DDP on 1 and 2
+  scale)  # mpinet on 1 and 2 GPUs (efficiency, communication not hidden), then DDP on 1 and 2;
+    # ResNet-50 also with the step as a CUDA graph (VGG-16 has dropout: no graph)
     for m in resnet50 vgg16; do
       timeout 300 python3 benchmarks/scaling.py --gpus 2 --model $m --batch 64 --size 224 --precision bf16 --classes 1000 --steps 15 --repeats 6 --mpirun "$MPIRUN" --out "$OUT/scale.jsonl" 2>&1
+      [ $m = resnet50 ] && timeout 300 python3 benchmarks/scaling.py --gpus 2 --model $m --batch 64 --size 224 --precision bf16 --classes 1000 --steps 15 --repeats 6 --cuda-graph --mpirun "$MPIRUN" --out "$OUT/scale.jsonl" 2>&1
       for n in 1 2; do
         timeout 300 $MPIRUN -n $n python3 $ANCHOR/torch_ddp_bench.py --model $m --batch 64 --size 224 --amp bf16 --classes 1000 --steps 15 2>&1
       done
@@ -95,7 +99,7 @@ for s in $sections; do
     timeout 500 $MPIRUN -n 2 python3 -m mpinet.train --model resnet18 --dataset fashion-mnist \
       --data-dir .device/fashion-mnist --epochs ${FMNIST_EPOCHS:-8} --batch-size 128 --lr 0.1 --scale-lr \
       --schedule cosine --warmup-steps 100 --weight-decay 5e-4 --augment --precision bf16 \
-      --quiet --metrics "$OUT/fmnist.jsonl" 2>&1
+      ${FMNIST_EXTRA:-} --quiet --metrics "$OUT/fmnist.jsonl" 2>&1
     ;;
   *) echo "unknown section $s"; exit 2 ;;
   esac
