@@ -11,10 +11,12 @@ Why this shape:
     stream, and the cuDNN handle's stream is re-set only when the current CuPy stream changed.
   * Plans: by default the first plan cuDNN's heuristics (mode A, then FALLBACK) rank and can
     build. ``benchmark = True`` (or MPINET_CUDNN_BENCHMARK=1), like
-    ``torch.backends.cudnn.benchmark``, times up to ``max_benchmark_plans`` candidates once per
-    shape on the caller's arrays and keeps one that beats the heuristics' plan by 5%. Off by
-    default: on an H100 it gained 5-15% on a few shapes, but in one of three runs it kept a
-    weight-grad plan that then ran 3-5x slower than it had timed (cause not found yet).
+    ``torch.backends.cudnn.benchmark``, times up to ``max_benchmark_plans`` candidates of modes
+    A and B once per shape on the caller's arrays and keeps one that beats the heuristics' plan
+    by 5%, both as candidates and again as they will run (a candidate once timed fast and then
+    ran 3-5x slower in use; the second check turns such plans down). Off by default, like
+    PyTorch's: it costs tens of ms per shape at start. On an H200 it brought every row of
+    benchmarks/conv_bench.py to >= 0.9x PyTorch (the heuristics: 31 of 36).
   * ``allow_tf32`` (like ``torch.backends.cudnn.allow_tf32``, default True): float32 convolutions
     may run on TF32 tensor cores. Engines that down-convert inputs to half are never used, as in
     PyTorch.
