@@ -212,22 +212,31 @@ def _plan_heuristic(g, uid_of):
     return _finish(g, uid_of, g.get_workspace_size(), -1)
 
 
-def _time_plan(cp, g, pack, workspace, index, handle, start, stop):
-    """Median over 3 trials of 3 back-to-back runs of one plan, after 2 warm-up runs (ms), with
-    a workspace of the plan's own size, as it will run."""
-    ws = cp.empty(workspace + 1, dtype=cp.uint8)
-    ws_ptr = ws.data.ptr
+def _median_ms(cp, run, start, stop, trials):
+    """Median over ``trials`` of 3 back-to-back ``run()`` calls, after 2 warm-up calls: ms per
+    call, by CUDA events on the current stream."""
     for _ in range(2):
-        g._execute_plan_at_index(pack, ws_ptr, index, handle, [], [], [])
+        run()
     samples = []
-    for _ in range(3):
+    for _ in range(trials):
         start.record()
         for _ in range(3):
-            g._execute_plan_at_index(pack, ws_ptr, index, handle, [], [], [])
+            run()
         stop.record()
         stop.synchronize()
         samples.append(cp.cuda.get_elapsed_time(start, stop) / 3)
-    return sorted(samples)[1]
+    return sorted(samples)[trials // 2]
+
+
+def _time_plan(cp, g, pack, workspace, index, handle, start, stop):
+    """ms per run of candidate plan ``index`` of graph ``g`` (3 trials), with a workspace of the
+    plan's own size."""
+    ws = cp.empty(workspace + 1, dtype=cp.uint8)  # alive until the timing has run
+
+    def run():
+        g._execute_plan_at_index(pack, ws.data.ptr, index, handle, [], [], [])
+
+    return _median_ms(cp, run, start, stop, trials=3)
 
 
 def _plan_benchmarked(cp, g, uid_of, ptrs, handle, rebuild, device_id):
@@ -277,18 +286,9 @@ def _plan_benchmarked(cp, g, uid_of, ptrs, handle, rebuild, device_id):
 
 
 def _time_in_use(cp, plan, ptrs, handle, device_id, start, stop):
-    """Median ms of one run of ``plan`` through ``_execute`` (5 trials of 3 runs, 2 warm-up)."""
-    for _ in range(2):
-        _execute(cp, plan, ptrs, handle, device_id)
-    samples = []
-    for _ in range(5):
-        start.record()
-        for _ in range(3):
-            _execute(cp, plan, ptrs, handle, device_id)
-        stop.record()
-        stop.synchronize()
-        samples.append(cp.cuda.get_elapsed_time(start, stop) / 3)
-    return sorted(samples)[2]
+    """ms per run of ``plan`` through ``_execute``, exactly as training runs it (5 trials)."""
+    return _median_ms(cp, lambda: _execute(cp, plan, ptrs, handle, device_id), start, stop,
+                      trials=5)
 
 
 def _workspace(cp, nbytes: int, device_id: int):
