@@ -106,7 +106,7 @@ class StepGraphs:
         else:
             outputs = captured.replay(x, y)
         self.replays += 1
-        if self.comm is not None and hasattr(self.comm, "track_device_work"):
+        if self.comm is not None:
             self.comm.track_device_work(captured.done, f"CUDA-graph replay of the training "
                                                        f"step (replay {self.replays})")
         return outputs

@@ -249,6 +249,11 @@ class Communicator:
     def _before_abort(self) -> None:
         """Hook: release device-side resources (NCCL abort) before MPI_Abort."""
 
+    def track_device_work(self, done, what: str) -> None:
+        """Put device work that includes this communicator's collectives (a replayed CUDA graph
+        of the training step) under its watchdog; ``done`` is an event that fires when the work
+        has finished. Only device-side implementations have anything to watch."""
+
     # ---- the array collectives ----------------------------------------------------------------
 
     def iallreduce(self, x, op: str = "sum", out=None) -> Handle:

@@ -207,8 +207,6 @@ class NcclCommunicator(Communicator):
         self._lane.abort()
 
     def track_device_work(self, done, what: str) -> None:
-        """Put device work this communicator's collectives are part of (a replayed CUDA graph
-        of the training step) under the watchdog: ``done`` fires when it has finished."""
         if self._lane.nccl is not None:
             self._lane.track(done, OpInfo(self.name, what, self._tracker.seq, 0, "-"))
 
