@@ -101,8 +101,9 @@ def main():
                "gpus": comm.size, "device": str(be), "img_per_s": global_count * a.steps / dt,
                "ms_per_step": dt / a.steps * 1e3,
                "ms_per_step_windows": [round(w / a.steps * 1e3, 3) for w in windows]}
+        graph = " cuda-graph" if a.cuda_graph else ""
         print(f"mpinet {a.model} batch {a.batch}/gpu {a.size}px {a.precision} mode={a.dp_mode} "
-              f"comm={comm.name}{' cuda-graph' if a.cuda_graph else ''} gpus={comm.size}: {rec['img_per_s']:.0f} img/s, "
+              f"comm={comm.name}{graph} gpus={comm.size}: {rec['img_per_s']:.0f} img/s, "
               f"{rec['ms_per_step']:.2f} ms/step (median of {a.repeats} windows of {a.steps} "
               f"steps; min {min(windows) / a.steps * 1e3:.2f})", flush=True)
         if a.out:

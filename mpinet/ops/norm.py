@@ -252,8 +252,8 @@ def batch_norm(x, gamma, beta, running_mean, running_var, training: bool, moment
 
     x (N, C) or (N, C, H, W); gamma, beta (C,); running stats (C,) raw arrays. The new ones are
     returned: on the GPU's fused path they are the given arrays, updated in place; elsewhere new
-    arrays (the given ones unmodified). In eval mode the given ones come back. In training the running
-    stats may be None (no tracking): then None, None come back.
+    arrays (the given ones unmodified). In eval mode the given ones come back. In training the
+    running stats may be None (no tracking): then None, None come back.
     """
     if not training:
         if running_mean is None or running_var is None:
