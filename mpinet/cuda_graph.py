@@ -58,7 +58,8 @@ def check_capturable(model) -> None:
                         f"would reuse one random mask forever)")
     if problems:
         raise ValueError("cannot train with a CUDA graph of the step: " + "; ".join(problems)
-                         + ". Train without cuda_graph (--cuda-graph off) or change the above.")
+                         + ". Train without --cuda-graph (compile(cuda_graph=False)) or change "
+                           "the above.")
 
 
 class StepGraphs:
@@ -149,7 +150,7 @@ class _CapturedStep:
                 raise RuntimeError(
                     f"capturing the training step as a CUDA graph failed ({type(error).__name__}:"
                     f" {error}); the model's state may be inconsistent now: restart without "
-                    f"cuda_graph (--cuda-graph off)") from error
+                    f"--cuda-graph (compile(cuda_graph=False))") from error
             self.graph = self.stream.end_capture()
         self.outputs = outputs
         self.done = None
