@@ -17,8 +17,8 @@ not run code when loaded — nothing here unpickles):
     (``meta_sha256``, over the canonical JSON of everything else).
 
 Per-rank parts: the state is rank 0's, but some of it may differ between ranks — batch-norm
-running statistics (each rank normalises its own batches) and host RNG states (dropout's generator
-advances with the rank's batch shape). ``save`` compares every rank's ``model`` entries (by
+running statistics (each rank normalises its own batches) and RNG states (dropout's generator
+is seeded per rank). ``save`` compares every rank's ``model`` entries (by
 sha256) and ``rng`` with rank 0's and stores those that differ as per-rank overrides
 (``ranks/<r>/model/<name>`` tensors, ``per_rank`` in meta.json); ``load(path, rank=r)`` applies
 rank r's, so each rank resumes exactly where it stopped at the same world size.

@@ -15,15 +15,15 @@ How (the recipe of ``torch.cuda.graphs``, with CuPy):
     sums) are copied out after it, so the caller never holds graph memory.
   * What changes between steps lives in device memory that replays read: the optimizer's
     learning rate and bias corrections (``Optimizer.write_device_hyper`` before each replay),
-    batch norm's running statistics and counters (updated in place).
+    batch norm's running statistics and counters (updated in place), and the dropout
+    generators' call counters (advanced by a kernel, so each replay draws fresh masks).
   * The data-parallel allreduces started from the autograd hooks are captured too, on the NCCL
     stream (forked from the capture and joined back by events), so the graph keeps the overlap
     of communication with backprop. Each replay is put under the communicator's watchdog.
 
 What a graph cannot replay faithfully is refused up front by ``check_capturable`` with the
-reason: random dropout masks (one mask would repeat forever), fp16 loss scaling and compressed
-gradients (their overflow checks read values on the host), the "forward" data-parallel mode and
-host-staged (hierarchical, MPI) communicators.
+reason: fp16 loss scaling and compressed gradients (their overflow checks read values on the
+host), the "forward" data-parallel mode and host-staged (hierarchical, MPI) communicators.
 """
 from __future__ import annotations
 
@@ -36,8 +36,6 @@ DEFAULT_WARMUP = 3
 def check_capturable(model) -> None:
     """Raise ValueError naming what in this compiled ``mpinet.Model`` a CUDA graph of its
     training step could not replay correctly."""
-    from .nn.dropout import Dropout  # noqa: PLC0415
-
     problems = []
     if not backend.current().is_gpu:
         problems.append("the backend is the CPU (CUDA graphs need a GPU)")
@@ -51,11 +49,6 @@ def check_capturable(model) -> None:
     if model.comm.size > 1 and model.comm.name != "nccl":
         problems.append(f"the {model.comm.name!r} communicator (its host-staged transfers cannot "
                         f"be captured; use comm 'nccl')")
-    drop = [name or type(model.network).__name__ for name, m in model.network.named_modules()
-            if isinstance(m, Dropout) and m.p > 0]
-    if drop:
-        problems.append(f"dropout layers {drop[:3]}{'...' if len(drop) > 3 else ''} (a replay "
-                        f"would reuse one random mask forever)")
     if problems:
         raise ValueError("cannot train with a CUDA graph of the step: " + "; ".join(problems)
                          + ". Train without --cuda-graph (compile(cuda_graph=False)) or change "

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import sys
 import time
+import warnings
 
 import numpy as np
 
@@ -207,8 +208,15 @@ class Model:
 
     def _step_state_arrays(self) -> list:
         """The arrays a training step's state lives in (what a CUDA graph replays on)."""
-        arrays = [buf for _, m in self.network.named_modules() for buf in m._buffers.values()]
-        return arrays + [self.dp.flat.data, self.dp.flat.grad] + self.optimizer.device_state()
+        from .nn.dropout import Dropout  # noqa: PLC0415
+        from .ops.dropout import default_generator  # noqa: PLC0415
+
+        modules = [m for _, m in self.network.named_modules()]
+        arrays = [buf for m in modules for buf in m._buffers.values()]
+        generators = {id(g): g for g in (m.rng or default_generator() for m in modules
+                                        if isinstance(m, Dropout))}
+        return (arrays + [g.state for g in generators.values()]
+                + [self.dp.flat.data, self.dp.flat.grad] + self.optimizer.device_state())
 
     def _after_step(self) -> None:
         if self.schedule is not None:
@@ -496,17 +504,16 @@ class Model:
 
 
 def _rng_states() -> dict:
-    """This process's host RNG states that training draws from, as JSON-able data: the init
-    generator (layers built after a resume) and dropout's default host generator.
+    """This process's RNG states that training draws from, as JSON-able data: the init
+    generator (layers built after a resume) and dropout's default generator (on CPU or GPU).
 
-    Not captured: CuPy's global device generator (dropout on GPU with rng=None; curand state
-    cannot be read back) and generators passed to individual layers (``Dropout(rng=...)``).
+    Not captured: generators passed to individual layers (``Dropout(rng=...)``).
     """
     from .nn import init  # noqa: PLC0415
     from .ops import dropout  # noqa: PLC0415
 
     return {"init": init.generator().bit_generator.state,
-            "dropout": dropout._host_rng.bit_generator.state}
+            "dropout": dropout.default_generator().get_state()}
 
 
 def _set_rng_states(states: dict) -> None:
@@ -517,7 +524,12 @@ def _set_rng_states(states: dict) -> None:
     if "init" in states:
         init.generator().bit_generator.state = states["init"]
     if "dropout" in states:
-        dropout._host_rng.bit_generator.state = states["dropout"]
+        if "calls" in states["dropout"]:
+            dropout.default_generator().set_state(states["dropout"])
+        else:  # a NumPy generator's state, written before dropout masks were counter-based
+            warnings.warn("checkpoint: the dropout generator state is from an older mpinet and "
+                          "was not restored; dropout masks after this resume differ from an "
+                          "uninterrupted run's", stacklevel=2)
 
 
 __all__ = ["Model", "History", "Callback"]

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import backend
-from .keyed_random import keyed_bits, keyed_uniform
+from ..keyed_random import keyed_bits, keyed_uniform
 
 AUGMENT_STREAM = 0x4155474D  # "AUGM": keeps these draws apart from the shuffle of the same seed
 _CROP_Y, _CROP_X, _FLIP = 0, 1, 2

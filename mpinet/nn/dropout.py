@@ -8,14 +8,17 @@ from .module import Module
 class Dropout(Module):
     """Inverted dropout with probability ``p``.
 
-    ``rng``: a NumPy Generator (mask drawn on the host, reproducible across CPU and GPU), a
-    device generator, or None for mpinet.ops.dropout's default generators (see that module).
+    ``rng``: an ``mpinet.ops.dropout.DropoutGenerator`` of its own, or None for that module's
+    default generator (seeded by ``mpinet.nn.init.manual_seed`` and saved in checkpoints).
     """
 
     def __init__(self, p: float = 0.5, rng=None):
         super().__init__()
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"Dropout: p must be a probability in [0, 1], got {p}")
+        if rng is not None and not isinstance(rng, dropout_ops.DropoutGenerator):
+            raise TypeError(f"Dropout: rng must be an mpinet.ops.dropout.DropoutGenerator or "
+                            f"None, got {type(rng).__name__}")
         self.p, self.rng = p, rng
 
     def forward(self, x):

@@ -18,7 +18,7 @@ _rng = np.random.default_rng(0)
 
 
 def manual_seed(seed: int) -> None:
-    """Reseed the generator layers draw initial weights from, and dropout's host generator."""
+    """Reseed the generator layers draw initial weights from, and dropout's default generator."""
     global _rng
     _rng = np.random.default_rng(seed)
     from ..ops import dropout  # noqa: PLC0415 - ops import nn.init's siblings, not the reverse

@@ -27,9 +27,10 @@ def dataset():
     return ArrayDataset(x, y, num_classes=CLASSES, name="tiny")
 
 
-def build_model(comm=None, dropout: float = 0.2):
-    """A seeded MLP with batch norm (running statistics) and dropout (host RNG), SGD+momentum
-    and a warmup-then-cosine schedule, so every part of the training state matters."""
+def build_model(comm=None, dropout: float = 0.2, cuda_graph: bool = False):
+    """A seeded MLP with batch norm (running statistics) and dropout (its generator's state),
+    SGD+momentum and a warmup-then-cosine schedule, so every part of the training state
+    matters."""
     from mpinet import Model
     from mpinet.models import build_model as build
     from mpinet.nn import init
@@ -43,7 +44,8 @@ def build_model(comm=None, dropout: float = 0.2):
     model = Model(net, comm)
     model.compile("sgd", lr=0.05, momentum=0.9, weight_decay=1e-4,
                   schedule=lambda opt: build_schedule("cosine", opt, total_steps=60,
-                                                      warmup_steps=5))
+                                                      warmup_steps=5),
+                  cuda_graph=cuda_graph)
     return model
 
 

@@ -1,9 +1,10 @@
 """GPU: checkpoints of CuPy state (copied to the host on save, NumPy on load) and a resumed
-training run on the GPU that continues where it stopped.
+training run on the GPU that continues where it stopped, eagerly and with the step as a CUDA
+graph, with dropout (the device generator's state is saved and restored: a resume that drew
+other masks would not match).
 
-On GPU the resumed run is compared with a tolerance, not bit for bit: the model here has no
-dropout (CuPy's device generator state cannot be saved; see mpinet.model._rng_states), and GPU
-reductions need not repeat bit for bit between processes.
+The resumed run is compared with a tolerance, not bit for bit: GPU reductions need not repeat
+bit for bit between processes.
 """
 from __future__ import annotations
 
@@ -33,19 +34,22 @@ def test_cupy_state_round_trip(tmp_path):
         np.testing.assert_array_equal(loaded["optimizer"]["tensors"][k], v, err_msg=k)
 
 
-def test_resume_on_gpu_continues_the_run(tmp_path):
+@pytest.mark.parametrize("cuda_graph", [False, True])
+def test_resume_on_gpu_continues_the_run(tmp_path, cuda_graph):
     backend.select_device(device="gpu")
-    fit = dict(epochs=2, batch_size=4, verbose=False, log_every=1)
-    straight = build_model(dropout=0.0)
+    fit = dict(epochs=3, batch_size=4, verbose=False, log_every=1)
+    straight = build_model(cuda_graph=cuda_graph)
     straight.fit(dataset(), **fit)
 
-    first = build_model(dropout=0.0)
-    first.fit(dataset(), epochs=1, batch_size=4, verbose=False, log_every=1,
-              checkpoint_dir=str(tmp_path), checkpoint_every=5)
-    path = checkpoint.latest(tmp_path)
-    assert path is not None
-    resumed = build_model(dropout=0.0)
-    resumed.fit(dataset(), resume=path, **fit)
+    first = build_model(cuda_graph=cuda_graph)
+    first.fit(dataset(), epochs=2, batch_size=4, verbose=False, log_every=1,
+              checkpoint_dir=str(tmp_path), checkpoint_every=17, keep_checkpoints=10)
+    path = tmp_path / "ckpt-17"  # mid-epoch 2 (12 steps an epoch), after graphs were replayed
+    assert checkpoint.load(path)["global_step"] == 17
+    if cuda_graph:
+        assert first._step_graphs.replays > 0
+    resumed = build_model(cuda_graph=cuda_graph)
+    resumed.fit(dataset(), resume=str(path), **fit)
     assert resumed.global_step == straight.global_step
     a, b = weights(straight), weights(resumed)
     for k in a:

@@ -93,8 +93,8 @@ def test_resume_is_bitwise_identical_mpi(mpi_tmp_path):
 
 
 def test_the_check_can_fail_without_rng_state(tmp_path):
-    """Dropout draws from a host generator: resuming without its state must give other
-    weights, so the bitwise test above really covers the RNG part of the state."""
+    """Resuming without dropout's generator state must give other weights, so the bitwise
+    test above really covers the RNG part of the state."""
     from ckpt_helpers import LocalComm
 
     straight = _straight()

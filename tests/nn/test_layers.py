@@ -148,7 +148,9 @@ def test_batchnorm_half_input_keeps_fp32_statistics():
 
 # ---- dropout, flatten, identity -------------------------------------------------------------
 def test_dropout_layer_follows_training_mode():
-    layer = nn.Dropout(0.5, rng=np.random.default_rng(0))
+    from mpinet.ops.dropout import DropoutGenerator
+
+    layer = nn.Dropout(0.5, rng=DropoutGenerator(0))
     x = Variable(np.ones((50, 50), np.float32))
     y = layer(x).data
     assert set(np.unique(y)) == {0.0, 2.0}
@@ -156,6 +158,8 @@ def test_dropout_layer_follows_training_mode():
     assert layer(x) is x
     with pytest.raises(ValueError, match="got -0.1"):
         nn.Dropout(-0.1)
+    with pytest.raises(TypeError, match="DropoutGenerator or None, got Generator"):
+        nn.Dropout(0.5, rng=np.random.default_rng(0))
 
 
 def test_flatten_and_identity():
