@@ -6,7 +6,7 @@
 #   step       ResNet-18 32px batch 128 fp32/TF32 step, 1 GPU (eager and CUDA graph), beside torch_ddp_bench.py
 #   profile    that step's kernels per step and GPU-busy vs wall, mpinet and torch (profile_step.py)
 #   allreduce  busbw per size: mpinet nccl + hierarchical (2 emulated nodes) beside raw NCCL
-#   scale      ResNet-50 and VGG-16, 224px, batch 64/GPU, bf16, on 1 and 2 GPUs, beside DDP
+#   scale      ResNet-50 and VGG-16, 224px, batch 64/GPU, bf16, on 1, 2, 4 ... all GPUs, beside DDP
 #   modes      DataParallel backward / forward / sync on 2 GPUs (which overlap is faster)
 #   tune       cuDNN autotuning on/off and fp32 vs bf16, 1 GPU, beside the anchor
 #   unet       U-Net on synthetic shapes-on-noise segmentation, IoU
@@ -65,13 +65,16 @@ for s in $sections; do
     timeout 200 $MPIRUN -n 2 python3 $ANCHOR/nccl_allreduce_bw.py 2>&1
     timeout 300 $MPIRUN -n 2 python3 benchmarks/allreduce_bw.py --impls nccl,hierarchical --emulate-nodes 2 2>&1
     ;;
-  scale)  # mpinet on 1 and 2 GPUs (efficiency, communication not hidden), then DDP on 1 and 2;
-    # ResNet-50 also with the step as a CUDA graph (VGG-16 has dropout: no graph)
-    for m in resnet50 vgg16; do
-      timeout 300 python3 benchmarks/scaling.py --gpus 2 --model $m --batch 64 --size 224 --precision bf16 --classes 1000 --steps 15 --repeats 6 --mpirun "$MPIRUN" --out "$OUT/scale.jsonl" 2>&1
-      [ $m = resnet50 ] && timeout 300 python3 benchmarks/scaling.py --gpus 2 --model $m --batch 64 --size 224 --precision bf16 --classes 1000 --steps 15 --repeats 6 --cuda-graph --mpirun "$MPIRUN" --out "$OUT/scale.jsonl" 2>&1
-      for n in 1 2; do
-        timeout 300 $MPIRUN -n $n python3 $ANCHOR/torch_ddp_bench.py --model $m --batch 64 --size 224 --amp bf16 --classes 1000 --steps 15 2>&1
+  scale)  # mpinet eager and with the step as a CUDA graph on 1, 2, 4 ... all GPUs (efficiency,
+    # communication not hidden), then DDP on the same world sizes. SCALE_MODELS picks models.
+    gpus=$(nvidia-smi -L | wc -l)
+    sizes=$(python3 -c "n=$gpus; print(*sorted({1, n} | {2**k for k in range(1, 8) if 2**k < n}))")
+    for m in ${SCALE_MODELS:-resnet50 vgg16}; do
+      for graph in "" --cuda-graph; do
+        timeout 400 python3 benchmarks/scaling.py --gpus $gpus --model $m --batch 64 --size 224 --precision bf16 --classes 1000 --steps 10 --repeats 3 $graph --mpirun "$MPIRUN" --out "$OUT/scale.jsonl" 2>&1
+      done
+      for n in $sizes; do
+        timeout 300 $MPIRUN -n $n python3 $ANCHOR/torch_ddp_bench.py --model $m --batch 64 --size 224 --amp bf16 --classes 1000 --steps 10 2>&1
       done
     done
     ;;

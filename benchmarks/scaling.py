@@ -1,5 +1,5 @@
-"""Scaling benchmark: the same per-GPU batch on 1 and N ranks; prints img/s, scaling efficiency
-and the communication time per step that compute did not hide.
+"""Scaling benchmark: the same per-GPU batch on 1, 2, 4, ... and N ranks; prints img/s, scaling
+efficiency and the communication time per step that compute did not hide, for each world size.
 
     python3 benchmarks/scaling.py --gpus 2 --model resnet50 --batch 64 --size 224 --precision bf16 \
         --mpirun "mpirun --allow-run-as-root --bind-to none -x NCCL_NVLS_ENABLE -x PYTHONPATH"
@@ -26,7 +26,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--gpus", type=int, default=2, help="N: the largest world size")
+    p.add_argument("--gpus", type=int, default=2,
+                   help="N: the largest world size (1, the powers of two below N, and N run)")
     p.add_argument("--mpirun", default="mpiexec", help="launcher command (before -n)")
     p.add_argument("--out", default=None, help="append the runs' JSON lines here too")
     args, bench_args = p.parse_known_args()
@@ -35,7 +36,8 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         results = os.path.join(tmp, "runs.jsonl")
-        for n in (1, args.gpus):
+        sizes = sorted({1, args.gpus} | {2 ** k for k in range(1, 16) if 2 ** k < args.gpus})
+        for n in sizes:
             cmd = shlex.split(args.mpirun) + ["-n", str(n), sys.executable,
                                               os.path.join(HERE, "train_bench.py"),
                                               "--out", results] + bench_args
@@ -48,17 +50,20 @@ def main() -> int:
         with open(results) as f:
             runs = [json.loads(line) for line in f if line.strip()]
     one = next(r for r in runs if r["gpus"] == 1)
-    many = next(r for r in runs if r["gpus"] == args.gpus)
-    efficiency = many["img_per_s"] / (args.gpus * one["img_per_s"])
-    exposed = (many["ms_per_step"] - one["ms_per_step"]) / many["ms_per_step"]
     print(f"scaling {one['model']} batch {one['batch_per_gpu']}/gpu {one['precision']}: "
-          f"1 rank {one['img_per_s']:.0f} img/s ({one['ms_per_step']:.2f} ms/step), "
-          f"{args.gpus} ranks {many['img_per_s']:.0f} img/s ({many['ms_per_step']:.2f} ms/step); "
-          f"efficiency {efficiency:.1%}; communication not hidden {exposed:.1%} of the step")
+          f"1 rank {one['img_per_s']:.0f} img/s ({one['ms_per_step']:.2f} ms/step)")
+    records = [dict(one, efficiency=1.0)]
+    for n in sizes[1:]:
+        many = next(r for r in runs if r["gpus"] == n)
+        efficiency = many["img_per_s"] / (n * one["img_per_s"])
+        exposed = (many["ms_per_step"] - one["ms_per_step"]) / many["ms_per_step"]
+        print(f"  {n} ranks {many['img_per_s']:.0f} img/s ({many['ms_per_step']:.2f} ms/step); "
+              f"efficiency {efficiency:.1%}; communication not hidden {exposed:.1%} of the step")
+        records.append(dict(many, efficiency=efficiency))
     if args.out:
         with open(args.out, "a") as f:
-            for r in (one, many):
-                f.write(json.dumps(dict(r, efficiency=efficiency if r is many else 1.0)) + "\n")
+            for r in records:
+                f.write(json.dumps(r) + "\n")
     return 0
 
 
