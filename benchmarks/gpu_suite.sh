@@ -5,7 +5,7 @@
 #   conv       benchmarks/conv_bench.py (cuDNN path vs PyTorch, same process)
 #   step       ResNet-18 32px batch 128 fp32/TF32 step, 1 GPU (eager and CUDA graph), beside torch_ddp_bench.py
 #   profile    that step's kernels per step and GPU-busy vs wall, mpinet and torch (profile_step.py)
-#   allreduce  busbw per size: mpinet nccl + hierarchical (2 emulated nodes) beside raw NCCL
+#   allreduce  busbw per size on all GPUs: mpinet nccl + hierarchical (2 emulated nodes) beside raw NCCL
 #   scale      ResNet-50 and VGG-16, 224px, batch 64/GPU, bf16, on 1, 2, 4 ... all GPUs, beside DDP
 #   modes      DataParallel backward / forward / sync on 2 GPUs (which overlap is faster)
 #   tune       cuDNN autotuning on/off and fp32 vs bf16, 1 GPU, beside the anchor
@@ -62,8 +62,9 @@ for s in $sections; do
     timeout 200 python3 benchmarks/profile_step.py --framework torch 2>&1
     ;;
   allreduce)
-    timeout 200 $MPIRUN -n 2 python3 $ANCHOR/nccl_allreduce_bw.py 2>&1
-    timeout 300 $MPIRUN -n 2 python3 benchmarks/allreduce_bw.py --impls nccl,hierarchical --emulate-nodes 2 2>&1
+    gpus=$(nvidia-smi -L | wc -l)  # all GPUs; hierarchical as 2 emulated nodes of gpus/2 each
+    timeout 200 $MPIRUN -n $gpus python3 $ANCHOR/nccl_allreduce_bw.py 2>&1
+    timeout 300 $MPIRUN -n $gpus python3 benchmarks/allreduce_bw.py --impls nccl,hierarchical --emulate-nodes 2 2>&1
     ;;
   scale)  # mpinet eager and with the step as a CUDA graph on 1, 2, 4 ... all GPUs (efficiency,
     # communication not hidden), then DDP on the same world sizes. SCALE_MODELS picks models.

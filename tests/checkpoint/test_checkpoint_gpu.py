@@ -35,8 +35,14 @@ def test_cupy_state_round_trip(tmp_path):
 
 
 @pytest.mark.parametrize("cuda_graph", [False, True])
-def test_resume_on_gpu_continues_the_run(tmp_path, cuda_graph):
+def test_resume_on_gpu_continues_the_run(tmp_path, cuda_graph, monkeypatch):
+    from mpinet.ops.cuda import cudnn_conv
+
     backend.select_device(device="gpu")
+    # Full float32 in cuDNN: with graphs, Linear runs through cuDNN inside a capture and cuBLAS
+    # in the eager steps, and the resumed run's eager warm-up falls on steps that the straight
+    # run replayed; TF32 there differed by ~1e-3 relative (seen on an H200).
+    monkeypatch.setattr(cudnn_conv, "allow_tf32", False)
     fit = dict(epochs=3, batch_size=4, verbose=False, log_every=1)
     straight = build_model(cuda_graph=cuda_graph)
     straight.fit(dataset(), **fit)
