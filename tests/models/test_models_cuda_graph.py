@@ -8,12 +8,13 @@ differs between two eager runs too: kernels that sum with atomics (some cuDNN we
 plans), which deep batch-norm networks on random data amplify a lot (on the CPU a 1e-6
 perturbation of the weights changed ResNet-34's loss by 1% and single batch-norm parameters'
 6-step change by 50%). So each model also trains eagerly a second time, and the graph run may
-differ from the first eager run by at most 10x what the second one does (plus rounding), in
+differ from the first eager run by at most 10x what the second one does (plus 1e-3), in
 the losses and in the weight change of the whole network; that noise must itself stay under
 5%, or the comparison would prove nothing (hence the CIFAR stem for the deep ResNets here:
 with the ImageNet stem their last blocks normalise 1x1 maps of 8 samples, and the loss of a
-rerun moved by 14% on an H200). A stale replay (input, dropout mask, statistics) or a missing
-update moves the losses by tens of percent.
+rerun moved by 14% on an H200; with the CIFAR stem, batch 8 and 6 steps ResNet-50's rerun still
+differed by 5.1%, so the runs are 5 steps of batch 16). A stale replay (input, dropout mask,
+statistics) or a missing update changes the weights by tens of percent.
 """
 import numpy as np
 import pytest
@@ -26,7 +27,7 @@ from mpinet.nn import init
 
 from test_models_forward import SMALL
 
-STEPS, BATCH = 6, 8
+STEPS, BATCH = 5, 16  # 3 eager steps, then the capture and 2 more replays
 CASES = [(name, dict(opts, stem="cifar") if name in ("resnet34", "resnet50") else opts)
          for name, opts, _ in SMALL]
 pytestmark = pytest.mark.gpu
@@ -97,5 +98,5 @@ def test_zoo_model_replays_equal_eager_steps(name, opts, monkeypatch):
     print(f"{name}: loss error {loss_error:.1e} (eager rerun {loss_noise:.1e}); weight-change "
           f"error {error:.1e} (eager rerun {noise:.1e})")
     assert loss_noise < 0.05 and noise < 0.05, f"{name}: two eager runs differ too much to judge"
-    assert loss_error <= 10 * loss_noise + 1e-5, (graph_losses, eager_losses, again_losses)
-    assert error <= 10 * noise + 1e-4, f"{name}: replayed steps changed the weights differently"
+    assert loss_error <= 10 * loss_noise + 1e-3, (graph_losses, eager_losses, again_losses)
+    assert error <= 10 * noise + 1e-3, f"{name}: replayed steps changed the weights differently"
