@@ -63,9 +63,12 @@ def plot_scaling(records: list[dict], out: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
+    def series(r):  # one line per model and step mode
+        return r.get("model", "") + (" (CUDA graph)" if r.get("cuda_graph") else "")
+
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    for name in sorted({r.get("model", "") for r in records}):
-        rs = sorted((r for r in records if r.get("model", "") == name), key=lambda r: r["gpus"])
+    for name in sorted({series(r) for r in records}):
+        rs = sorted((r for r in records if series(r) == name), key=lambda r: r["gpus"])
         base = next((r["img_per_s"] for r in rs if r["gpus"] == 1), None)
         gpus = [r["gpus"] for r in rs]
         ax1.plot(gpus, [r["img_per_s"] for r in rs], "o-", label=name or "run")
@@ -75,6 +78,7 @@ def plot_scaling(records: list[dict], out: str) -> None:
     ax1.set(xlabel="GPUs", ylabel="img/s", title="throughput")
     ax2.set(xlabel="GPUs", ylabel="efficiency", title="scaling efficiency", ylim=(0, 1.1))
     for ax in (ax1, ax2):
+        ax.set_xticks(sorted({r["gpus"] for r in records}))
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
