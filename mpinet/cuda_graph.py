@@ -23,7 +23,8 @@ How (the recipe of ``torch.cuda.graphs``, with CuPy):
 
 What a graph cannot replay faithfully is refused up front by ``check_capturable`` with the
 reason: fp16 loss scaling and compressed gradients (their overflow checks read values on the
-host), the "forward" data-parallel mode and host-staged (hierarchical, MPI) communicators.
+host), SyncBatchNorm (it reads the global count on the host), the "forward" data-parallel mode
+and host-staged (hierarchical, MPI) communicators.
 """
 from __future__ import annotations
 
@@ -49,6 +50,12 @@ def check_capturable(model) -> None:
     if model.comm.size > 1 and model.comm.name != "nccl":
         problems.append(f"the {model.comm.name!r} communicator (its host-staged transfers cannot "
                         f"be captured; use comm 'nccl')")
+    from .parallel.sync_batchnorm import SyncBatchNorm  # noqa: PLC0415
+
+    sync = [name for name, m in model.network.named_modules() if isinstance(m, SyncBatchNorm)]
+    if sync:
+        problems.append(f"SyncBatchNorm layers {sync[:3]}{'...' if len(sync) > 3 else ''} (they "
+                        f"read the global value count on the host every step)")
     if problems:
         raise ValueError("cannot train with a CUDA graph of the step: " + "; ".join(problems)
                          + ". Train without --cuda-graph (compile(cuda_graph=False)) or change "

@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="batch statistics over all ranks")
     g.add_argument("--cuda-graph", action="store_true", default=None,
                    help="GPU: replay each training step as one CUDA graph after a few eager "
-                        "steps (fp32/bf16, comm nccl; refused otherwise)")
+                        "steps (fp32/bf16, comm nccl, no --sync-batchnorm; refused otherwise)")
     g = p.add_argument_group("checkpoints and output")
     g.add_argument("--checkpoint-dir")
     g.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (0: per epoch)")

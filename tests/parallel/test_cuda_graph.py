@@ -39,12 +39,15 @@ def _batches(rank=0, size=1, steps=STEPS, batch=BATCH):
 
 
 def test_refused_with_every_reason_on_cpu():
+    from mpinet.parallel.sync_batchnorm import convert_sync_batchnorm
+
     backend.use_cpu()
-    model = Model(_net(dropout=0.5), create_communicator("mpi", MPI.COMM_SELF))
+    comm = create_communicator("mpi", MPI.COMM_SELF)
+    model = Model(convert_sync_batchnorm(_net(dropout=0.5), comm), comm)
     with pytest.raises(ValueError) as err:
         model.compile("sgd", lr=0.1, precision="fp16", cuda_graph=True)
     text = str(err.value)
-    assert "CPU" in text and "fp16" in text, text
+    assert "CPU" in text and "fp16" in text and "SyncBatchNorm layers ['1']" in text, text
     assert "dropout" not in text  # masks come from a device counter: capturable
 
 
