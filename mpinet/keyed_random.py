@@ -4,9 +4,11 @@ Why not a NumPy Generator: the sample order and the augmentation of a sample mus
 on every rank, at every world size, after a resume, with or without a prefetch thread running
 ahead, and across NumPy versions. Hashing the key with the sample index gives exactly that, with
 no running state to save (the "state" is the seed). Dropout masks use the same function
-(mpinet.ops.dropout), computed by a CUDA kernel on the GPU with the same bits as here. The mixer is splitmix64's finalizer (Steele,
-Lea, Flood, "Fast splittable pseudorandom number generators", 2014; Java's SplittableRandom), a
-strong 64-bit avalanche hash: plenty for shuffling and augmentation, not for cryptography.
+(mpinet.ops.dropout), computed by a CUDA kernel on the GPU with the same bits as here.
+
+The mixer is splitmix64's finalizer (Steele, Lea, Flood, "Fast splittable pseudorandom number
+generators", 2014; Java's SplittableRandom), a strong 64-bit avalanche hash: plenty for
+shuffling, augmentation and dropout, not for cryptography.
 """
 from __future__ import annotations
 

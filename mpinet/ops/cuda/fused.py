@@ -193,7 +193,7 @@ def dropout(x, state, threshold: int, scale: float):
             "typedef mpn_acc<X>::type A; "
             "unsigned long long key = mpn_splitmix64(mpn_splitmix64(state[0]) ^ state[1]); "
             "unsigned long long bits = mpn_splitmix64(key ^ (unsigned long long)i); "
-            "mpn_put(mask, (bits >> 40) >= threshold ? A(scale) : A(0)); "
+            "mpn_put(mask, (bits >> 40) >= threshold ? A(scale) : A(0)); "  # top 24 bits
             "mpn_put(y, mpn_ld<A>(x) * mpn_ld<A>(mask));",  # the rounded mask, as backward uses
             name="mpinet_dropout", preamble=_PREAMBLE + _SPLITMIX)
         _kernels["dropout_advance"] = cp.ElementwiseKernel(
