@@ -25,7 +25,7 @@ from mpinet.comm import create_communicator
 from mpinet.models import build_model
 from mpinet.nn import init
 
-from test_models_forward import SMALL
+from zoo_cases import SMALL
 
 STEPS, BATCH = 5, 16  # 3 eager steps, then the capture and 2 more replays
 CASES = [(name, dict(opts, stem="cifar") if name in ("resnet34", "resnet50") else opts)
