@@ -17,17 +17,21 @@ class SyncBatchNorm(Module):
         super().__init__()
         self.comm = comm
         self.num_features, self.eps, self.momentum = bn.num_features, bn.eps, bn.momentum
+        self.fuse_relu = bn.fuse_relu  # outputs max(BN(x), 0), as the layer it replaces
         self.weight, self.bias = bn.weight, bn.bias
         for name, buf in bn._buffers.items():
             self.register_buffer(name, buf)
 
     def extra_repr(self) -> str:
-        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, ranks={self.comm.size}"
+        fused = ", fuse_relu=True" if self.fuse_relu else ""
+        return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}{fused}, "
+                f"ranks={self.comm.size}")
 
     def forward(self, x):
         if not self.training:
             y, _, _ = norm.batch_norm(x, self.weight, self.bias, self.running_mean,
-                                      self.running_var, training=False, eps=self.eps)
+                                      self.running_var, training=False, eps=self.eps,
+                                      relu=self.fuse_relu)
             return y
         xp = backend.xp_of(x.data)
         shift = self.running_mean
@@ -43,7 +47,7 @@ class SyncBatchNorm(Module):
             return self.comm.allreduce(xp.ascontiguousarray(local), op="sum")
 
         y = norm.batch_norm_from_stats(x, self.weight, self.bias, mean, var, n, self.eps,
-                                       reduce_grads=reduce_grads)
+                                       reduce_grads=reduce_grads, relu=self.fuse_relu)
         new_mean, new_var = norm.update_running_stats(self.running_mean, self.running_var,
                                                       mean, var, n, self.momentum)
         self.update_buffer_("running_mean", new_mean)

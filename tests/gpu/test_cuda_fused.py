@@ -177,6 +177,25 @@ def test_batch_norm_train_and_backward(cp, fused, dtname, shape, offset):
            * gamma64.reshape(pshape) + beta64.reshape(pshape), dtname, scale=1.0,
            what="batch_norm_infer", factor=loose)
 
+    # ReLU fused in: exactly the separate relu kernel's values and mask, both kernel families;
+    # the layer's batch counter is incremented by the same launch.
+    batches = cp.asarray(np.int64(41))
+    y_r, *_ = fused.batch_norm_train(x, gamma, beta, eps, relu=True, num_batches_tracked=batches)
+    assert int(batches) == 42
+    other = cp.zeros((1,), cp.int32)  # not the kernel's int64: counted outside the kernel
+    fused.batch_norm_train(x, gamma, beta, eps, num_batches_tracked=other)
+    assert int(other[0]) == 1
+    np.testing.assert_array_equal(_host(y_r), _host(fused.relu(y)))
+    assert (_host(y_r) == 0).mean() > 0.2
+    gx_r, gg_r, gb_r = fused.batch_norm_backward(x, gy, gamma, mean, invstd, relu_y=y_r)
+    gx_m, gg_m, gb_m = fused.batch_norm_backward(x, fused.relu_backward(y_r, gy), gamma, mean,
+                                                 invstd)
+    for got, want in ((gx_r, gx_m), (gg_r, gg_m), (gb_r, gb_m)):
+        np.testing.assert_array_equal(_host(got), _host(want))
+    np.testing.assert_array_equal(
+        _host(fused.batch_norm_infer(x, gamma, beta, rm, rv, eps, relu=True)),
+        _host(fused.relu(y_inf)))
+
 
 def test_batch_norm_bad_shapes(cp, fused):
     x = cp.zeros((4, 3, 2, 2), dtype=cp.float32)
@@ -339,6 +358,8 @@ def test_vector_elementwise_kernels(cp, fused, dtname, shape):
         _close(got, want, dtname, what=f"add_channel_bias_ {shape}")
         z, z64 = _gpu(cp, rng.standard_normal(shape), dtname)
         _close(fused.add(x, z), _host(x) + z64, dtname, what=f"add {shape}")
+        np.testing.assert_array_equal(_host(fused.add_relu(x, z)),
+                                      _host(fused.relu(fused.add(x, z))))
         s = fused.channel_sum(x)
         assert s.dtype == x.dtype and s.shape == (shape[1],)
         want_s = _host(x).sum(axis=(0, 2, 3))

@@ -119,6 +119,25 @@ def test_batchnorm2d_train_updates_buffers_and_eval_uses_them():
     assert int(bn.num_batches_tracked) == 1
 
 
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_batchnorm_fuse_relu_equals_batchnorm_then_relu(momentum):
+    fused, plain = nn.BatchNorm2d(3, momentum=momentum, fuse_relu=True), nn.BatchNorm2d(3, momentum=momentum)
+    assert list(fused.state_dict()) == list(plain.state_dict())
+    assert "fuse_relu=True" in repr(fused) and "fuse_relu" not in repr(plain)
+    for step in range(2):
+        x = _x(4, 3, 5, 5, seed=step)
+        y = fused(x)
+        y.sum().backward()
+        want = nn.ReLU()(plain(x))
+        np.testing.assert_array_equal(y.data, want.data)
+        assert (y.data == 0).mean() > 0.2
+    for name, buf in plain.state_dict().items():
+        np.testing.assert_array_equal(fused.state_dict()[name], buf, err_msg=name)
+    assert int(fused.num_batches_tracked) == 2
+    fused.eval(), plain.eval()
+    np.testing.assert_array_equal(fused(x).data, nn.ReLU()(plain(x)).data)
+
+
 def test_batchnorm_momentum_none_is_a_cumulative_average():
     bn = nn.BatchNorm1d(2, momentum=None)
     batches = [_x(8, 2, seed=s) for s in range(3)]

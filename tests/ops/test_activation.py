@@ -98,6 +98,23 @@ def test_normal_cdf_matches_math_erfc_including_the_far_tail():
     np.testing.assert_allclose(got32[tail], want32[tail], rtol=3e-5)
 
 
+def _add_relu_operands(shape):
+    """(a, b) with |a + b| >= 0.05 everywhere: no numerical gradient straddles the kink."""
+    a = _away_from_zero(shape)
+    return a, rng.uniform(-0.05, 0.05, shape)
+
+
+def test_add_relu_forward_and_backward():
+    a, b = _add_relu_operands((3, 4, 5))
+    check_forward(A.add_relu, lambda a, b: np.maximum(a + b, 0), [a, b], atol=0, rtol=0)
+    check_backward(A.add_relu, [a, b])
+
+
+def test_add_relu_refuses_broadcasting_by_name():
+    with pytest.raises(ValueError, match=r"add_relu: .*\(2, 3\).*\(3,\).*relu\(a \+ b\)"):
+        A.add_relu(np.ones((2, 3)), np.ones(3))
+
+
 def test_half_precision_inputs_are_computed_in_float32():
     x = np.linspace(-6, 6, 49).astype(np.float16)
     for fn in (A.gelu, A.sigmoid, A.softmax, A.log_softmax):
@@ -113,6 +130,13 @@ def test_half_precision_inputs_are_computed_in_float32():
 def test_elementwise_gpu_matches_cpu(name, dtype):
     x = _away_from_zero((8, 16, 6, 6)).astype(dtype)
     check_gpu_matches_cpu(CASES[name][0], [x], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_add_relu_gpu_matches_cpu(dtype):
+    a, b = (v.astype(dtype) for v in _add_relu_operands((8, 16, 6, 6)))
+    check_gpu_matches_cpu(A.add_relu, [a, b], atol=1e-6, rtol=1e-6)
 
 
 @pytest.mark.gpu

@@ -55,6 +55,40 @@ def test_eval_uses_running_stats_forward_and_backward(shape):
     check_backward(fn, [x, g, b])
 
 
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("training", [True, False])
+def test_fused_relu_equals_batch_norm_then_relu(shape, training):
+    """relu=True: forward max(BN(x), 0), backward through the mask, in training and eval."""
+    x = rng.standard_normal(shape) * 2 + 1
+    g, b = _params(shape[1])
+    rm, rv = rng.standard_normal(shape[1]), rng.uniform(0.5, 2.0, shape[1])
+
+    def fn(x, g, b):
+        return norm.batch_norm(x, g, b, rm, rv, training, eps=1e-3, relu=True)[0]
+
+    def ref(x, g, b):
+        if training:
+            y = _bn_train_ref(x, g, b, eps=1e-3)
+        else:
+            y = (x - _bc(rm, x)) / np.sqrt(_bc(rv, x) + 1e-3) * _bc(g, x) + _bc(b, x)
+        return np.maximum(y, 0)
+
+    assert (ref(x, g, b) == 0).mean() > 0.2  # the mask matters in this data
+    check_forward(fn, ref, [x, g, b], atol=1e-12, rtol=1e-10)
+    check_backward(fn, [x, g, b], atol=1e-6, rtol=1e-5)
+
+
+def test_num_batches_tracked_is_counted_by_the_training_op():
+    counter = np.zeros((), np.int64)
+    x = rng.standard_normal((4, 3))
+    g, b = _params(3)
+    for _ in range(2):
+        norm.batch_norm(x, g, b, None, None, training=True, num_batches_tracked=counter)
+    norm.batch_norm(x, g, b, np.zeros(3), np.ones(3), training=False,
+                    num_batches_tracked=counter)  # eval does not count
+    assert counter == 2
+
+
 def test_running_stats_follow_pytorchs_update():
     x = rng.standard_normal((4, 3, 2, 2)) * 3 + 2
     g, b = _params(3)
@@ -141,7 +175,8 @@ def test_from_stats_on_two_shards_equals_full_batch_batch_norm():
 @pytest.mark.gpu
 @pytest.mark.parametrize("shape", [(32, 16), (8, 16, 7, 7)])
 @pytest.mark.parametrize("training", [True, False])
-def test_batch_norm_gpu_matches_cpu(shape, training):
+@pytest.mark.parametrize("relu", [False, True])
+def test_batch_norm_gpu_matches_cpu(shape, training, relu):
     import cupy as cp
 
     x = (rng.standard_normal(shape) * 2 + 1).astype(np.float32)
@@ -152,7 +187,8 @@ def test_batch_norm_gpu_matches_cpu(shape, training):
     def fn(x, g, b):
         on_gpu = type(x.data).__module__.startswith("cupy")
         xp = cp if on_gpu else np
-        y, m, v = norm.batch_norm(x, g, b, xp.asarray(rm), xp.asarray(rv), training, 0.1)
+        y, m, v = norm.batch_norm(x, g, b, xp.asarray(rm), xp.asarray(rv), training, 0.1,
+                                  relu=relu)
         stats["gpu" if on_gpu else "cpu"] = (cp.asnumpy(m), cp.asnumpy(v))
         return y
 

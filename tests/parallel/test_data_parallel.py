@@ -22,12 +22,13 @@ def _data(n=44, c=3, seed=0):
     return ArrayDataset(x, y, num_classes=3)
 
 
-def _net(batchnorm=False, sync_comm=None):
+def _net(batchnorm=False, sync_comm=None, fuse_relu=False):
     init.manual_seed(7)
     layers = [nn.Flatten(), nn.Linear(12, 16)]
     if batchnorm:
-        layers.append(nn.BatchNorm1d(16))
-    layers += [nn.ReLU(), nn.Linear(16, 3)]
+        layers.append(nn.BatchNorm1d(16, fuse_relu=fuse_relu))
+    # fused: the ReLU runs inside the batch norm; Identity keeps the layer names the same
+    layers += [nn.Identity() if fuse_relu else nn.ReLU(), nn.Linear(16, 3)]
     net = nn.Sequential(*layers)
     if sync_comm is not None:
         from mpinet.parallel import convert_sync_batchnorm
@@ -36,8 +37,8 @@ def _net(batchnorm=False, sync_comm=None):
 
 
 def _train(comm, per_rank_batch, *, mode="backward", accumulation=1, batchnorm=False,
-           sync_bn=False, epochs=2, optimizer="sgd", data=None):
-    net = _net(batchnorm, comm if sync_bn else None)
+           sync_bn=False, epochs=2, optimizer="sgd", data=None, fuse_relu=False):
+    net = _net(batchnorm, comm if sync_bn else None, fuse_relu)
     model = Model(net, comm)
     model.compile(optimizer, lr=0.1, momentum=0.9, dp_mode=mode, bucket_mb=0.0001)
     model.fit(data or _data(), epochs=epochs, batch_size=per_rank_batch, verbose=False,
@@ -76,10 +77,11 @@ def test_gradient_accumulation_equals_one_rank():
 
 
 @pytest.mark.mpi(min_size=2)
-def test_sync_batchnorm_equals_one_rank_batchnorm():
+@pytest.mark.parametrize("fuse_relu", [False, True])
+def test_sync_batchnorm_equals_one_rank_batchnorm(fuse_relu):
     world, alone = _world_and_self()
-    want = _train(alone, 4 * world.size, batchnorm=True)
-    got = _train(world, 4, batchnorm=True, sync_bn=True)
+    want = _train(alone, 4 * world.size, batchnorm=True)  # BN, then a separate ReLU
+    got = _train(world, 4, batchnorm=True, sync_bn=True, fuse_relu=fuse_relu)
     _assert_same(got, want, rtol=1e-4, atol=1e-5)
 
 

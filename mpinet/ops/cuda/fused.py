@@ -386,6 +386,23 @@ __device__ __forceinline__ void finish_stats(double sa, double sb, A shift, unsi
     }
 }
 
+// ReLU fused into batch norm: max(v, 0) with NaN kept, as the separate relu kernel does.
+template <typename A>
+__device__ __forceinline__ A relu_if(A v, int relu) {
+    return relu && !(v > A(0) || v != v) ? A(0) : v;
+}
+
+// The gradient that reaches batch norm's output: gy, or with a fused ReLU gy where the saved
+// output y > 0, else 0 (exactly the separate relu backward's mask).
+template <int K>
+__device__ __forceinline__ typename io<K>::A masked_grad(const typename io<K>::T* gy,
+                                                         const typename io<K>::T* y, int relu,
+                                                         size_t off) {
+    typedef typename io<K>::A A;
+    A g = io<K>::ld(gy[off]);
+    return relu && !(io<K>::ld(y[off]) > A(0)) ? A(0) : g;
+}
+
 // Sums of channel c over slice s of j in [0, M), M = N * HW, element j = (n, i) = (j / HW, j % HW).
 // Forward: a = sum(x - shift), b = sum((x - shift)^2), shift = x[0, c, 0]; the last block writes
 // stats[c] = mean, stats[C + c] = 1 / sqrt(biased var + eps), and with update_running the new
@@ -398,7 +415,7 @@ __global__ void bn_stats(const typename io<K>::T* x, unsigned int C, unsigned in
                          unsigned int* counter, double eps, typename io<K>::A* stats,
                          int update_running, double momentum, const typename io<K>::A* rmean,
                          const typename io<K>::A* rvar, typename io<K>::A* rmean_out,
-                         typename io<K>::A* rvar_out) {
+                         typename io<K>::A* rvar_out, long long* batches, int count_batch) {
     typedef typename io<K>::A A;
     unsigned int c = blockIdx.y, s = blockIdx.x;
     A shift = io<K>::ld(x[(size_t)c * HW]);
@@ -416,6 +433,7 @@ __global__ void bn_stats(const typename io<K>::T* x, unsigned int C, unsigned in
         A mean, invstd;
         finish_stats(sa, sb, shift, c, C, M, eps, stats, update_running, momentum, rmean, rvar,
                      rmean_out, rvar_out, mean, invstd);
+        if (count_batch && c == 0) batches[0] += 1;  // the layer's num_batches_tracked
         counter[c] = 0;
     }
 }
@@ -425,12 +443,13 @@ template <int K>
 __global__ void bn_apply(const typename io<K>::T* x, const typename io<K>::A* mean,
                          const typename io<K>::A* invstd, const typename io<K>::A* gamma,
                          const typename io<K>::A* beta, typename io<K>::T* y,
-                         unsigned int total, unsigned int C, unsigned int HW) {
+                         unsigned int total, unsigned int C, unsigned int HW, int relu) {
     typedef typename io<K>::A A;
     for (unsigned int i = blockIdx.x * blockDim.x + threadIdx.x; i < total;
          i += gridDim.x * blockDim.x) {
         unsigned int c = (i / HW) % C;
-        y[i] = io<K>::st((io<K>::ld(x[i]) - mean[c]) * (invstd[c] * gamma[c]) + beta[c]);
+        y[i] = io<K>::st(relu_if((io<K>::ld(x[i]) - mean[c]) * (invstd[c] * gamma[c]) + beta[c],
+                                 relu));
     }
 }
 
@@ -444,7 +463,8 @@ __global__ void bn_fwd_block(const typename io<K>::T* x, unsigned int C, unsigne
                              const typename io<K>::A* gamma, const typename io<K>::A* beta,
                              typename io<K>::T* y, int update_running, double momentum,
                              const typename io<K>::A* rmean, const typename io<K>::A* rvar,
-                             typename io<K>::A* rmean_out, typename io<K>::A* rvar_out) {
+                             typename io<K>::A* rmean_out, typename io<K>::A* rvar_out,
+                             long long* batches, int count_batch, int relu) {
     typedef typename io<K>::A A;
     __shared__ A s_mean, s_scale;
     unsigned int c = blockIdx.x;
@@ -460,6 +480,7 @@ __global__ void bn_fwd_block(const typename io<K>::T* x, unsigned int C, unsigne
         A mean, invstd;
         finish_stats((double)a, (double)b, shift, c, C, M, eps, stats, update_running, momentum,
                      rmean, rvar, rmean_out, rvar_out, mean, invstd);
+        if (count_batch && c == 0) batches[0] += 1;  // the layer's num_batches_tracked
         s_mean = mean;
         s_scale = invstd * gamma[c];
     }
@@ -468,7 +489,7 @@ __global__ void bn_fwd_block(const typename io<K>::T* x, unsigned int C, unsigne
     for (unsigned int j = threadIdx.x; j < M; j += blockDim.x) {
         unsigned int n = j / HW, i = j - n * HW;
         size_t off = ((size_t)n * C + c) * HW + i;
-        y[off] = io<K>::st((io<K>::ld(x[off]) - mean) * scale + bc);
+        y[off] = io<K>::st(relu_if((io<K>::ld(x[off]) - mean) * scale + bc, relu));
     }
 }
 
@@ -478,7 +499,8 @@ __global__ void bnb_block(const typename io<K>::T* x, const typename io<K>::T* g
                           const typename io<K>::A* mean, const typename io<K>::A* invstd,
                           const typename io<K>::A* gamma, unsigned int C, unsigned int HW,
                           unsigned int M, typename io<K>::A* ggamma, typename io<K>::A* gbeta,
-                          typename io<K>::T* gx, typename io<K>::A inv_m) {
+                          typename io<K>::T* gx, typename io<K>::A inv_m,
+                          const typename io<K>::T* y, int relu) {
     typedef typename io<K>::A A;
     __shared__ A s_gg, s_gb;
     unsigned int c = blockIdx.x;
@@ -487,7 +509,7 @@ __global__ void bnb_block(const typename io<K>::T* x, const typename io<K>::T* g
     for (unsigned int j = threadIdx.x; j < M; j += blockDim.x) {
         unsigned int n = j / HW, i = j - n * HW;
         size_t off = ((size_t)n * C + c) * HW + i;
-        A g = io<K>::ld(gy[off]);
+        A g = masked_grad<K>(gy, y, relu, off);
         a += g; b += g * (io<K>::ld(x[off]) - mu);
     }
     block_sum2(a, b);
@@ -504,7 +526,7 @@ __global__ void bnb_block(const typename io<K>::T* x, const typename io<K>::T* g
         unsigned int n = j / HW, i = j - n * HW;
         size_t off = ((size_t)n * C + c) * HW + i;
         A xhat = (io<K>::ld(x[off]) - mu) * is;
-        A g = io<K>::ld(gy[off]) - (gb + xhat * gg) * inv_m;
+        A g = masked_grad<K>(gy, y, relu, off) - (gb + xhat * gg) * inv_m;
         gx[off] = io<K>::st(gam * is * g);
     }
 }
@@ -538,13 +560,13 @@ __global__ void bn_infer(const typename io<K>::T* x, const typename io<K>::A* rm
                          const typename io<K>::A* rvar, const typename io<K>::A* gamma,
                          const typename io<K>::A* beta, typename io<K>::A eps,
                          typename io<K>::T* y, unsigned int total, unsigned int C,
-                         unsigned int HW) {
+                         unsigned int HW, int relu) {
     typedef typename io<K>::A A;
     for (unsigned int i = blockIdx.x * blockDim.x + threadIdx.x; i < total;
          i += gridDim.x * blockDim.x) {
         unsigned int c = (i / HW) % C;
         A scale = gamma[c] / sqrt(rvar[c] + eps);
-        y[i] = io<K>::st((io<K>::ld(x[i]) - rmean[c]) * scale + beta[c]);
+        y[i] = io<K>::st(relu_if((io<K>::ld(x[i]) - rmean[c]) * scale + beta[c], relu));
     }
 }
 
@@ -556,7 +578,8 @@ __global__ void bnb_stats(const typename io<K>::T* x, const typename io<K>::T* g
                           const typename io<K>::A* mean, const typename io<K>::A* invstd,
                           unsigned int C, unsigned int HW, unsigned int M, unsigned int per,
                           typename io<K>::A* part, unsigned int* counter,
-                          typename io<K>::A* ggamma, typename io<K>::A* gbeta) {
+                          typename io<K>::A* ggamma, typename io<K>::A* gbeta,
+                          const typename io<K>::T* y, int relu) {
     typedef typename io<K>::A A;
     unsigned int c = blockIdx.y, s = blockIdx.x;
     A mu = mean[c];
@@ -565,7 +588,7 @@ __global__ void bnb_stats(const typename io<K>::T* x, const typename io<K>::T* g
     for (unsigned int j = s * per + threadIdx.x; j < j1; j += blockDim.x) {
         unsigned int n = j / HW, i = j - n * HW;
         size_t off = ((size_t)n * C + c) * HW + i;
-        A g = io<K>::ld(gy[off]);
+        A g = masked_grad<K>(gy, y, relu, off);
         a += g; b += g * (io<K>::ld(x[off]) - mu);
     }
     block_sum2(a, b);
@@ -585,14 +608,14 @@ __global__ void bnb_apply(const typename io<K>::T* x, const typename io<K>::T* g
                           const typename io<K>::A* gamma, const typename io<K>::A* ggamma,
                           const typename io<K>::A* gbeta, typename io<K>::T* gx,
                           unsigned int total, unsigned int C, unsigned int HW,
-                          typename io<K>::A inv_m) {
+                          typename io<K>::A inv_m, const typename io<K>::T* y, int relu) {
     typedef typename io<K>::A A;
     for (unsigned int i = blockIdx.x * blockDim.x + threadIdx.x; i < total;
          i += gridDim.x * blockDim.x) {
         unsigned int c = (i / HW) % C;
         A is = invstd[c];
         A xhat = (io<K>::ld(x[i]) - mean[c]) * is;
-        A g = io<K>::ld(gy[i]) - (gbeta[c] + xhat * ggamma[c]) * inv_m;
+        A g = masked_grad<K>(gy, y, relu, i) - (gbeta[c] + xhat * ggamma[c]) * inv_m;
         gx[i] = io<K>::st(gamma[c] * is * g);
     }
 }
@@ -700,9 +723,35 @@ __global__ void v_add(const typename io<K>::T* a, const typename io<K>::T* b,
     for (unsigned int i = nvec * V + first; i < n; i += stride)
         out[i] = io<K>::st(io<K>::ld(a[i]) + io<K>::ld(b[i]));
 }
+
+// out = relu(a + b) (a residual connection and the ReLU after it; NaN stays NaN). Rounding
+// a + b first and then applying relu gives the same values: rounding keeps the sign.
+template <int K>
+__global__ void v_add_relu(const typename io<K>::T* a, const typename io<K>::T* b,
+                           typename io<K>::T* out, unsigned int n) {
+    typedef typename io<K>::A A;
+    typedef typename vec<K>::U U;
+    const unsigned int V = vec<K>::V, nvec = n / V, stride = gridDim.x * blockDim.x;
+    const unsigned int first = blockIdx.x * blockDim.x + threadIdx.x;
+    for (unsigned int v = first; v < nvec; v += stride) {
+        U av, bv, out_v;
+        av.u = reinterpret_cast<const uint4*>(a)[v];
+        bv.u = reinterpret_cast<const uint4*>(b)[v];
+#pragma unroll
+        for (unsigned int k = 0; k < V; ++k) {
+            A s = io<K>::ld(av.t[k]) + io<K>::ld(bv.t[k]);
+            out_v.t[k] = io<K>::st(s > A(0) || s != s ? s : A(0));
+        }
+        reinterpret_cast<uint4*>(out)[v] = out_v.u;
+    }
+    for (unsigned int i = nvec * V + first; i < n; i += stride) {
+        A s = io<K>::ld(a[i]) + io<K>::ld(b[i]);
+        out[i] = io<K>::st(s > A(0) || s != s ? s : A(0));
+    }
+}
 """
 
-_VEC_KERNELS = ("v_relu", "v_relu_bwd", "v_bias_add", "v_add")
+_VEC_KERNELS = ("v_relu", "v_relu_bwd", "v_bias_add", "v_add", "v_add_relu")
 _VEC_THREADS = 256
 
 
@@ -783,6 +832,17 @@ def add(a, b):
         return a + b
     out = cp.empty_like(a)
     _launch_vec("v_add", kind, a, _io(a), _io(b), _io(out), np.uint32(a.size))
+    return out
+
+
+def add_relu(a, b):
+    """max(a + b, 0) for two arrays of one shape and dtype (a new array), NaN kept."""
+    cp = _cp()
+    kind = _vectorizable(a, b)
+    if kind is None:
+        return relu(a + b)
+    out = cp.empty_like(a)
+    _launch_vec("v_add_relu", kind, a, _io(a), _io(b), _io(out), np.uint32(a.size))
     return out
 
 
@@ -907,13 +967,18 @@ def _contiguous(cp, a):
     return a if a.flags.c_contiguous else cp.ascontiguousarray(a)
 
 
-def batch_norm_train(x, gamma, beta, eps, running_mean=None, running_var=None, momentum=0.1):
+def batch_norm_train(x, gamma, beta, eps, running_mean=None, running_var=None, momentum=0.1,
+                     relu=False, num_batches_tracked=None):
     """Normalise with batch statistics: returns (y, mean, invstd, new_running_mean,
     new_running_var); mean/invstd of shape (C,), invstd = 1/sqrt(biased var + eps); y has x's
     dtype. With running statistics given, the new ones (PyTorch's momentum rule, unbiased
     variance) come from the same launch, written in place into the given arrays when they are
     contiguous arrays of the statistics' dtype (then those very arrays are returned), else into
-    fresh arrays of the given ones' dtype; without them, None."""
+    fresh arrays of the given ones' dtype; without them, None.
+
+    ``relu``: y = max(normalised, 0), the following ReLU in the same pass (its backward is
+    ``batch_norm_backward(..., relu_y=y)``). ``num_batches_tracked``: the layer's int64 batch
+    counter, incremented by the same launch (one launch less per layer and step)."""
     cp = _cp()
     geom = _geom("batch_norm_train", x)
     x = _contiguous(cp, x)
@@ -934,18 +999,20 @@ def batch_norm_train(x, gamma, beta, eps, running_mean=None, running_var=None, m
         running = (np.int32(1), np.float64(momentum), rm, rv, rm_out, rv_out)
     else:  # never read or written by the kernel (update flag 0)
         running = (np.int32(0), np.float64(0), stats, stats, stats, stats)
+    batches = _batch_counter(num_batches_tracked, stats)
+    relu = np.int32(bool(relu))
     if geom.one_block:
         _bn_fn("bn_fwd_block", geom.kind)((geom.c,), (_ONE_BLOCK_THREADS,),
                                           (xi, *geom.c_hw_m, np.float64(eps), stats, gamma, beta,
-                                           _io(y), *running))
+                                           _io(y), *running, *batches, relu))
     else:
         counters, part = _scratch_for(cp, geom)
         _bn_fn("bn_stats", geom.kind)(geom.reduce_grid, (_THREADS,),
                                       (xi, *geom.c_hw_m_per, part, counters, np.float64(eps),
-                                       stats, *running))
+                                       stats, *running, *batches))
         _bn_fn("bn_apply", geom.kind)(geom.apply_grid, (_THREADS,),
                                       (xi, stats[:geom.c], stats[geom.c:], gamma, beta, _io(y),
-                                       *geom.total_c_hw))
+                                       *geom.total_c_hw, relu))
     mean, invstd = stats[:geom.c], stats[geom.c:]
     if running_mean is None:
         return y, mean, invstd, None, None
@@ -953,17 +1020,27 @@ def batch_norm_train(x, gamma, beta, eps, running_mean=None, running_var=None, m
             rv_out.astype(running_var.dtype, copy=False))
 
 
-def batch_norm_backward(x, gy, gamma, mean, invstd, ggamma_out=None, gbeta_out=None):
+def batch_norm_backward(x, gy, gamma, mean, invstd, ggamma_out=None, gbeta_out=None,
+                        relu_y=None):
     """Gradients of batch_norm_train given its saved mean and invstd: returns (gx, ggamma,
     gbeta). x and gy share shape and dtype; gx has that dtype, ggamma/gbeta have gamma's.
     ``ggamma_out``/``gbeta_out``: arrays to write those into (the parameters' zeroed gradient
-    buffers), used when contiguous (C,) of the statistics' dtype; else fresh arrays."""
+    buffers), used when contiguous (C,) of the statistics' dtype; else fresh arrays.
+    ``relu_y``: the output of a forward with ``relu=True``; gy is then the gradient after the
+    fused ReLU and is masked by relu_y > 0 inside the kernels."""
     cp = _cp()
     geom = _geom("batch_norm_backward", x)
     if gy.shape != x.shape or gy.dtype != x.dtype:
         raise ValueError(f"batch_norm_backward: gradient {gy.shape} {gy.dtype.name} must match "
                          f"input {x.shape} {x.dtype.name}")
     x, gy = _contiguous(cp, x), _contiguous(cp, gy)
+    if relu_y is None:
+        mask = (gy, np.int32(0))  # never read
+    else:
+        if relu_y.shape != x.shape or relu_y.dtype != x.dtype:
+            raise ValueError(f"batch_norm_backward: relu_y {relu_y.shape} {relu_y.dtype.name} "
+                             f"must match input {x.shape} {x.dtype.name}")
+        mask = (_io(_contiguous(cp, relu_y)), np.int32(1))
     g_acc = _per_channel(gamma, geom, "gamma", "batch_norm_backward")
     mean = _per_channel(mean, geom, "mean", "batch_norm_backward")
     invstd = _per_channel(invstd, geom, "invstd", "batch_norm_backward")
@@ -974,16 +1051,28 @@ def batch_norm_backward(x, gy, gamma, mean, invstd, ggamma_out=None, gbeta_out=N
     if geom.one_block:
         _bn_fn("bnb_block", geom.kind)((geom.c,), (_ONE_BLOCK_THREADS,),
                                        (xi, gyi, mean, invstd, g_acc, *geom.c_hw_m, ggamma, gbeta,
-                                        _io(gx), geom.inv_m))
+                                        _io(gx), geom.inv_m, *mask))
     else:
         counters, part = _scratch_for(cp, geom)
         _bn_fn("bnb_stats", geom.kind)(geom.reduce_grid, (_THREADS,),
                                        (xi, gyi, mean, invstd, *geom.c_hw_m_per, part, counters,
-                                        ggamma, gbeta))
+                                        ggamma, gbeta, *mask))
         _bn_fn("bnb_apply", geom.kind)(geom.apply_grid, (_THREADS,),
                                        (xi, gyi, mean, invstd, g_acc, ggamma, gbeta, _io(gx),
-                                        *geom.total_c_hw, geom.inv_m))
+                                        *geom.total_c_hw, geom.inv_m, *mask))
     return gx, ggamma.astype(gamma.dtype, copy=False), gbeta.astype(gamma.dtype, copy=False)
+
+
+def _batch_counter(counter, unused):
+    """Kernel arguments (pointer, flag) that make the statistics kernel increment ``counter`` (a
+    layer's num_batches_tracked): the kernel does it for a contiguous int64 array of one element;
+    any other counter is incremented here, and (``unused``, 0) tells the kernel to leave it."""
+    if counter is None:
+        return unused, np.int32(0)
+    if counter.dtype != np.int64 or counter.size != 1 or not counter.flags.c_contiguous:
+        counter += 1
+        return unused, np.int32(0)
+    return counter, np.int32(1)
 
 
 def _out_or_new(cp, out, geom):
@@ -994,8 +1083,9 @@ def _out_or_new(cp, out, geom):
     return cp.empty(geom.c, dtype=geom.acc)
 
 
-def batch_norm_infer(x, gamma, beta, running_mean, running_var, eps):
-    """Normalise with running statistics (eval mode); y has x's dtype."""
+def batch_norm_infer(x, gamma, beta, running_mean, running_var, eps, relu=False):
+    """Normalise with running statistics (eval mode); y has x's dtype; ``relu``: then max(y, 0)
+    in the same pass."""
     cp = _cp()
     geom = _geom("batch_norm_infer", x)
     x = _contiguous(cp, x)
@@ -1004,7 +1094,8 @@ def batch_norm_infer(x, gamma, beta, running_mean, running_var, eps):
              (beta, "beta"))]
     y = cp.empty_like(x)
     _bn_fn("bn_infer", geom.kind)(geom.apply_grid, (_THREADS,),
-                                  (_io(x), *args, geom.acc.type(eps), _io(y), *geom.total_c_hw))
+                                  (_io(x), *args, geom.acc.type(eps), _io(y), *geom.total_c_hw,
+                                   np.int32(bool(relu))))
     return y
 
 
