@@ -10,10 +10,16 @@ Stems: ``stem="imagenet"`` is torchvision's 7x7 stride-2 convolution + 3x3 strid
 Identity, so names do not change) for 32x32 images; ``conv1.weight`` is then (64, C, 3, 3).
 Initialisation is torchvision's: convolutions He-normal (fan_out), BN weight 1 / bias 0, fc
 PyTorch's Linear default; ``zero_init_residual=True`` zeroes each block's last BN weight.
+
+Every ReLU is fused into the op before it: into the batch norm (``fuse_relu=True``) where it
+follows one, into the residual addition (``add_relu``) at the end of each block. Same values as
+torchvision's separate ReLU modules (which have no parameters, so names do not change), ~100
+fewer kernel launches and autograd nodes per ResNet-50 step.
 """
 from __future__ import annotations
 
 from mpinet import nn
+from mpinet.ops import activation as act_ops
 from mpinet.ops import shape as shape_ops
 
 from ._common import check_positive, constant_, init_conv_bn_
@@ -35,8 +41,7 @@ class BasicBlock(nn.Module):
     def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample=None):
         super().__init__()
         self.conv1 = conv3x3(inplanes, planes, stride)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.relu = nn.ReLU()
+        self.bn1 = nn.BatchNorm2d(planes, fuse_relu=True)
         self.conv2 = conv3x3(planes, planes)
         self.bn2 = nn.BatchNorm2d(planes)
         if downsample is not None:
@@ -48,9 +53,9 @@ class BasicBlock(nn.Module):
     def forward(self, x):
         # x: (N, inplanes, H, W) -> (N, planes, H/stride, W/stride)
         identity = self.downsample(x) if "downsample" in self._modules else x
-        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn1(self.conv1(x))                      # BN + ReLU
         out = self.bn2(self.conv2(out))
-        return self.relu(out + identity)
+        return act_ops.add_relu(out, identity)
 
 
 class Bottleneck(nn.Module):
@@ -61,12 +66,11 @@ class Bottleneck(nn.Module):
     def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample=None):
         super().__init__()
         self.conv1 = conv1x1(inplanes, planes)
-        self.bn1 = nn.BatchNorm2d(planes)
+        self.bn1 = nn.BatchNorm2d(planes, fuse_relu=True)
         self.conv2 = conv3x3(planes, planes, stride)
-        self.bn2 = nn.BatchNorm2d(planes)
+        self.bn2 = nn.BatchNorm2d(planes, fuse_relu=True)
         self.conv3 = conv1x1(planes, planes * self.expansion)
         self.bn3 = nn.BatchNorm2d(planes * self.expansion)
-        self.relu = nn.ReLU()
         if downsample is not None:
             self.downsample = downsample
 
@@ -76,10 +80,10 @@ class Bottleneck(nn.Module):
     def forward(self, x):
         # x: (N, inplanes, H, W) -> (N, 4*planes, H/stride, W/stride)
         identity = self.downsample(x) if "downsample" in self._modules else x
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn1(self.conv1(x))                      # BN + ReLU
+        out = self.bn2(self.conv2(out))                    # BN + ReLU
         out = self.bn3(self.conv3(out))
-        return self.relu(out + identity)
+        return act_ops.add_relu(out, identity)
 
 
 class ResNet(nn.Module):
@@ -93,8 +97,7 @@ class ResNet(nn.Module):
             self.conv1 = conv3x3(in_channels, 64)
         else:
             raise ValueError(f"ResNet: stem must be 'imagenet' or 'cifar', got {stem!r}")
-        self.bn1 = nn.BatchNorm2d(64)
-        self.relu = nn.ReLU()
+        self.bn1 = nn.BatchNorm2d(64, fuse_relu=True)
         self.maxpool = (nn.MaxPool2d(kernel_size=3, stride=2, padding=1) if stem == "imagenet"
                         else nn.Identity())
         self.layer1 = self._make_layer(block, 64, layers[0])
@@ -123,7 +126,7 @@ class ResNet(nn.Module):
 
     def forward(self, x):
         # x: (N, C, H, W) -> stem (N, 64, H/4, W/4) imagenet or (N, 64, H, W) cifar
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.maxpool(self.bn1(self.conv1(x)))         # BN + ReLU
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         # (N, 512*expansion, h, w) -> (N, 512*expansion, 1, 1) -> (N, num_classes)
         return self.fc(shape_ops.flatten(self.avgpool(x), 1))
