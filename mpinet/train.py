@@ -25,7 +25,7 @@ DEFAULTS = {
     "augment": False, "sync_batchnorm": False, "checkpoint_dir": None, "checkpoint_every": 0,
     "keep_checkpoints": 3, "resume": None, "seed": 0, "metrics": None, "log_every": 10,
     "train_samples": None, "quiet": False, "save_weights": None, "model_opt": None,
-    "cuda_graph": False,
+    "cuda_graph": False, "cudnn_benchmark": False,
 }
 
 
@@ -84,6 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--cuda-graph", action="store_true", default=None,
                    help="GPU: replay each training step as one CUDA graph after a few eager "
                         "steps (fp32/bf16, comm nccl, no --sync-batchnorm; refused otherwise)")
+    g.add_argument("--cudnn-benchmark", action="store_true", default=None,
+                   help="GPU: time cuDNN's candidate plans once per convolution shape and keep "
+                        "the fastest (like torch.backends.cudnn.benchmark; costs tens of ms per "
+                        "shape at start)")
     g = p.add_argument_group("checkpoints and output")
     g.add_argument("--checkpoint-dir")
     g.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (0: per epoch)")
@@ -170,6 +174,14 @@ def _pick_model_opts(cfg: dict, train) -> dict:
     return opts
 
 
+def apply_device_options(cfg: dict) -> None:
+    """Settings of the GPU paths that the config selects (no effect on the CPU)."""
+    if cfg["cudnn_benchmark"]:
+        from mpinet.ops.cuda import cudnn_conv  # noqa: PLC0415 - imports no CUDA module
+
+        cudnn_conv.benchmark = True
+
+
 def setup(cfg: dict, comm):
     """Data, model, compiled Model; raises ConfigError/ValueError/OSError on bad input."""
     from mpinet.optim.factory import build_schedule  # noqa: PLC0415
@@ -250,6 +262,7 @@ def main(argv=None) -> int:
         validate(cfg)
         topo = topology.build(world)[0]
         backend.select_device(topo.local_rank, cfg["device"])
+        apply_device_options(cfg)
         comm = create_communicator(cfg["comm"], world)
         model, train, test, transform, eval_transform = setup(cfg, comm)
     except SystemExit:  # argparse already printed usage (same on every rank)

@@ -80,3 +80,14 @@ def test_unknown_config_key_is_one_clear_error(tmp_path):
     errors = [l for l in proc.stderr.splitlines() if l.startswith("mpinet.train: error")]
     assert proc.returncode == 2 and len(errors) == 1, proc.stderr[-2000:]
     assert "unknown keys ['modle']" in errors[0]
+
+
+def test_cudnn_benchmark_flag_turns_on_plan_autotuning(monkeypatch):
+    from mpinet import train
+    from mpinet.ops.cuda import cudnn_conv
+
+    monkeypatch.setattr(cudnn_conv, "benchmark", False)
+    train.apply_device_options(train.load_config([]))
+    assert cudnn_conv.benchmark is False  # off by default, like PyTorch's
+    train.apply_device_options(train.load_config(["--cudnn-benchmark"]))
+    assert cudnn_conv.benchmark is True
