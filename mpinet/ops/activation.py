@@ -70,7 +70,7 @@ class AddReLU(Function):
         if backend.is_gpu_array(a):
             from .cuda import fused  # noqa: PLC0415 - GPU only
 
-            y = fused.add_relu(a, b)
+            y = fused.add(a, b, relu_after=True)
         else:
             y = np.maximum(a + b, 0)
         self.save(y)

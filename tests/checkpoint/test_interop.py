@@ -284,7 +284,7 @@ def test_resnet18_stem_and_first_block_match_pytorch(torch, tmp_path):
         ref = tmodel.stem_and_first_block(torch.from_numpy(x)).numpy()  # (2, 64, 16, 16)
     net.eval()
     with no_grad():
-        h = net.maxpool(net.relu(net.bn1(net.conv1(Variable(x)))))
+        h = net.maxpool(net.bn1(net.conv1(Variable(x))))  # bn1 applies the stem's ReLU
         got = np.asarray(net.layer1[0](h).data)
     assert got.shape == ref.shape == (2, 64, 16, 16)
     np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5 * float(np.abs(ref).max()))

@@ -358,7 +358,7 @@ def test_vector_elementwise_kernels(cp, fused, dtname, shape):
         _close(got, want, dtname, what=f"add_channel_bias_ {shape}")
         z, z64 = _gpu(cp, rng.standard_normal(shape), dtname)
         _close(fused.add(x, z), _host(x) + z64, dtname, what=f"add {shape}")
-        np.testing.assert_array_equal(_host(fused.add_relu(x, z)),
+        np.testing.assert_array_equal(_host(fused.add(x, z, relu_after=True)),
                                       _host(fused.relu(fused.add(x, z))))
         s = fused.channel_sum(x)
         assert s.dtype == x.dtype and s.shape == (shape[1],)

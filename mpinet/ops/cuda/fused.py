@@ -308,6 +308,13 @@ template <> struct io<3> { typedef double T; typedef double A;
     static __device__ __forceinline__ double ld(double v) { return v; }
     static __device__ __forceinline__ double st(double v) { return v; } };
 
+// With relu set, max(v, 0) with NaN kept (the relu kernel's rule); else v. Applying it before
+// rounding to the storage type gives the same value as after: rounding keeps the sign.
+template <typename A>
+__device__ __forceinline__ A relu_if(A v, int relu) {
+    return relu && !(v > A(0) || v != v) ? A(0) : v;
+}
+
 """
 
 _BN_SOURCE = _IO_HEADER + r"""
@@ -384,12 +391,6 @@ __device__ __forceinline__ void finish_stats(double sa, double sb, A shift, unsi
         rvar_out[c] = (A)((1.0 - momentum) * (double)rvar[c]
                           + momentum * var * ((double)M / (double)(M - 1)));
     }
-}
-
-// ReLU fused into batch norm: max(v, 0) with NaN kept, as the separate relu kernel does.
-template <typename A>
-__device__ __forceinline__ A relu_if(A v, int relu) {
-    return relu && !(v > A(0) || v != v) ? A(0) : v;
 }
 
 // The gradient that reaches batch norm's output: gy, or with a fused ReLU gy where the saved
@@ -648,15 +649,12 @@ __global__ void v_relu(const typename io<K>::T* x, typename io<K>::T* y, unsigne
         in.u = reinterpret_cast<const uint4*>(x)[v];
 #pragma unroll
         for (unsigned int k = 0; k < V; ++k) {
-            A a = io<K>::ld(in.t[k]);
-            out.t[k] = io<K>::st(a > A(0) || a != a ? a : A(0));
+            out.t[k] = io<K>::st(relu_if(io<K>::ld(in.t[k]), 1));
         }
         reinterpret_cast<uint4*>(y)[v] = out.u;
     }
-    for (unsigned int i = nvec * V + first; i < n; i += stride) {
-        A a = io<K>::ld(x[i]);
-        y[i] = io<K>::st(a > A(0) || a != a ? a : A(0));
-    }
+    for (unsigned int i = nvec * V + first; i < n; i += stride)
+        y[i] = io<K>::st(relu_if(io<K>::ld(x[i]), 1));
 }
 
 // relu backward from the output: gx = y > 0 ? gy : 0.
@@ -704,10 +702,11 @@ __global__ void v_bias_add(typename io<K>::T* y, const typename io<K>::T* b, uns
         y[i] = io<K>::st(io<K>::ld(y[i]) + io<K>::ld(b[(i / HW) % C]));
 }
 
-// out = a + b (same shape and dtype).
+// out = a + b (same shape and dtype); with relu set, relu(a + b): a residual connection and
+// the ReLU after it in one pass.
 template <int K>
 __global__ void v_add(const typename io<K>::T* a, const typename io<K>::T* b,
-                      typename io<K>::T* out, unsigned int n) {
+                      typename io<K>::T* out, unsigned int n, int relu) {
     typedef typename vec<K>::U U;
     const unsigned int V = vec<K>::V, nvec = n / V, stride = gridDim.x * blockDim.x;
     const unsigned int first = blockIdx.x * blockDim.x + threadIdx.x;
@@ -717,41 +716,15 @@ __global__ void v_add(const typename io<K>::T* a, const typename io<K>::T* b,
         bv.u = reinterpret_cast<const uint4*>(b)[v];
 #pragma unroll
         for (unsigned int k = 0; k < V; ++k)
-            out_v.t[k] = io<K>::st(io<K>::ld(av.t[k]) + io<K>::ld(bv.t[k]));
+            out_v.t[k] = io<K>::st(relu_if(io<K>::ld(av.t[k]) + io<K>::ld(bv.t[k]), relu));
         reinterpret_cast<uint4*>(out)[v] = out_v.u;
     }
     for (unsigned int i = nvec * V + first; i < n; i += stride)
-        out[i] = io<K>::st(io<K>::ld(a[i]) + io<K>::ld(b[i]));
-}
-
-// out = relu(a + b) (a residual connection and the ReLU after it; NaN stays NaN). Rounding
-// a + b first and then applying relu gives the same values: rounding keeps the sign.
-template <int K>
-__global__ void v_add_relu(const typename io<K>::T* a, const typename io<K>::T* b,
-                           typename io<K>::T* out, unsigned int n) {
-    typedef typename io<K>::A A;
-    typedef typename vec<K>::U U;
-    const unsigned int V = vec<K>::V, nvec = n / V, stride = gridDim.x * blockDim.x;
-    const unsigned int first = blockIdx.x * blockDim.x + threadIdx.x;
-    for (unsigned int v = first; v < nvec; v += stride) {
-        U av, bv, out_v;
-        av.u = reinterpret_cast<const uint4*>(a)[v];
-        bv.u = reinterpret_cast<const uint4*>(b)[v];
-#pragma unroll
-        for (unsigned int k = 0; k < V; ++k) {
-            A s = io<K>::ld(av.t[k]) + io<K>::ld(bv.t[k]);
-            out_v.t[k] = io<K>::st(s > A(0) || s != s ? s : A(0));
-        }
-        reinterpret_cast<uint4*>(out)[v] = out_v.u;
-    }
-    for (unsigned int i = nvec * V + first; i < n; i += stride) {
-        A s = io<K>::ld(a[i]) + io<K>::ld(b[i]);
-        out[i] = io<K>::st(s > A(0) || s != s ? s : A(0));
-    }
+        out[i] = io<K>::st(relu_if(io<K>::ld(a[i]) + io<K>::ld(b[i]), relu));
 }
 """
 
-_VEC_KERNELS = ("v_relu", "v_relu_bwd", "v_bias_add", "v_add", "v_add_relu")
+_VEC_KERNELS = ("v_relu", "v_relu_bwd", "v_bias_add", "v_add")
 _VEC_THREADS = 256
 
 
@@ -824,25 +797,16 @@ def add_channel_bias_(y, b):
     return y
 
 
-def add(a, b):
-    """a + b for two arrays of one shape and dtype (a new array)."""
+def add(a, b, relu_after=False):
+    """a + b for two arrays of one shape and dtype (a new array); ``relu_after``: max(a + b, 0),
+    NaN kept, in the same pass."""
     cp = _cp()
     kind = _vectorizable(a, b)
     if kind is None:
-        return a + b
+        return relu(a + b) if relu_after else a + b
     out = cp.empty_like(a)
-    _launch_vec("v_add", kind, a, _io(a), _io(b), _io(out), np.uint32(a.size))
-    return out
-
-
-def add_relu(a, b):
-    """max(a + b, 0) for two arrays of one shape and dtype (a new array), NaN kept."""
-    cp = _cp()
-    kind = _vectorizable(a, b)
-    if kind is None:
-        return relu(a + b)
-    out = cp.empty_like(a)
-    _launch_vec("v_add_relu", kind, a, _io(a), _io(b), _io(out), np.uint32(a.size))
+    _launch_vec("v_add", kind, a, _io(a), _io(b), _io(out), np.uint32(a.size),
+                np.int32(bool(relu_after)))
     return out
 
 
