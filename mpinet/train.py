@@ -25,7 +25,7 @@ DEFAULTS = {
     "augment": False, "sync_batchnorm": False, "checkpoint_dir": None, "checkpoint_every": 0,
     "keep_checkpoints": 3, "resume": None, "seed": 0, "metrics": None, "log_every": 10,
     "train_samples": None, "quiet": False, "save_weights": None, "model_opt": None,
-    "cuda_graph": False, "cudnn_benchmark": False,
+    "cuda_graph": False, "cudnn_benchmark": False, "deterministic": False,
 }
 
 
@@ -88,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="GPU: time cuDNN's candidate plans once per convolution shape and keep "
                         "the fastest (like torch.backends.cudnn.benchmark; costs tens of ms per "
                         "shape at start)")
+    g.add_argument("--deterministic", action="store_true", default=None,
+                   help="GPU: never choose cuDNN engines marked non-deterministic, so a run (and "
+                        "a resumed run) repeats bit for bit; may be slower")
     g = p.add_argument_group("checkpoints and output")
     g.add_argument("--checkpoint-dir")
     g.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (0: per epoch)")
@@ -176,10 +179,12 @@ def _pick_model_opts(cfg: dict, train) -> dict:
 
 def apply_device_options(cfg: dict) -> None:
     """Settings of the GPU paths that the config selects (no effect on the CPU)."""
-    if cfg["cudnn_benchmark"]:
-        from mpinet.ops.cuda import cudnn_conv  # noqa: PLC0415 - imports no CUDA module
+    from mpinet.ops.cuda import cudnn_conv  # noqa: PLC0415 - imports no CUDA module
 
+    if cfg["cudnn_benchmark"]:
         cudnn_conv.benchmark = True
+    if cfg["deterministic"]:
+        cudnn_conv.deterministic = True
 
 
 def setup(cfg: dict, comm):

@@ -82,12 +82,14 @@ def test_unknown_config_key_is_one_clear_error(tmp_path):
     assert "unknown keys ['modle']" in errors[0]
 
 
-def test_cudnn_benchmark_flag_turns_on_plan_autotuning(monkeypatch):
+@pytest.mark.parametrize("flag, setting", [("--cudnn-benchmark", "benchmark"),
+                                           ("--deterministic", "deterministic")])
+def test_cudnn_flags_set_the_convolution_options(monkeypatch, flag, setting):
     from mpinet import train
     from mpinet.ops.cuda import cudnn_conv
 
-    monkeypatch.setattr(cudnn_conv, "benchmark", False)
+    monkeypatch.setattr(cudnn_conv, setting, False)
     train.apply_device_options(train.load_config([]))
-    assert cudnn_conv.benchmark is False  # off by default, like PyTorch's
-    train.apply_device_options(train.load_config(["--cudnn-benchmark"]))
-    assert cudnn_conv.benchmark is True
+    assert getattr(cudnn_conv, setting) is False  # off by default, like PyTorch's
+    train.apply_device_options(train.load_config([flag]))
+    assert getattr(cudnn_conv, setting) is True

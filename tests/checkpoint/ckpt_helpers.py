@@ -27,10 +27,10 @@ def dataset():
     return ArrayDataset(x, y, num_classes=CLASSES, name="tiny")
 
 
-def build_model(comm=None, dropout: float = 0.2, cuda_graph: bool = False):
-    """A seeded MLP with batch norm (running statistics) and dropout (its generator's state),
-    SGD+momentum and a warmup-then-cosine schedule, so every part of the training state
-    matters."""
+def build_model(comm=None, dropout: float = 0.2, cuda_graph: bool = False, arch: str = "mlp"):
+    """A seeded MLP (or with ``arch="cnn"`` a small CNN, convolutions included) with batch norm
+    (running statistics) and dropout (its generator's state), SGD+momentum and a
+    warmup-then-cosine schedule, so every part of the training state matters."""
     from mpinet import Model
     from mpinet.models import build_model as build
     from mpinet.nn import init
@@ -39,8 +39,12 @@ def build_model(comm=None, dropout: float = 0.2, cuda_graph: bool = False):
 
     init.manual_seed(7)
     dropout_ops.manual_seed(11)
-    net = build("mlp", in_features=FEATURES, hidden=(12, 8), num_classes=CLASSES,
-                dropout=dropout, batchnorm=True)
+    if arch == "cnn":
+        net = build("small-cnn", in_channels=1, num_classes=CLASSES, input_size=4, width=4,
+                    dropout=dropout)
+    else:
+        net = build("mlp", in_features=FEATURES, hidden=(12, 8), num_classes=CLASSES,
+                    dropout=dropout, batchnorm=True)
     model = Model(net, comm)
     model.compile("sgd", lr=0.05, momentum=0.9, weight_decay=1e-4,
                   schedule=lambda opt: build_schedule("cosine", opt, total_steps=60,

@@ -3,8 +3,9 @@ training run on the GPU that continues where it stopped, eagerly and with the st
 graph, with dropout (the device generator's state is saved and restored: a resume that drew
 other masks would not match).
 
-The resumed run is compared with a tolerance, not bit for bit: GPU reductions need not repeat
-bit for bit between processes.
+By default the resumed run is compared with a tolerance: cuDNN may choose engines that
+accumulate with atomics. With ``cudnn_conv.deterministic`` (``--deterministic``) the eager
+resume must equal the straight run bit for bit.
 """
 from __future__ import annotations
 
@@ -60,3 +61,23 @@ def test_resume_on_gpu_continues_the_run(tmp_path, cuda_graph, monkeypatch):
     a, b = weights(straight), weights(resumed)
     for k in a:
         np.testing.assert_allclose(b[k], a[k], rtol=1e-4, atol=1e-5, err_msg=k)
+
+
+@pytest.mark.parametrize("arch", ["mlp", "cnn"])
+def test_resume_on_gpu_is_bit_exact_with_deterministic_engines(tmp_path, monkeypatch, arch):
+    from mpinet.ops.cuda import cudnn_conv
+
+    backend.select_device(device="gpu")
+    monkeypatch.setattr(cudnn_conv, "deterministic", True)
+    fit = dict(epochs=3, batch_size=4, verbose=False, log_every=1)
+    straight = build_model(arch=arch)
+    straight.fit(dataset(), **fit)
+    first = build_model(arch=arch)
+    first.fit(dataset(), epochs=2, batch_size=4, verbose=False, log_every=1,
+              checkpoint_dir=str(tmp_path), checkpoint_every=17, keep_checkpoints=10)
+    resumed = build_model(arch=arch)
+    resumed.fit(dataset(), resume=str(tmp_path / "ckpt-17"), **fit)
+    a, b = weights(straight), weights(resumed)
+    assert any(np.any(v != 0) for v in a.values())
+    for k in a:
+        np.testing.assert_array_equal(b[k], a[k], err_msg=k)

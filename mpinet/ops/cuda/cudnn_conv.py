@@ -20,6 +20,11 @@ Why this shape:
   * ``allow_tf32`` (like ``torch.backends.cudnn.allow_tf32``, default True): float32 convolutions
     may run on TF32 tensor cores. Engines that down-convert inputs to half are never used, as in
     PyTorch.
+  * ``deterministic = True`` (or MPINET_CUDNN_DETERMINISTIC=1), like
+    ``torch.backends.cudnn.deterministic``: engines that cuDNN marks non-deterministic (those
+    that accumulate with atomics, e.g. some weight-gradient kernels) are never chosen, so a run
+    repeats bit for bit (mpinet's own kernels are deterministic already). Off by default: it can
+    rule out the fastest plan.
 
 Arrays are NCHW with contiguous (C-order) strides; the weight is (K, C/groups, R, S). Groups
 are implied by the shapes (cuDNN infers them from the image's C and the weight's C/groups).
@@ -34,6 +39,7 @@ from dataclasses import dataclass
 
 allow_tf32 = True
 benchmark = os.environ.get("MPINET_CUDNN_BENCHMARK", "0") == "1"
+deterministic = os.environ.get("MPINET_CUDNN_DETERMINISTIC", "0") == "1"
 # At most this many heuristic candidates are built and timed when benchmarking (each build can
 # take tens of ms; cuDNN's best plan is almost always among the first few it ranks).
 max_benchmark_plans = 12
@@ -185,6 +191,8 @@ def _build(op, dtype, a_shape, b_shape, out_shape, stride, padding, dilation, ha
     notes = [cudnn.numerical_note.DOWN_CONVERT_INPUTS]
     if dtype.name == "float32" and not allow_tf32:
         notes.append(cudnn.numerical_note.TENSOR_CORE)
+    if deterministic:
+        notes.append(cudnn.numerical_note.NONDETERMINISTIC)
     g.deselect_numeric_notes(notes)
     g.check_support()
     uid_of = [a.get_uid(), b.get_uid(), out.get_uid()]
@@ -322,7 +330,7 @@ def _run(op, a, b, out_shape, stride, padding, dilation, out=None):
         out = cp.empty(out_shape, dtype=a.dtype)
     ptrs = (a.data.ptr, b.data.ptr, out.data.ptr)
     key = (op, a.dtype, a.shape, b.shape, out_shape, stride, padding, dilation, device_id,
-           allow_tf32, benchmark)
+           allow_tf32, benchmark, deterministic)
     plan = _plans.get(key)
     if plan is None:
         def build(modes=("A", "FALLBACK")):
@@ -422,6 +430,6 @@ def cache_info() -> dict:
 
 
 def clear_cache() -> None:
-    """Forget every built graph. (Changing ``allow_tf32`` or ``benchmark`` needs no clearing:
-    both are part of the cache key.)"""
+    """Forget every built graph. (Changing ``allow_tf32``, ``benchmark`` or ``deterministic``
+    needs no clearing: they are part of the cache key.)"""
     _plans.clear()
