@@ -14,6 +14,7 @@ import threading
 import numpy as np
 
 from .autograd import Function, Variable
+from .ops._util import cast_into
 
 _state = threading.local()
 
@@ -39,28 +40,42 @@ def compute_dtype():
 
 
 @contextlib.contextmanager
-def autocast(precision="bf16"):
-    """Run the enclosed forward pass with matmul/conv in ``precision`` ('bf16', 'fp16', 'fp32')."""
-    previous = compute_dtype()
+def autocast(precision="bf16", params=None):
+    """Run the enclosed forward pass with matmul/conv in ``precision`` ('bf16', 'fp16', 'fp32').
+
+    ``params``: the model's ``FlatParameters``. Its weights are then cast once, in one pass, on
+    entry, and each layer takes its cast copy from there instead of casting its own weight (one
+    launch instead of one per weight). Only for a forward pass in which no parameter changes
+    (not the data-parallel "forward" mode, which updates layers as it goes).
+    """
+    previous = compute_dtype(), getattr(_state, "copies", None)
     _state.dtype = resolve_dtype(precision)
+    _state.copies = (params.cast_copies(_state.dtype)
+                     if params is not None and _state.dtype is not None else None)
     try:
         yield
     finally:
-        _state.dtype = previous
+        _state.dtype, _state.copies = previous
 
 
 class Cast(Function):
-    def __init__(self, dtype):
+    """x in ``dtype``; ``copy``: x's value in ``dtype`` already computed (a weight's copy from
+    ``FlatParameters.cast_copies``), returned as is."""
+
+    def __init__(self, dtype, copy=None):
         self.dtype = dtype
+        self.copy = copy
 
     def forward(self, x):
         self.in_dtype = x.dtype
+        if self.copy is not None:
+            return self.copy
         return x.astype(self.dtype)
 
     def backward(self, gy):
         dest = self.grad_destination(0)  # a master weight's zeroed gradient buffer, if any
         if dest is not None and dest.dtype == self.in_dtype and dest.shape == gy.shape:
-            dest[...] = gy  # cast straight into it: one kernel instead of a cast and an add
+            cast_into(dest, gy)  # straight into it: one kernel instead of a cast and an add
             return (dest,)
         return (gy.astype(self.in_dtype),)
 
@@ -69,6 +84,10 @@ def cast(x: Variable, dtype) -> Variable:
     """Differentiable dtype conversion (the gradient comes back in the input's dtype)."""
     if x.dtype == dtype:
         return x
+    copies = getattr(_state, "copies", None)
+    copy = copies.get(id(x)) if copies else None
+    if copy is not None and copy.dtype == dtype:
+        return Cast(dtype, copy).apply(x)
     return Cast(dtype).apply(x)
 
 

@@ -130,7 +130,10 @@ class Model:
     # ---- one step -------------------------------------------------------------------------
     def _forward(self, x):
         if self.precision in ("bf16", "fp16"):
-            with amp.autocast(self.precision):
+            # All weights cast in one pass per forward, unless the "forward" data-parallel mode
+            # updates layers during the forward pass (then each layer casts its own weight).
+            flat = self.dp.flat if self.dp.mode != "forward" else None
+            with amp.autocast(self.precision, params=flat):
                 return self.network(Variable(x))
         return self.network(Variable(x))
 

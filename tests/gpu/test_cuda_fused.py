@@ -366,6 +366,23 @@ def test_vector_elementwise_kernels(cp, fused, dtname, shape):
         np.testing.assert_allclose(_host(s), want_s, rtol=tol, atol=tol * np.abs(_host(x)).sum() / 10)
 
 
+@pytest.mark.parametrize("dtname", ["float16", "bfloat16", "float64"])
+def test_cast_into_equals_astype_both_ways(cp, fused, dtname):
+    rng = np.random.default_rng(5)
+    x32 = (rng.standard_normal(4099) * 10.0 ** rng.integers(-8, 8, 4099)).astype(np.float32)
+    x32[:4] = [np.nan, np.inf, -np.inf, 70000.0]  # 70000 overflows float16
+    x32 = cp.asarray(x32)
+    low = cp.empty(x32.shape, _dtype(dtname))
+    fused.cast_into(low, x32)
+    np.testing.assert_array_equal(_host(low), _host(x32.astype(low.dtype)))
+    back = cp.empty(x32.shape, cp.float32)
+    fused.cast_into(back, low)
+    np.testing.assert_array_equal(_host(back), _host(low.astype(cp.float32)))
+    strided = cp.empty((4099, 2), cp.float32)[:, 0]  # not contiguous: CuPy's copy
+    fused.cast_into(strided, low)
+    np.testing.assert_array_equal(_host(strided), _host(back))
+
+
 def test_relu_keeps_nan_and_vector_path_matches_numpy_for_bfloat16(cp, fused):
     x = cp.asarray(np.array([np.nan, -1, 0, 2, -0.5, 3, np.inf, -np.inf, 1], np.float32)
                    .astype(_dtype("bfloat16")))

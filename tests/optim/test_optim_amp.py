@@ -1,6 +1,7 @@
 """Mixed precision on CPU: bf16 compute with fp32 master weights needs no loss scaler;
 fp16 with dynamic loss scaling recovers gradients that fp16 alone would flush to zero."""
 import numpy as np
+import pytest
 
 from mpinet import amp, backend
 from mpinet.autograd import Parameter, Variable
@@ -69,3 +70,86 @@ def test_fp16_loss_scaling_keeps_small_gradients_that_fp16_flushes():
     assert not grads[None].any()
     # dloss/dw_j = 1e-8 * 2/4 * sum_n y_n x_nj = 2e-8
     np.testing.assert_allclose(grads[2.0 ** 16], 2e-8, rtol=1e-2)
+
+
+def test_weights_cast_in_one_pass_train_exactly_as_per_layer_casts():
+    """autocast(params=flat): the layers take their bf16 weights from one cast of the flat
+    buffer, made again at every forward (so never stale after an update); the result equals
+    casting each weight in its layer, bit for bit."""
+    x, t = linear_regression_data()
+    bf16 = backend.bfloat16()
+    finals = {}
+    for one_pass in (False, True):
+        w, b = tiny_linear()
+        flat = FlatParameters([w, b])
+        opt = SGD(flat, lr=0.05, momentum=0.9)
+        for _ in range(5):
+            opt.zero_grad()
+            with amp.autocast("bf16", params=flat if one_pass else None):
+                if one_pass:
+                    wc = amp.cast(w, bf16)
+                    assert wc.data.base is not None  # a view of the one-pass buffer
+                    np.testing.assert_array_equal(wc.data, w.data.astype(bf16))  # fresh
+                loss = forward_loss(x, t, w, b)
+            loss.backward()
+            opt.step()
+        finals[one_pass] = (w.data.copy(), b.data.copy())
+    for got, want in zip(finals[True], finals[False]):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_model_mixed_precision_uses_the_one_pass_cast_only_when_no_layer_updates_mid_forward():
+    from mpinet import Model, nn
+    from mpinet.nn import init
+
+    seen = {}
+    original = FlatParameters.cast_copies
+
+    def spy(self, dtype):
+        seen["calls"] = seen.get("calls", 0) + 1
+        return original(self, dtype)
+
+    x = np.random.default_rng(0).standard_normal((8, 6)).astype(np.float32)
+    y = np.arange(8) % 3
+    for mode, expect_calls in (("backward", 2), ("forward", 0)):
+        seen.clear()
+        init.manual_seed(0)
+        model = Model(nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3)))
+        model.compile("sgd", lr=0.1, precision="bf16", dp_mode=mode)
+        FlatParameters.cast_copies = spy
+        try:
+            for _ in range(2):
+                model.train_step(x, y, 8)
+        finally:
+            FlatParameters.cast_copies = original
+        assert seen.get("calls", 0) == expect_calls, mode
+
+
+@pytest.mark.gpu
+def test_one_pass_cast_on_gpu_trains_exactly_as_per_layer_casts(monkeypatch):
+    """ResNet-style bf16 training on the GPU: the one-pass cast (one kernel) gives the weights
+    the per-layer casts (CuPy's astype) give, bit for bit (deterministic cuDNN engines)."""
+    from mpinet import Model
+    from mpinet.models import build_model
+    from mpinet.nn import init
+    from mpinet.ops.cuda import cudnn_conv
+
+    backend.select_device(device="gpu")
+    monkeypatch.setattr(cudnn_conv, "deterministic", True)
+    xp = backend.current().xp
+    rng = np.random.default_rng(0)
+    x = xp.asarray(rng.standard_normal((8, 3, 16, 16)).astype(np.float32))
+    y = xp.asarray(rng.integers(0, 10, 8))
+    finals = []
+    for one_pass in (True, False):
+        if not one_pass:
+            monkeypatch.setattr(FlatParameters, "cast_copies", lambda self, dtype: {})
+        init.manual_seed(0)
+        net = build_model("resnet18", num_classes=10, input_size=16)
+        model = Model(net)
+        model.compile("sgd", lr=0.1, momentum=0.9, precision="bf16")
+        for _ in range(3):
+            model.train_step(x, y, 8)
+        finals.append({k: backend.to_numpy(v).copy() for k, v in net.state_dict().items()})
+    for k in finals[0]:
+        np.testing.assert_array_equal(finals[0][k], finals[1][k], err_msg=k)

@@ -722,9 +722,26 @@ __global__ void v_add(const typename io<K>::T* a, const typename io<K>::T* b,
     for (unsigned int i = nvec * V + first; i < n; i += stride)
         out[i] = io<K>::st(relu_if(io<K>::ld(a[i]) + io<K>::ld(b[i]), relu));
 }
+
+// Conversions between float32 and kind K (mixed precision's master weights and gradients):
+// y[i] = x[i] rounded to K's type (nearest even), or widened to float32. 64-bit indices: a flat
+// buffer of all parameters may exceed 2**31 elements.
+template <int K>
+__global__ void v_from_f32(const float* x, typename io<K>::T* y, unsigned long long n) {
+    for (unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x; i < n;
+         i += (unsigned long long)gridDim.x * blockDim.x)
+        y[i] = io<K>::st((typename io<K>::A)x[i]);
+}
+
+template <int K>
+__global__ void v_to_f32(const typename io<K>::T* x, float* y, unsigned long long n) {
+    for (unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x; i < n;
+         i += (unsigned long long)gridDim.x * blockDim.x)
+        y[i] = (float)io<K>::ld(x[i]);
+}
 """
 
-_VEC_KERNELS = ("v_relu", "v_relu_bwd", "v_bias_add", "v_add")
+_VEC_KERNELS = ("v_relu", "v_relu_bwd", "v_bias_add", "v_add", "v_from_f32", "v_to_f32")
 _VEC_THREADS = 256
 
 
@@ -808,6 +825,29 @@ def add(a, b, relu_after=False):
     _launch_vec("v_add", kind, a, _io(a), _io(b), _io(out), np.uint32(a.size),
                 np.int32(bool(relu_after)))
     return out
+
+
+def cast_into(dst, src):
+    """dst[...] = src for contiguous arrays of one shape, one float32 and the other float16,
+    bfloat16 or float64: one launch (CuPy's copy costs more host time, and mixed precision does
+    this for every weight and gradient). Other combinations go through CuPy."""
+    if dst.shape != src.shape:
+        raise ValueError(f"cast_into: shapes differ: {dst.shape} and {src.shape}")
+    f32 = np.dtype(np.float32)
+    if not (dst.flags.c_contiguous and src.flags.c_contiguous) or dst.size == 0:
+        dst[...] = src
+    elif src.dtype == f32 and dst.dtype != f32 and _kind_of(dst) is not None:
+        _launch_cast("v_from_f32", _kind_of(dst), src, _io(dst), dst.size)
+    elif dst.dtype == f32 and src.dtype != f32 and _kind_of(src) is not None:
+        _launch_cast("v_to_f32", _kind_of(src), _io(src), dst, dst.size)
+    else:
+        dst[...] = src
+    return dst
+
+
+def _launch_cast(name, kind, x, y, n):
+    blocks = max(1, min(16 * _sm_count(y.device.id), -(-n // (_VEC_THREADS * 4))))
+    _vec_fn(name, kind)((blocks,), (_VEC_THREADS,), (x, y, np.uint64(n)))
 
 
 def channel_sum(x):
