@@ -35,6 +35,27 @@ def test_cupy_state_round_trip(tmp_path):
         np.testing.assert_array_equal(loaded["optimizer"]["tensors"][k], v, err_msg=k)
 
 
+def _straight_and_resumed(tmp_path, **build):
+    """Weights after 3 epochs straight, and after 2 epochs checkpointed at step 17 (mid-epoch 2,
+    12 steps an epoch, after any CUDA graph was replayed) then resumed to 3 epochs."""
+    fit = dict(epochs=3, batch_size=4, verbose=False, log_every=1)
+    straight = build_model(**build)
+    straight.fit(dataset(), **fit)
+    first = build_model(**build)
+    first.fit(dataset(), epochs=2, batch_size=4, verbose=False, log_every=1,
+              checkpoint_dir=str(tmp_path), checkpoint_every=17, keep_checkpoints=10)
+    path = tmp_path / "ckpt-17"
+    assert checkpoint.load(path)["global_step"] == 17
+    if build.get("cuda_graph"):
+        assert first._step_graphs.replays > 0
+    resumed = build_model(**build)
+    resumed.fit(dataset(), resume=str(path), **fit)
+    assert resumed.global_step == straight.global_step
+    a, b = weights(straight), weights(resumed)
+    assert any(np.any(v != 0) for v in a.values())
+    return a, b
+
+
 @pytest.mark.parametrize("cuda_graph", [False, True])
 def test_resume_on_gpu_continues_the_run(tmp_path, cuda_graph, monkeypatch):
     from mpinet.ops.cuda import cudnn_conv
@@ -44,21 +65,7 @@ def test_resume_on_gpu_continues_the_run(tmp_path, cuda_graph, monkeypatch):
     # in the eager steps, and the resumed run's eager warm-up falls on steps that the straight
     # run replayed; TF32 there differed by ~1e-3 relative (seen on an H200).
     monkeypatch.setattr(cudnn_conv, "allow_tf32", False)
-    fit = dict(epochs=3, batch_size=4, verbose=False, log_every=1)
-    straight = build_model(cuda_graph=cuda_graph)
-    straight.fit(dataset(), **fit)
-
-    first = build_model(cuda_graph=cuda_graph)
-    first.fit(dataset(), epochs=2, batch_size=4, verbose=False, log_every=1,
-              checkpoint_dir=str(tmp_path), checkpoint_every=17, keep_checkpoints=10)
-    path = tmp_path / "ckpt-17"  # mid-epoch 2 (12 steps an epoch), after graphs were replayed
-    assert checkpoint.load(path)["global_step"] == 17
-    if cuda_graph:
-        assert first._step_graphs.replays > 0
-    resumed = build_model(cuda_graph=cuda_graph)
-    resumed.fit(dataset(), resume=str(path), **fit)
-    assert resumed.global_step == straight.global_step
-    a, b = weights(straight), weights(resumed)
+    a, b = _straight_and_resumed(tmp_path, cuda_graph=cuda_graph)
     for k in a:
         np.testing.assert_allclose(b[k], a[k], rtol=1e-4, atol=1e-5, err_msg=k)
 
@@ -69,15 +76,6 @@ def test_resume_on_gpu_is_bit_exact_with_deterministic_engines(tmp_path, monkeyp
 
     backend.select_device(device="gpu")
     monkeypatch.setattr(cudnn_conv, "deterministic", True)
-    fit = dict(epochs=3, batch_size=4, verbose=False, log_every=1)
-    straight = build_model(arch=arch)
-    straight.fit(dataset(), **fit)
-    first = build_model(arch=arch)
-    first.fit(dataset(), epochs=2, batch_size=4, verbose=False, log_every=1,
-              checkpoint_dir=str(tmp_path), checkpoint_every=17, keep_checkpoints=10)
-    resumed = build_model(arch=arch)
-    resumed.fit(dataset(), resume=str(tmp_path / "ckpt-17"), **fit)
-    a, b = weights(straight), weights(resumed)
-    assert any(np.any(v != 0) for v in a.values())
+    a, b = _straight_and_resumed(tmp_path, arch=arch)
     for k in a:
         np.testing.assert_array_equal(b[k], a[k], err_msg=k)
