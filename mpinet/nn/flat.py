@@ -104,4 +104,3 @@ class FlatParameters:
                 if not ok:
                     raise RuntimeError(f"parameter {p.name!r}: .{what} no longer views the flat "
                                        f"buffer; update it in place (p.{what}[...] = ...)")
-
