@@ -837,17 +837,12 @@ def cast_into(dst, src):
     if not (dst.flags.c_contiguous and src.flags.c_contiguous) or dst.size == 0:
         dst[...] = src
     elif src.dtype == f32 and dst.dtype != f32 and _kind_of(dst) is not None:
-        _launch_cast("v_from_f32", _kind_of(dst), src, _io(dst), dst.size)
+        _launch_vec("v_from_f32", _kind_of(dst), dst, src, _io(dst), np.uint64(dst.size))
     elif dst.dtype == f32 and src.dtype != f32 and _kind_of(src) is not None:
-        _launch_cast("v_to_f32", _kind_of(src), _io(src), dst, dst.size)
+        _launch_vec("v_to_f32", _kind_of(src), dst, _io(src), dst, np.uint64(dst.size))
     else:
         dst[...] = src
     return dst
-
-
-def _launch_cast(name, kind, x, y, n):
-    blocks = max(1, min(16 * _sm_count(y.device.id), -(-n // (_VEC_THREADS * 4))))
-    _vec_fn(name, kind)((blocks,), (_VEC_THREADS,), (x, y, np.uint64(n)))
 
 
 def channel_sum(x):
