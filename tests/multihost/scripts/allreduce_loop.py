@@ -1,0 +1,20 @@
+"""Allreduce in a loop until killed: the job a host failure must end. argv: impl, seconds."""
+import socket
+import sys
+import time
+
+import numpy as np
+
+from mpinet.comm import create_communicator
+from mpinet.comm.failure import install_abort_handler
+
+install_abort_handler()
+comm = create_communicator(sys.argv[1])
+x = np.ones(100_000, np.float32)
+print(f"rank {comm.rank} on {socket.gethostname()} node {comm.node}/{comm.num_nodes}: looping",
+      flush=True)
+end = time.monotonic() + float(sys.argv[2])
+while time.monotonic() < end:
+    comm.allreduce(x)
+    time.sleep(0.01)
+print(f"rank {comm.rank} finished: the test expected the job to be ended", flush=True)

@@ -1,0 +1,65 @@
+"""Where each rank runs, seen from inside a job on the emulated hosts. argv: impl.
+
+Checks that MPI's node-local grouping (Split_type, via the topology) puts the ranks of one host
+together and nothing else, that each host has its own hostname and address, and that after an
+allreduce this rank's host has TCP connections to another host's address (the data crossed
+a network between separate stacks). Prints one "ok" line per rank."""
+import socket
+import sys
+
+import numpy as np
+
+from mpinet.comm import create_communicator
+from mpinet.comm.failure import install_abort_handler
+
+
+def addresses():
+    """IPv4 addresses of this network namespace (from the routing table's local entries)."""
+    out = set()
+    with open("/proc/net/fib_trie") as f:
+        lines = f.read().splitlines()
+    for prev, line in zip(lines, lines[1:]):
+        if "/32 host LOCAL" in line:
+            out.add(prev.split()[-1])
+    return out - {"127.0.0.1"}
+
+
+def established_peers():
+    """Remote IPv4 addresses of this namespace's established TCP connections (/proc/net/tcp)."""
+    peers = set()
+    with open("/proc/net/tcp") as f:
+        for line in f.read().splitlines()[1:]:
+            fields = line.split()
+            remote, state = fields[2], fields[3]
+            if state == "01":  # ESTABLISHED
+                ip = remote.split(":")[0]
+                peers.add(socket.inet_ntoa(bytes.fromhex(ip)[::-1]))
+    return peers
+
+
+install_abort_handler()
+comm = create_communicator(sys.argv[1])
+t = comm.topology
+host = socket.gethostname()
+mine = addresses()
+table = comm.allgather_obj((t.rank, t.node, t.local_rank, host, sorted(mine)))
+by_node = {}
+for rank, node, _, h, addrs in table:
+    by_node.setdefault(node, set()).add((h, tuple(addrs)))
+assert t.num_nodes == 2 and t.local_size == 2 and t.size == 4, t
+# One hostname and one address set per node, all different between nodes.
+assert all(len(v) == 1 for v in by_node.values()), by_node
+assert len({next(iter(v))[0] for v in by_node.values()}) == 2, by_node
+assert len({next(iter(v))[1] for v in by_node.values()}) == 2, by_node
+# Ranks 0,1 on the first host, 2,3 on the second (hydra places ranks in blocks with -ppn 2).
+assert [n for _, n, _, _, _ in sorted(table)] == [0, 0, 1, 1], table
+x = np.full(1 << 16, comm.rank + 1.0, np.float32)
+comm.allreduce(x, out=x)
+np.testing.assert_array_equal(x, 10.0)
+others = {a for _, n, _, _, addrs in table if n != t.node for a in addrs}
+# The traffic of the allreduce went over TCP to the other host's address.
+crossing = established_peers() & others
+assert crossing, f"no TCP connection from {host} {sorted(mine)} to {sorted(others)}"
+comm.barrier()
+print(f"ok rank {t.rank} {host} {sorted(mine)} node {t.node}/{t.num_nodes} "
+      f"local {t.local_rank}/{t.local_size} tcp to {sorted(crossing)}", flush=True)
