@@ -23,6 +23,7 @@ WAIT_S=${MPINET_BED_SLURM_WAIT_S:-60}
 log() { echo "[bed-slurm] $*" >&2; }
 die() { echo "[bed-slurm] $*" >&2; exit 2; }
 on() { "$HERE/hosts.sh" exec "$@"; }
+alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
 up() {
   [ -f "$DIR/nodes" ] || die "no emulated hosts; run tests/multihost/hosts.sh up 2 first"
@@ -75,9 +76,13 @@ $node_lines
 PartitionName=bed Nodes=$list Default=YES MaxTime=INFINITE State=UP
 EOF
   export SLURM_CONF=$CONF
-  log "starting slurmctld on head"
-  on head slurmctld -i >>"$S/log/start.log" 2>&1
+  # Start what is not running (a test may have killed every process of a host).
+  if ! alive "$S/slurmctld.pid"; then
+    log "starting slurmctld on head"
+    on head slurmctld -i >>"$S/log/start.log" 2>&1
+  fi
   for n in "${nodes[@]}"; do
+    alive "$S/slurmd-$n.pid" && continue
     log "starting slurmd -N $n on $n"
     on "$n" slurmd -N "$n" >>"$S/log/start.log" 2>&1
   done
@@ -97,10 +102,18 @@ EOF
 }
 
 down() {
-  local f
+  local f pids=() p i
   for f in "$S"/slurmd-*.pid "$S"/slurmctld.pid; do
-    [ -f "$f" ] && kill "$(cat "$f")" 2>/dev/null || true
+    [ -f "$f" ] && pids+=("$(cat "$f")")
   done
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for ((i = 0; i < 50; i++)); do  # up to 5 s for them to save state and exit
+    alive=0
+    for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
+    [ "$alive" = 0 ] && break
+    sleep 0.1
+  done
+  for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
   rm -rf "$S"
 }
 

@@ -1,0 +1,111 @@
+"""slurm/ scripts on a Slurm whose nodes are the emulated hosts (tests/multihost/slurm.sh):
+slurmctld on head, one slurmd per host, so `--nodes=2` puts 2 ranks on each of two hosts.
+
+Preemption is triggered as in tests/slurm: SIGUSR1 to the batch shell, and the ~120 s begin-time
+hold Slurm puts on a requeued job is lifted with `scontrol update StartTime=now`."""
+import re
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from bed import HERE, REPO, run, slurm_env
+
+pytestmark = [pytest.mark.usefixtures("bed_slurm"), pytest.mark.slow]
+
+FINISHED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY",
+            "BOOT_FAIL", "DEADLINE", "PREEMPTED"}
+TRAIN = f"{sys.executable} -m mpinet.train"
+
+
+def on_head(cmd, timeout_s=60, **env):
+    return run([str(HERE / "hosts.sh"), "exec", "head", *map(str, cmd)], timeout_s,
+               env=slurm_env(**env))
+
+
+def submit(script, workdir, args, sbatch_args=(), time_min=5):
+    workdir.mkdir(parents=True, exist_ok=True)
+    proc, _ = on_head([REPO / "slurm" / "submit.sh", "--parsable", f"--chdir={workdir}",
+                       f"--time={time_min}", *sbatch_args, REPO / "slurm" / script, *args],
+                      MPINET_SLURM_GPUS=0, MPINET_SLURM_TASKS_PER_NODE=2,
+                      MPINET_SLURM_CPUS_PER_TASK=1, MPINET_PROGRAM=TRAIN, PYTHON=sys.executable)
+    assert proc.returncode == 0, proc.stdout
+    return proc.stdout.strip().splitlines()[-1].split(";")[0]
+
+
+def job(job_id):
+    proc, _ = on_head(["scontrol", "-o", "show", "job", job_id])
+    assert proc.returncode == 0, proc.stdout
+    return dict(re.findall(r"(\w+)=(\S*)", proc.stdout.splitlines()[0]))
+
+
+def logs(workdir):
+    return "\n".join(f"----- {p.name}\n{p.read_text(errors='replace')}"
+                     for p in sorted(workdir.glob("*.out")))
+
+
+def wait(job_id, condition, timeout_s, what, workdir):
+    deadline = time.monotonic() + timeout_s
+    while True:
+        j = job(job_id)
+        if condition(j):
+            return j
+        if time.monotonic() > deadline:
+            on_head(["scancel", job_id])
+            pytest.fail(f"job {job_id} not {what} after {timeout_s} s ({j.get('JobState')})\n"
+                        f"{logs(workdir)}")
+        time.sleep(0.5)
+
+
+def wait_finished(job_id, timeout_s, workdir):
+    return wait(job_id, lambda j: j["JobState"] in FINISHED, timeout_s, "finished", workdir)
+
+
+def same_weights(path_a, path_b):
+    from safetensors.numpy import load_file
+
+    a, b = load_file(path_a), load_file(path_b)
+    assert sorted(a) == sorted(b)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_multinode_sbatch_spans_two_hosts_and_trains(tmp_path):
+    jid = submit("train_multinode.sbatch", tmp_path,
+                 ["--epochs", "1", "--quiet", "--metrics", "metrics.jsonl"], ["--nodes=2"])
+    final = wait_finished(jid, 180, tmp_path)
+    log = logs(tmp_path)
+    assert final["JobState"] == "COMPLETED" and final["ExitCode"] == "0:0", log
+    assert final["NodeList"] == "node[1-2]", final
+    assert "on 2 node(s) (node[1-2]): 4 tasks" in log, log
+    assert "final test:" in log, log
+    assert (tmp_path / "metrics.jsonl").stat().st_size > 0
+
+
+def test_preempted_job_on_two_hosts_requeues_and_resumes_to_same_weights(tmp_path):
+    args = ["--epochs", "12", "--quiet", "--seed", "0", "--save-weights", "final.safetensors"]
+    ref_dir, pre_dir = tmp_path / "uninterrupted", tmp_path / "preempted"
+    ref = submit("train_multinode.sbatch", ref_dir, args + ["--checkpoint-dir", "ckpt"],
+                 ["--nodes=2"])
+    pre = submit("train_preemptible.sbatch", pre_dir, args + ["--metrics", "metrics.jsonl"],
+                 ["--nodes=2", "--signal=B:USR1@10"])
+    metrics = pre_dir / "metrics.jsonl"
+    wait(pre, lambda j: metrics.exists() and len(metrics.read_text().splitlines()) >= 2, 120,
+         "training (2 metrics lines)", pre_dir)
+    proc, _ = on_head(["scancel", "--signal=USR1", "--batch", pre])
+    assert proc.returncode == 0, proc.stdout
+    wait(pre, lambda j: j["JobState"] == "PENDING" and int(j["Restarts"]) >= 1, 120, "requeued",
+         pre_dir)
+    time.sleep(3)  # slurmd refuses a launch in the second its old credential was revoked
+    on_head(["scontrol", "update", f"JobId={pre}", "StartTime=now"])
+    lines_before = len(metrics.read_text().splitlines())
+    final = wait_finished(pre, 240, pre_dir)
+    log = logs(pre_dir)
+    assert final["JobState"] == "COMPLETED" and final["ExitCode"] == "0:0", log
+    assert final["Restarts"] == "1" and final["NodeList"] == "node[1-2]", final
+    assert len(metrics.read_text().splitlines()) >= lines_before + 2, log
+    assert "restart count: 1" in log and "--resume auto" in log, log
+    ref_final = wait_finished(ref, 240, ref_dir)
+    assert ref_final["JobState"] == "COMPLETED", logs(ref_dir)
+    same_weights(ref_dir / "final.safetensors", pre_dir / "final.safetensors")
