@@ -282,6 +282,8 @@ def main(argv=None) -> int:
             print(f"mpinet.train: error{where}: {errors[first]}", file=sys.stderr, flush=True)
         return 2
 
+    if rank == 0:  # which communicator, why, and which ranks run on which host
+        print(f"mpinet: {getattr(comm, 'choice', 'comm=' + comm.name)}", flush=True)
     if rank == 0 and not cfg["quiet"]:
         print(f"mpinet: {cfg['model']} on {cfg['dataset']} ({len(train)} train / {len(test)} "
               f"test), {comm.size} rank(s), comm={comm.name}, device={backend.current()}, "

@@ -149,14 +149,12 @@ def test_host_array_refused_by_nccl(comm):
         comm.allreduce(np.ones(3, np.float32))
 
 
-@pytest.mark.parametrize("env, expected", [({}, "nccl"), ({"MPINET_EMULATE_NODES": "2"}, "hierarchical"),
-                                           ({"MPINET_EMULATE_NODES": "2",
-                                             "MPINET_NCCL_ACROSS_NODES": "1"}, "nccl")])
+# auto is nccl on GPUs whatever the node count (hierarchical only when asked for).
+@pytest.mark.parametrize("env, expected", [({}, "nccl"), ({"MPINET_EMULATE_NODES": "2"}, "nccl")])
 def test_auto_choice_on_gpu(comm, monkeypatch, env, expected):
     from mpinet.comm import create_communicator
 
     monkeypatch.delenv("MPINET_EMULATE_NODES", raising=False)
-    monkeypatch.delenv("MPINET_NCCL_ACROSS_NODES", raising=False)
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     if comm.name != "nccl":
@@ -164,5 +162,6 @@ def test_auto_choice_on_gpu(comm, monkeypatch, env, expected):
     auto = create_communicator("auto")
     try:
         assert auto.name == expected
+        assert auto.choice.startswith(f"comm={expected} (auto: every rank has a GPU"), auto.choice
     finally:
         auto.close()
