@@ -266,7 +266,7 @@ class HierarchicalCommunicator(Communicator):
                 host[...] = host / divisor
 
             def fn(c, s):
-                cp.cuda.runtime.memcpyAsync(shard.data.ptr, host.ctypes.data, nbytes,
+                cp.cuda.runtime.memcpyAsync(shard.data.ptr, host.ctypes.data, shard.nbytes,
                                             _HOST_TO_DEVICE, s)
                 c.allGather(shard.data.ptr, dst.data.ptr, m, t, s)
 

@@ -2,13 +2,12 @@
 network namespace, address and hostname; ranks started through the launcher's remote agent
 (tests/multihost/agent.sh in place of ssh) and talking TCP between separate network stacks."""
 import re
-import signal
 import subprocess
 import time
 
 import pytest
 
-from bed import REPO, mpirun, on_host, python_script, run
+from bed import REPO, mpirun, on_host, python_script
 
 pytestmark = pytest.mark.usefixtures("bed")
 
@@ -41,7 +40,7 @@ def test_topology_sees_two_hosts_and_data_crosses_tcp(impl):
 
 def test_every_collective_across_two_hosts():
     """tests/comm's collectives (mpi and hierarchical on the real topology) on 2 hosts x 2."""
-    proc, elapsed = mpirun(["python", "-m", "mpi4py", "-m", "pytest", "-q", "-p",
+    proc, _ = mpirun(["python", "-m", "mpi4py", "-m", "pytest", "-q", "-p",
                             "no:cacheprovider", "--with-mpi", "-m", "mpi",
                             "tests/comm/test_comm_collectives.py", "-k", "not nodes"],
                            timeout_s=300)
@@ -54,7 +53,7 @@ def test_every_collective_across_two_hosts():
 def test_data_parallel_on_two_hosts_equals_one_rank(impl):
     proc, _ = mpirun(python_script("dp_exact.py", impl), timeout_s=120)
     assert proc.returncode == 0, proc.stdout
-    assert proc.stdout.count(f"dp exact rank") == 4, proc.stdout
+    assert proc.stdout.count("dp exact rank") == 4, proc.stdout
 
 
 def _start_loop(impl, seconds=60, **env):
