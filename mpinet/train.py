@@ -26,6 +26,7 @@ DEFAULTS = {
     "keep_checkpoints": 3, "resume": None, "seed": 0, "metrics": None, "log_every": 10,
     "train_samples": None, "quiet": False, "save_weights": None, "model_opt": None,
     "cuda_graph": False, "cudnn_benchmark": False, "deterministic": False,
+    "preflight": False,
 }
 
 
@@ -91,6 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--deterministic", action="store_true", default=None,
                    help="GPU: never choose cuDNN engines marked non-deterministic, so a run (and "
                         "a resumed run) repeats bit for bit; may be slower")
+    g.add_argument("--preflight", action="store_true", default=None,
+                   help="before training, check every rank's host, GPU, library versions and "
+                        "network, and time the communicator's allreduce (mpinet.comm.check); "
+                        "exit 2 if a check fails")
     g = p.add_argument_group("checkpoints and output")
     g.add_argument("--checkpoint-dir")
     g.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (0: per epoch)")
@@ -284,6 +289,15 @@ def main(argv=None) -> int:
 
     if rank == 0:  # which communicator, why, and which ranks run on which host
         print(f"mpinet: {getattr(comm, 'choice', 'comm=' + comm.name)}", flush=True)
+    if cfg["preflight"]:
+        from mpinet.comm.check import preflight  # noqa: PLC0415
+
+        if preflight(world, [comm.name], size_mb=16.0, iters=3,
+                     out=lambda line: print(line, flush=True)):
+            if rank == 0:
+                print("mpinet.train: error: the preflight found problems (above); fix them or "
+                      "run without --preflight", file=sys.stderr, flush=True)
+            return 2
     if rank == 0 and not cfg["quiet"]:
         print(f"mpinet: {cfg['model']} on {cfg['dataset']} ({len(train)} train / {len(test)} "
               f"test), {comm.size} rank(s), comm={comm.name}, device={backend.current()}, "

@@ -191,3 +191,35 @@ def test_link_down_ends_the_job_naming_the_silent_ranks(impl):
     assert f"did not complete within {LINK_TIMEOUT_S} s" in out, out
     assert re.search(r"could not be read: 2, 3|rank 2\b.*rank 3\b", out), out
     _assert_nothing_left()
+
+
+def test_preflight_across_two_hosts_reports_hosts_and_bandwidth():
+    proc, _ = mpirun(["python", "-m", "mpinet.comm.check", "--comm", "mpi,hierarchical",
+                      "--size-mb", "8", "--iters", "3"], timeout_s=120)
+    out = proc.stdout
+    assert proc.returncode == 0, out
+    assert "[preflight] 4 rank(s) on 2 host(s)" in out, out
+    assert "host node1: interfaces eth0 10.213.0.1, lo 127.0.0.1" in out, out
+    assert "host node2: interfaces eth0 10.213.0.2, lo 127.0.0.1" in out, out
+    for impl in ("mpi", "hierarchical"):
+        assert re.search(rf"\[preflight\] {impl} allreduce of 8 MiB float32: [\d.]+ ms, "
+                         rf"algbw [\d.]+ GB/s, busbw [\d.]+ GB/s \(4 ranks, 2 node\(s\)\)", out), out
+    assert "[preflight] all checks passed" in out, out
+
+
+def test_launch_hosts_sh_trains_across_two_hosts(tmp_path):
+    """The documented multi-host launcher (launch/hosts.sh) with hydra's remote agent set by
+    environment (HYDRA_LAUNCHER_EXEC) instead of ssh: preflight, then one epoch."""
+    from bed import HERE, job_env, nodes
+
+    hostfile = tmp_path / "hosts.txt"
+    hostfile.write_text("# the emulated hosts\n" + "\n".join(nodes()[:2]) + "\n")
+    env = job_env(HYDRA_LAUNCHER="ssh", HYDRA_LAUNCHER_EXEC=HERE / "agent.sh",
+                  MPIR_CVAR_CH4_NETMOD="ofi", FI_PROVIDER="tcp", FI_TCP_IFACE="eth0")
+    proc, _ = on_host("head", [REPO / "launch" / "hosts.sh", "-f", hostfile, "-N", "2", "--",
+                               "--epochs", "1", "--quiet", "--preflight"], timeout_s=180, env=env)
+    out = proc.stdout
+    assert proc.returncode == 0, out
+    assert "comm=mpi (auto: no rank has a GPU; 4 rank(s) on 2 node(s)); " \
+           "node1: ranks 0-1, node2: ranks 2-3" in out, out
+    assert "[preflight] all checks passed" in out and "final test:" in out, out

@@ -79,6 +79,7 @@ def test_multinode_sbatch_spans_two_hosts_and_trains(tmp_path):
     assert final["JobState"] == "COMPLETED" and final["ExitCode"] == "0:0", log
     assert final["NodeList"] == "node[1-2]", final
     assert "on 2 node(s) (node[1-2]): 4 tasks" in log, log
+    assert "node1: ranks 0-1, node2: ranks 2-3" in log, log  # printed by rank 0 at start
     assert "final test:" in log, log
     assert (tmp_path / "metrics.jsonl").stat().st_size > 0
 
