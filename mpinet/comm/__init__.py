@@ -10,7 +10,8 @@ It knows arrays only, never layers. Implementations (``comm.name``):
   * ``nccl``         CuPy arrays via cupy.cuda.nccl on a dedicated stream ordered after the
                      compute stream with events.
   * ``hierarchical`` reduce-scatter inside the node -> allreduce of this rank's shard across nodes
-                     over MPI (through pinned host buffers on GPU) -> allgather inside the node.
+                     over MPI (device buffers if MPI is CUDA-aware, else pinned host memory in
+                     chunks that overlap the copies with the network) -> allgather inside.
                      On CPU the same algorithm with MPI at both levels.
   * ``auto``         every rank on the CPU -> mpi; every rank with a GPU -> nccl, on any number
                      of nodes (NCCL crosses nodes by itself, over IB or sockets, and its

@@ -85,7 +85,10 @@ def test_multinode_sbatch_spans_two_hosts_and_trains(tmp_path):
 
 
 def test_preempted_job_on_two_hosts_requeues_and_resumes_to_same_weights(tmp_path):
-    args = ["--epochs", "12", "--quiet", "--seed", "0", "--save-weights", "final.safetensors"]
+    # 6 short epochs (640 samples, 5 steps of 4 x 32) with a metrics line every 2 steps: the
+    # signal lands mid-run, and the test stays short.
+    args = ["--epochs", "6", "--train-samples", "640", "--log-every", "2", "--quiet", "--seed",
+            "0", "--save-weights", "final.safetensors"]
     ref_dir, pre_dir = tmp_path / "uninterrupted", tmp_path / "preempted"
     ref = submit("train_multinode.sbatch", ref_dir, args + ["--checkpoint-dir", "ckpt"],
                  ["--nodes=2"])

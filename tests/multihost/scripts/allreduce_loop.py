@@ -11,6 +11,8 @@ from mpinet.comm.failure import install_abort_handler
 install_abort_handler()
 comm = create_communicator(sys.argv[1])
 x = np.ones(100_000, np.float32)
+if comm.rank == 0:  # what mpinet.train prints at start: which ranks run on which host
+    print(f"mpinet: {comm.choice}", flush=True)
 print(f"rank {comm.rank} on {socket.gethostname()} node {comm.node}/{comm.num_nodes}: looping",
       flush=True)
 end = time.monotonic() + float(sys.argv[2])
