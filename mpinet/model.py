@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import sys
 import time
-import warnings
 
 import numpy as np
 
-from . import amp, backend
+from . import amp, backend, random
 from .autograd import Variable, no_grad
 from .callbacks import Callback, MetricsLogger, ModelCheckpoint
 from .data.loader import DataLoader
@@ -451,7 +450,7 @@ class Model:
             "global_step": self.global_step,
             "world_size": self.comm.size,
             "config": getattr(self, "config", None),  # the CLI's flags, recorded in meta.json
-            "rng": _rng_states(),
+            "rng": random.rng_states(),
         }
 
     def load_training_state(self, state: dict) -> None:
@@ -468,7 +467,7 @@ class Model:
             self.transform.load_state_dict(state["transform"])
         self.global_step = int(state.get("global_step", 0))
         if state.get("rng") is not None:
-            _set_rng_states(state["rng"])
+            random.set_rng_states(state["rng"])
 
     def _forget_step_graphs(self) -> None:
         """Loading replaces buffers and optimizer state with new arrays: recapture."""
@@ -504,35 +503,6 @@ class Model:
 
         self._forget_step_graphs()
         self.network.load_state_dict(checkpoint.load_weights(path))
-
-
-def _rng_states() -> dict:
-    """This process's RNG states that training draws from, as JSON-able data: the init
-    generator (layers built after a resume) and dropout's default generator (on CPU or GPU).
-
-    Not captured: generators passed to individual layers (``Dropout(rng=...)``).
-    """
-    from .nn import init  # noqa: PLC0415
-    from .ops import dropout  # noqa: PLC0415
-
-    return {"init": init.generator().bit_generator.state,
-            "dropout": dropout.default_generator().get_state()}
-
-
-def _set_rng_states(states: dict) -> None:
-    """Restore ``_rng_states()`` (this rank's: ``checkpoint.load`` picks the rank's entry)."""
-    from .nn import init  # noqa: PLC0415
-    from .ops import dropout  # noqa: PLC0415
-
-    if "init" in states:
-        init.generator().bit_generator.state = states["init"]
-    if "dropout" in states:
-        if "calls" in states["dropout"]:
-            dropout.default_generator().set_state(states["dropout"])
-        else:  # a NumPy generator's state, written before dropout masks were counter-based
-            warnings.warn("checkpoint: the dropout generator state is from an older mpinet and "
-                          "was not restored; dropout masks after this resume differ from an "
-                          "uninterrupted run's", stacklevel=2)
 
 
 __all__ = ["Model", "History", "Callback"]
