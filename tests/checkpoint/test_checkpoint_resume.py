@@ -15,7 +15,7 @@ import pytest
 
 from ckpt_helpers import NUM_SAMPLES, assert_bitwise_equal, build_model, dataset, weights
 from mpinet import checkpoint
-from mpinet.callbacks import Callback
+from mpinet.training.callbacks import Callback
 
 EPOCHS, BATCH, EVERY = 3, 4, 5
 
