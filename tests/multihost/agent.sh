@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The launcher's remote agent for the emulated hosts of tests/multihost/hosts.sh, in place of ssh.
-# MPICH hydra (-launcher ssh -launcher-exec this, or HYDRA_LAUNCHER_EXEC) and Open MPI
-# (plm_rsh_agent) call it like ssh: `agent.sh [-x] HOST CMD...`, where CMD is a shell command line
-# (words quoted for the remote shell). It runs CMD inside HOST's network and UTS namespaces.
+# MPICH hydra (-launcher ssh -launcher-exec this, or HYDRA_LAUNCHER_EXEC) calls it like ssh:
+# `agent.sh -x HOST CMD...`, where CMD is a shell command line (words quoted for the remote
+# shell). Open MPI's plm_rsh_agent uses the same ssh convention, but only MPICH was tried here.
+# It runs CMD inside HOST's network and UTS namespaces.
 #
 # Like the ssh client, it stays on the calling host while the command runs and says so when the
 # remote side is lost: when every process of a host is killed, this line is what names the host.
