@@ -47,6 +47,7 @@ by_node = {}
 for rank, node, _, h, addrs in table:
     by_node.setdefault(node, set()).add((h, tuple(addrs)))
 assert t.num_nodes == 2 and t.local_size == 2 and t.size == 4, t
+assert t.hosts == tuple(h for _, _, _, h, _ in sorted(table)), t.hosts  # the topology's own view
 # One hostname and one address set per node, all different between nodes.
 assert all(len(v) == 1 for v in by_node.values()), by_node
 assert len({next(iter(v))[0] for v in by_node.values()}) == 2, by_node
