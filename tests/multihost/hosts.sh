@@ -63,6 +63,13 @@ up() {
     [ "$(wc -l <"$DIR/nodes")" -eq "$n" ] && { log "already up: $(tr '\n' ' ' <"$DIR/nodes")"; return 0; }
     die "a bed with $(wc -l <"$DIR/nodes") hosts is up; run '$0 down' first"
   fi
+  # Leftovers of an interrupted run (namespaces but no host list): clear them first.
+  if ip netns list 2>/dev/null | grep -q '^mpinet-'; then
+    log "clearing leftovers of an earlier bed"
+    down
+  fi
+  # A failure half-way leaves nothing behind.
+  trap 'log "up failed; tearing down"; down' ERR
   mkdir -p "$DIR"
   {
     echo "127.0.0.1 localhost"
@@ -75,6 +82,7 @@ up() {
   add_host head "$HEAD_ADDR"
   for ((i = 1; i <= n; i++)); do add_host "node$i" "$SUBNET.$i"; done
   for ((i = 1; i <= n; i++)); do echo "node$i"; done >"$DIR/nodes"
+  trap - ERR
   log "up: head ($HEAD_ADDR) and $n hosts node1..node$n on $SUBNET.0/24 (bridge br0 in $SWITCH)"
 }
 
