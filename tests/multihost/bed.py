@@ -70,5 +70,10 @@ def on_host(host, cmd, timeout_s=60, env=None, cwd=None):
     return run([str(HERE / "hosts.sh"), "exec", host, *map(str, cmd)], timeout_s, env, cwd)
 
 
+# MPICH between hosts over TCP on eth0 (as tests/multihost/mpirun.sh sets it): its default UCX
+# netmod would see one machine and use shared memory between the namespaces.
+BED_NETWORK = {"MPIR_CVAR_CH4_NETMOD": "ofi", "FI_PROVIDER": "tcp", "FI_TCP_IFACE": "eth0"}
+
+
 def slurm_env(**extra) -> dict:
-    return job_env(SLURM_CONF=str(SLURM_CONF), **extra)
+    return job_env(SLURM_CONF=str(SLURM_CONF), **BED_NETWORK, **extra)

@@ -24,12 +24,13 @@ def on_head(cmd, timeout_s=60, **env):
                env=slurm_env(**env))
 
 
-def submit(script, workdir, args, sbatch_args=(), time_min=5):
+def submit(script, workdir, args, sbatch_args=(), time_min=5, program=TRAIN):
     workdir.mkdir(parents=True, exist_ok=True)
     proc, _ = on_head([REPO / "slurm" / "submit.sh", "--parsable", f"--chdir={workdir}",
                        f"--time={time_min}", *sbatch_args, REPO / "slurm" / script, *args],
                       MPINET_SLURM_GPUS=0, MPINET_SLURM_TASKS_PER_NODE=2,
-                      MPINET_SLURM_CPUS_PER_TASK=1, MPINET_PROGRAM=TRAIN, PYTHON=sys.executable)
+                      MPINET_SLURM_CPUS_PER_TASK=1, MPINET_PROGRAM=program,
+                      PYTHON=sys.executable)
     assert proc.returncode == 0, proc.stdout
     return proc.stdout.strip().splitlines()[-1].split(";")[0]
 
@@ -73,15 +74,32 @@ def same_weights(path_a, path_b):
 
 def test_multinode_sbatch_spans_two_hosts_and_trains(tmp_path):
     jid = submit("train_multinode.sbatch", tmp_path,
-                 ["--epochs", "1", "--quiet", "--metrics", "metrics.jsonl"], ["--nodes=2"])
+                 ["--epochs", "1", "--quiet", "--metrics", "metrics.jsonl", "--preflight"],
+                 ["--nodes=2"])
     final = wait_finished(jid, 180, tmp_path)
     log = logs(tmp_path)
     assert final["JobState"] == "COMPLETED" and final["ExitCode"] == "0:0", log
     assert final["NodeList"] == "node[1-2]", final
     assert "on 2 node(s) (node[1-2]): 4 tasks" in log, log
     assert "node1: ranks 0-1, node2: ranks 2-3" in log, log  # printed by rank 0 at start
+    # The site network setting (slurm/config.sh) reached the ranks: MPI ran over TCP on eth0.
+    assert "--preflight" in log and "[preflight] all checks passed" in log, log
     assert "final test:" in log, log
     assert (tmp_path / "metrics.jsonl").stat().st_size > 0
+
+
+def test_multinode_job_ranks_talk_tcp_between_the_hosts(tmp_path):
+    """srun's ranks on two slurmd hosts: separate hostnames and addresses, node-local ranks
+    grouped per host, and the allreduce's data over TCP to the other host's address."""
+    program = f"{sys.executable} {HERE / 'scripts' / 'topology_check.py'}"
+    jid = submit("train_multinode.sbatch", tmp_path, ["hierarchical"], ["--nodes=2"],
+                 program=program)
+    final = wait_finished(jid, 120, tmp_path)
+    log = logs(tmp_path)
+    assert final["JobState"] == "COMPLETED" and final["ExitCode"] == "0:0", log
+    found = sorted(re.findall(r"ok rank (\d) (node\d) \['([\d.]+)'\] node (\d)/2", log))
+    assert found == [("0", "node1", "10.213.0.1", "0"), ("1", "node1", "10.213.0.1", "0"),
+                     ("2", "node2", "10.213.0.2", "1"), ("3", "node2", "10.213.0.2", "1")], log
 
 
 def test_preempted_job_on_two_hosts_requeues_and_resumes_to_same_weights(tmp_path):

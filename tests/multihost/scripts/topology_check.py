@@ -4,6 +4,7 @@ Checks that MPI's node-local grouping (Split_type, via the topology) puts the ra
 together and nothing else, that each host has its own hostname and address, and that after an
 allreduce this rank's host has TCP connections to another host's address (the data crossed
 a network between separate stacks). Prints one "ok" line per rank."""
+import os
 import socket
 import sys
 
@@ -24,14 +25,27 @@ def addresses():
     return out - {"127.0.0.1"}
 
 
+def my_socket_inodes():
+    inodes = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    return inodes
+
+
 def established_peers():
-    """Remote IPv4 addresses of this namespace's established TCP connections (/proc/net/tcp)."""
-    peers = set()
+    """Remote IPv4 addresses of this process's own established TCP connections (/proc/net/tcp
+    lists the whole namespace: launcher daemons' connections must not count)."""
+    mine, peers = my_socket_inodes(), set()
     with open("/proc/net/tcp") as f:
         for line in f.read().splitlines()[1:]:
             fields = line.split()
-            remote, state = fields[2], fields[3]
-            if state == "01":  # ESTABLISHED
+            remote, state, inode = fields[2], fields[3], fields[9]
+            if state == "01" and inode in mine:  # ESTABLISHED, owned by this process
                 ip = remote.split(":")[0]
                 peers.add(socket.inet_ntoa(bytes.fromhex(ip)[::-1]))
     return peers
@@ -58,9 +72,13 @@ x = np.full(1 << 16, comm.rank + 1.0, np.float32)
 comm.allreduce(x, out=x)
 np.testing.assert_array_equal(x, 10.0)
 others = {a for _, n, _, _, addrs in table if n != t.node for a in addrs}
-# The traffic of the allreduce went over TCP to the other host's address.
+# The allreduce's data went over TCP to the other host's address: on every host, at least one
+# rank's own process holds such a connection (MPI may route a node's traffic through one rank).
 crossing = established_peers() & others
-assert crossing, f"no TCP connection from {host} {sorted(mine)} to {sorted(others)}"
+per_node = comm.allgather_obj((t.node, bool(crossing)))
+for node in range(t.num_nodes):
+    assert any(c for n, c in per_node if n == node), \
+        f"no rank on node {node} has its own TCP connection to another host: {per_node}"
 comm.barrier()
 print(f"ok rank {t.rank} {host} {sorted(mine)} node {t.node}/{t.num_nodes} "
-      f"local {t.local_rank}/{t.local_size} tcp to {sorted(crossing)}", flush=True)
+      f"local {t.local_rank}/{t.local_size} own tcp to {sorted(crossing)}", flush=True)
