@@ -11,9 +11,13 @@ as unreachable rather than waited for, so the timeout report itself can never ha
 from __future__ import annotations
 
 import atexit
+import os
+import socket
 import time
 
 import numpy as np
+
+from mpinet.comm.guard import deadline
 
 # Op codes stored in the window (and in debug signatures); the order is part of no file format.
 OPS = ("allreduce", "bcast", "allgather", "reduce_scatter", "barrier",
@@ -43,6 +47,9 @@ class ArrivalTracker:
         self._world_ranks = mpi_comm.Get_group().Translate_ranks(
             list(range(mpi_comm.Get_size())), MPI.COMM_WORLD.Get_group())
         self.seq = 0
+        # Where each rank runs, for reports ("rank 2 (pid 4242 on host node2)").
+        self.pids, self.hosts = zip(*mpi_comm.allgather((os.getpid(), socket.gethostname())))
+        self._reading = None  # the rank whose slot is being requested (for a stuck Rget)
         try:
             self._win = MPI.Win.Allocate(16, 8, comm=mpi_comm)
         except MPI.Exception as err:
@@ -72,15 +79,38 @@ class ArrivalTracker:
         """Per rank of the comm: ``(world rank, seq, last op)``, or None when unreadable in time."""
         MPI, size = self._MPI, self._comm.Get_size()
         bufs = [np.zeros(2, np.int64) for _ in range(size)]
-        reqs = [self._win.Rget(bufs[r], r, (0, 2, MPI.INT64_T)) for r in range(size)]
-        done = [False] * size
-        deadline = time.monotonic() + read_timeout_s
-        while not all(done) and time.monotonic() < deadline:
-            for r, req in enumerate(reqs):
-                done[r] = done[r] or req.Test()
-            time.sleep(0.001)
+        # Rget can itself block when the target's process is gone (MPICH over tcp): bounded by
+        # a watchdog that names the rank being read and ends this process (guard.py).
+        with deadline(read_timeout_s + 5.0, self._stuck_report):
+            reqs = []
+            for r in range(size):
+                self._reading = r
+                reqs.append(self._win.Rget(bufs[r], r, (0, 2, MPI.INT64_T)))
+            self._reading = None
+            done = [False] * size
+            until = time.monotonic() + read_timeout_s
+            while not all(done) and time.monotonic() < until:
+                for r, req in enumerate(reqs):
+                    done[r] = done[r] or req.Test()
+                time.sleep(0.001)
         return [(self._world_ranks[r], int(b[0]), OPS[b[1]] if b[1] >= 0 else "none") if ok
                 else None for r, (b, ok) in enumerate(zip(bufs, done))]
+
+    def where(self, rank: int) -> str:
+        """``pid P on host H`` of a rank of this comm."""
+        return f"pid {self.pids[rank]} on host {self.hosts[rank]}"
+
+    def _stuck_report(self) -> str:
+        me = self._comm.Get_rank()
+        r = self._reading
+        stuck = (f"MPI blocked reading the position of rank {self._world_ranks[r]} "
+                 f"({self.where(r)})" if r is not None else "MPI blocked reading peers' positions")
+        others = sorted({h for h in self.hosts if h != self.hosts[me]})
+        return (f"[mpinet] rank {self._world_ranks[me]}: a collective timed out and {stuck}: "
+                f"that rank's process is gone or its host unreachable; ending this rank so the "
+                f"launcher ends the job. Ranks per host: "
+                + ", ".join(f"{h}: {[self._world_ranks[i] for i, x in enumerate(self.hosts) if x == h]}"
+                            for h in [self.hosts[me], *others]))
 
     def missing_report(self, seq: int) -> str:
         """Text naming the ranks that have not entered collective number ``seq``."""

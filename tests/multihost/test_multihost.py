@@ -56,10 +56,10 @@ def test_data_parallel_on_two_hosts_equals_one_rank(impl):
     assert proc.stdout.count("dp exact rank") == 4, proc.stdout
 
 
-def _start_loop(impl, seconds=60, **env):
+def _start_loop(impl, seconds=60, launcher_args=(), **env):
     from bed import HERE, job_env
 
-    cmd = [str(HERE / "mpirun.sh"), "-n", "4", "-ppn", "2",
+    cmd = [str(HERE / "mpirun.sh"), *launcher_args, "-n", "4", "-ppn", "2",
            *python_script("allreduce_loop.py", impl, seconds)]
     proc = subprocess.Popen(cmd, cwd=REPO, env=job_env(**env), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
@@ -224,3 +224,32 @@ def test_launch_hosts_sh_trains_across_two_hosts(tmp_path):
     assert "comm=mpi (auto: no rank has a GPU; 4 rank(s) on 2 node(s)); " \
            "node1: ranks 0-1, node2: ranks 2-3" in out, out
     assert "[preflight] all checks passed" in out and "final test:" in out, out
+
+
+@IMPLS
+def test_survivors_of_a_lost_host_end_themselves_naming_it(impl):
+    """With the launcher's cleanup off (-disable-auto-cleanup), nothing but mpinet ends the
+    survivors: their wait times out, and reading the dead ranks' positions blocks inside MPI
+    (MPICH over tcp retries the connection), so a watchdog ends each survivor naming the rank
+    and host it was stuck on. Bound: timeout + position read (3 s) + watchdog (5 s)."""
+    proc = _start_loop(impl, launcher_args=["-disable-auto-cleanup"],
+                       MPINET_COMM_TIMEOUT=LINK_TIMEOUT_S)
+    try:
+        head = "".join(_wait_looping(proc))
+        victims = _pids_on("node2", r"allreduce_loop")
+        assert len(victims) == 2, victims
+        start = time.monotonic()
+        for pid in victims:
+            subprocess.run(["kill", "-9", str(pid)], check=False)
+        out = head + _finish(proc, LINK_TIMEOUT_S + 40)
+        elapsed = time.monotonic() - start
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0, out
+    assert elapsed < LINK_TIMEOUT_S + 3 + 5 + 5, f"the job took {elapsed:.1f} s to end:\n{out}"
+    assert "rank 0 finished" not in out and "rank 1 finished" not in out, out
+    # Each survivor names the lost rank it was stuck on, with its host, and the layout.
+    assert re.search(r"\[mpinet\] rank [01]: .*rank [23] \(pid \d+ on host node2\).*"
+                     r"node1: \[0, 1\], node2: \[2, 3\]", out), out
+    _assert_nothing_left()

@@ -4,6 +4,7 @@ slurmctld on head, one slurmd per host, so `--nodes=2` puts 2 ranks on each of t
 Preemption is triggered as in tests/slurm: SIGUSR1 to the batch shell, and the ~120 s begin-time
 hold Slurm puts on a requeued job is lifted with `scontrol update StartTime=now`."""
 import re
+import subprocess
 import sys
 import time
 
@@ -100,6 +101,41 @@ def test_multinode_job_ranks_talk_tcp_between_the_hosts(tmp_path):
     found = sorted(re.findall(r"ok rank (\d) (node\d) \['([\d.]+)'\] node (\d)/2", log))
     assert found == [("0", "node1", "10.213.0.1", "0"), ("1", "node1", "10.213.0.1", "0"),
                      ("2", "node2", "10.213.0.2", "1"), ("3", "node2", "10.213.0.2", "1")], log
+
+
+def test_killing_the_ranks_of_one_host_ends_the_job_naming_them(tmp_path):
+    """The ranks of node2 die (slurmstepd lives on, as after a crash or an OOM kill): srun's
+    --kill-on-bad-exit ends the step at once and names host and tasks."""
+    program = f"{sys.executable} {HERE / 'scripts' / 'allreduce_loop.py'}"
+    jid = submit("train_multinode.sbatch", tmp_path, ["mpi", "120"], ["--nodes=2"],
+                 program=program)
+    wait(jid, lambda j: logs(tmp_path).count("looping") == 4, 60, "looping", tmp_path)
+    victims = _ranks_on("node2")
+    assert len(victims) == 2, victims
+    start = time.monotonic()
+    for pid in victims:
+        subprocess.run(["kill", "-9", str(pid)], check=False)
+    final = wait_finished(jid, 30, tmp_path)
+    elapsed = time.monotonic() - start
+    log = logs(tmp_path)
+    assert elapsed < 10, f"the job took {elapsed:.1f} s to end\n{log}"
+    assert final["JobState"] != "COMPLETED", final
+    assert "node2: tasks 2-3: Killed" in log, log
+    assert "node1: ranks 0-1, node2: ranks 2-3" in log, log
+
+
+def _ranks_on(host):
+    pids = subprocess.run(["ip", "netns", "pids", f"mpinet-{host}"], capture_output=True,
+                          text=True, check=False).stdout.split()
+    found = []
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/cmdline", "rb") as f:
+                if b"allreduce_loop" in f.read():
+                    found.append(int(p))
+        except OSError:
+            pass
+    return found
 
 
 def test_preempted_job_on_two_hosts_requeues_and_resumes_to_same_weights(tmp_path):

@@ -1,4 +1,6 @@
 """Allreduce in a loop until killed: the job a host failure must end. argv: impl, seconds."""
+import faulthandler
+import signal
 import socket
 import sys
 import time
@@ -9,6 +11,7 @@ from mpinet.comm import create_communicator
 from mpinet.comm.failure import install_abort_handler
 
 install_abort_handler()
+faulthandler.register(signal.SIGUSR2)  # `kill -USR2 PID`: where a stuck rank is, on stderr
 comm = create_communicator(sys.argv[1])
 x = np.ones(100_000, np.float32)
 if comm.rank == 0:  # what mpinet.train prints at start: which ranks run on which host
