@@ -58,7 +58,7 @@ host = socket.gethostname()
 mine = addresses()
 table = comm.allgather_obj((t.rank, t.node, t.local_rank, host, sorted(mine)))
 by_node = {}
-for rank, node, _, h, addrs in table:
+for _, node, _, h, addrs in table:
     by_node.setdefault(node, set()).add((h, tuple(addrs)))
 assert t.num_nodes == 2 and t.local_size == 2 and t.size == 4, t
 assert t.hosts == tuple(h for _, _, _, h, _ in sorted(table)), t.hosts  # the topology's own view
