@@ -14,7 +14,7 @@ import threading
 import numpy as np
 
 from .autograd import Function, Variable
-from .ops._util import cast_into
+from .kernels.elementwise import cast_into
 
 _state = threading.local()
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..autograd import Parameter
 from .. import backend
-from ..ops._util import cast_into
+from ..kernels.elementwise import cast_into
 
 
 # Every parameter starts on a 256-byte boundary: cuDNN refuses misaligned operand pointers

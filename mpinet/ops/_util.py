@@ -46,17 +46,6 @@ def writable_out(dest, dtype):
     return dest
 
 
-def cast_into(dst, src) -> None:
-    """dst[...] = src converted to dst's dtype; on the GPU one kernel for the float32 <->
-    bf16/fp16 conversions of mixed precision (CuPy's copy costs more host time per call)."""
-    if backend.is_gpu_array(dst):
-        from .cuda import fused  # noqa: PLC0415 - GPU only
-
-        fused.cast_into(dst, src)
-    else:
-        dst[...] = src
-
-
 def check_ndim(op: str, name: str, x, ndim: int, layout: str) -> None:
     """Raise a ValueError naming the op, the argument, the expected layout and the actual shape."""
     if x.ndim != ndim:

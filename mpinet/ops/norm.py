@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import backend
+from .. import backend, kernels
 from ..autograd import Function
 from ._util import writable_out
 from .activation import relu_array, relu_grad
@@ -141,12 +141,10 @@ class BatchNormTrain(Function):
         self.fused = (self.stats is None and self.reduce_grads is None
                       and backend.is_gpu_array(x))
         if self.fused:
-            from .cuda import fused  # noqa: PLC0415 - GPU only
-
             self.count = _count(x)
             _need_two_values(self.count, x)
             rm, rv, momentum = self.running if self.running is not None else (None, None, 0.0)
-            y, mean, invstd, new_rm, new_rv = fused.batch_norm_train(
+            y, mean, invstd, new_rm, new_rv = kernels.batch_norm.batch_norm_train(
                 x, gamma, beta, self.eps, rm, rv, momentum, self.relu, self.batches)
             if new_rm is not None:
                 self.new_running = (new_rm, new_rv)
@@ -185,10 +183,8 @@ class BatchNormTrain(Function):
         # gamma's and beta's gradients go straight into their zeroed buffers when possible
         ggamma_out, gbeta_out = self.grad_destination(1), self.grad_destination(2)
         if self.fused:
-            from .cuda import fused  # noqa: PLC0415 - GPU only
-
-            gx, ggamma, gbeta = fused.batch_norm_backward(x, gy, gamma, mean, invstd,
-                                                          ggamma_out, gbeta_out, relu_y)
+            gx, ggamma, gbeta = kernels.batch_norm.batch_norm_backward(
+                x, gy, gamma, mean, invstd, ggamma_out, gbeta_out, relu_y)
             return gx, ggamma, gbeta
         if relu_y is not None:
             gy = relu_grad(relu_y, gy)
@@ -227,10 +223,8 @@ class BatchNormEval(Function):
     def forward(self, x, gamma, beta):
         _check_input(x, gamma, beta)
         if backend.is_gpu_array(x):
-            from .cuda import fused  # noqa: PLC0415 - GPU only
-
-            y = fused.batch_norm_infer(x, gamma, beta, self.running_mean, self.running_var,
-                                       self.eps, self.relu)
+            y = kernels.batch_norm.batch_norm_infer(x, gamma, beta, self.running_mean,
+                                                    self.running_var, self.eps, self.relu)
         else:
             scale, shift = self._affine(x, gamma, beta)
             y = (x.astype(scale.dtype, copy=False) * _per_channel(scale, x)

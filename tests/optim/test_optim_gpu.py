@@ -1,4 +1,4 @@
-"""GPU: the fused update kernels (mpinet.ops.cuda.fused) against the CPU update, and the
+"""GPU: the fused update kernels (mpinet.optim.kernels) against the CPU update, and the
 optimizers, state dicts and loss scaler on CuPy arrays."""
 import numpy as np
 import pytest

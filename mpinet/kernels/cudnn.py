@@ -30,6 +30,9 @@ Arrays are NCHW with contiguous (C-order) strides; the weight is (K, C/groups, R
 are implied by the shapes (cuDNN infers them from the image's C and the weight's C/groups).
 dtypes: float32 (compute float32, TF32 allowed), float16 and bfloat16 (compute float32).
 float64 is refused with a TypeError (see ``supports``): callers use their xp path for it.
+
+(Over 400 lines on purpose: building graphs, choosing plans and executing them share the caches
+and the per-stream handle/workspace state below; split, one cache's rules would span files.)
 """
 from __future__ import annotations
 
