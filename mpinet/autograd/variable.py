@@ -25,9 +25,9 @@ class Variable:
         self.name = name
         self.creator = None  # the Function that produced this variable
         self._grad_ready_hooks: list[Callable[["Variable"], None]] = []
-        # The .grad array while it is known to hold zeros (set by whoever zeroed it in place,
-        # e.g. FlatParameters.zero_grad; cleared by the first accumulation). While it is the
-        # current .grad, a backward may write this leaf's gradient straight into it
+        # The .grad array while it is known to hold zeros (set by mark_grad_zeroed, e.g. from
+        # FlatParameters.zero_grad; cleared by the first accumulation in a backward). While it is
+        # the current .grad, a backward may write this leaf's gradient straight into it
         # (Function.grad_destination) instead of autograd adding a fresh array into it.
         self._grad_zeroed = None
 
@@ -92,7 +92,11 @@ class Variable:
 
     def mark_grad_zeroed(self) -> None:
         """Declare that ``.grad`` now holds zeros (its owner just zeroed it in place), so the next
-        backward may overwrite it instead of adding into it."""
+        backward may overwrite it instead of adding into it (see Function.grad_destination).
+
+        Part of the write-in-place contract: call it only right after zeroing this very
+        ``.grad`` array in place; the mark holds for that array until the next backward
+        accumulates into it (rebinding ``.grad`` to another array voids it)."""
         self._grad_zeroed = self.grad
 
     # ---- operators (implemented in mpinet.ops; imported lazily to keep layering) -----------

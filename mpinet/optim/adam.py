@@ -1,7 +1,7 @@
 """Adam (L2 weight decay folded into the gradient) and AdamW (decoupled weight decay)."""
 from __future__ import annotations
 
-from ..nn.flat import FlatParameters
+from ..flat import FlatParameters
 from .functional import adam_update_
 from .hyper import adam_hyper
 from .optimizer import Optimizer

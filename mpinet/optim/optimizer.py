@@ -25,7 +25,7 @@ give them to a second optimizer with weight_decay=0.
 from __future__ import annotations
 
 from ..autograd import Parameter
-from ..nn.flat import FlatParameters
+from ..flat import FlatParameters
 from .. import backend
 from .hyper import HYPER_SIZE
 from .kernels import write_hyper_

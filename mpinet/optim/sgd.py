@@ -1,7 +1,7 @@
 """SGD with momentum, dampening, Nesterov and (L2) weight decay: torch.optim.SGD's update."""
 from __future__ import annotations
 
-from ..nn.flat import FlatParameters
+from ..flat import FlatParameters
 from .functional import sgd_update_
 from .hyper import sgd_hyper
 from .optimizer import Optimizer

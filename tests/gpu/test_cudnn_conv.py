@@ -220,7 +220,7 @@ def test_wgrad_writes_into_given_buffer_and_autograd_skips_the_add(conv):
     cp, cc = conv
     cc.allow_tf32 = False
     from mpinet.autograd import Parameter, Variable
-    from mpinet.nn.flat import FlatParameters
+    from mpinet.flat import FlatParameters
     from mpinet.ops import conv as conv_ops, norm
 
     rng = np.random.default_rng(5)

@@ -5,7 +5,7 @@ import pytest
 
 from mpinet import amp, backend
 from mpinet.autograd import Parameter, Variable
-from mpinet.nn.flat import FlatParameters
+from mpinet.flat import FlatParameters
 from mpinet.optim import SGD, LossScaler
 
 

@@ -5,7 +5,7 @@ import pytest
 
 from mpinet import backend
 from mpinet.autograd import Parameter
-from mpinet.nn.flat import FlatParameters
+from mpinet.flat import FlatParameters
 from mpinet.optim import SGD, Adam, AdamW, LossScaler
 from mpinet.optim.functional import (adam_update_, adam_update_xp_, sgd_update_,
                                      sgd_update_xp_)
