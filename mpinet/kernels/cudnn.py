@@ -40,6 +40,8 @@ import os
 import warnings
 from dataclasses import dataclass
 
+from . import _compile
+
 allow_tf32 = True
 benchmark = os.environ.get("MPINET_CUDNN_BENCHMARK", "0") == "1"
 deterministic = os.environ.get("MPINET_CUDNN_DETERMINISTIC", "0") == "1"
@@ -317,8 +319,7 @@ def _run(op, a, b, out_shape, stride, padding, dilation, out=None):
     """Execute (building and caching on first use) conv ``op`` on a, b into a new array of
     out_shape, or into ``out`` if it is a C-contiguous array of that shape and a's dtype.
     stride/padding/dilation: normalised (h, w) tuples."""
-    import cupy as cp  # noqa: PLC0415 - GPU-only module
-
+    cp = _compile.cp()
     if a.dtype != b.dtype:
         raise TypeError(f"cuDNN conv_{op}: operands have dtypes {a.dtype.name} and "
                         f"{b.dtype.name}; expected the same dtype for both")
