@@ -5,9 +5,10 @@ arrays it was handed, ``current().xp`` for code that creates arrays. No module i
 cupy at module level, so ``import mpinet`` works on a machine without CUDA. A few import it
 inside the functions that need it, each for a reason: this module (``_cupy``: the array module
 of the GPU backend), ``kernels._compile.cp`` (every kernel launch, including kernels.cudnn and
-optim.kernels), ``ops.dropout`` (moving the generator state to the device), ``cuda_graph``
-(graph capture), ``comm.nccl`` (NCCL and its device buffers), ``comm.hierarchical`` and
-``data.loader`` (cupyx's pinned host memory), and ``testing`` (the GPU test helpers).
+optim.kernels), ``random`` (moving the dropout generator's state to the device),
+``training.cuda_graph`` (graph capture), ``comm.nccl`` (NCCL and its device buffers),
+``comm.hierarchical`` and ``data.loader`` (cupyx's pinned host memory), and ``testing`` (the GPU
+test helpers).
 
 Device choice:
   * ``MPINET_DEVICE=cpu|gpu|auto`` (default auto) picks the backend.

@@ -1,4 +1,4 @@
-"""Dropout: the mask bits of mpinet.keyed_random.keyed_bits((seed, calls), i), computed in-kernel
+"""Dropout: the mask bits of mpinet.random.keyed_bits((seed, calls), i), computed in-kernel
 from the generator's device state [seed, calls], which a second one-thread kernel advances.
 Nothing is read on the host, so the pair captures into a CUDA graph and each replay draws a
 fresh mask."""
