@@ -129,9 +129,11 @@ def test_documented_command_parses(where, line, args, capsys):
 
 
 @pytest.mark.parametrize("line, message", [
-    ("python -m mpinet.train --model resnet50 --dataset imagenet", "--dataset 'imagenet' is unknown"),
+    ("python -m mpinet.train --model resnet50 --dataset imagenet",
+     "--dataset 'imagenet' is unknown"),
     ("launch/hosts.sh -f h -N 8 -- --model nosuchnet", "--model 'nosuchnet' is unknown"),
-    ("slurm/submit.sh --nodes=2 slurm/train_multinode.sbatch --epochz 3", "unrecognized arguments: --epochz"),
+    ("slurm/submit.sh --nodes=2 slurm/train_multinode.sbatch --epochz 3",
+     "unrecognized arguments: --epochz"),
     ("mpirun -n 2 python -m mpinet.train --resume auto", "--resume auto needs --checkpoint-dir"),
 ])
 def test_a_bad_documented_command_fails(line, message, capsys):

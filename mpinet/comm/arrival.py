@@ -48,7 +48,9 @@ class ArrivalTracker:
             list(range(mpi_comm.Get_size())), MPI.COMM_WORLD.Get_group())
         self.seq = 0
         # Where each rank runs, for reports ("rank 2 (pid 4242 on host node2)").
-        self.pids, self.hosts = zip(*mpi_comm.allgather((os.getpid(), socket.gethostname())))
+        where = mpi_comm.allgather((os.getpid(), socket.gethostname()))
+        self.pids = [pid for pid, _ in where]
+        self.hosts = [host for _, host in where]
         self._reading = None  # the rank whose slot is being requested (for a stuck Rget)
         try:
             self._win = MPI.Win.Allocate(16, 8, comm=mpi_comm)
@@ -106,11 +108,12 @@ class ArrivalTracker:
         stuck = (f"MPI blocked reading the position of rank {self._world_ranks[r]} "
                  f"({self.where(r)})" if r is not None else "MPI blocked reading peers' positions")
         others = sorted({h for h in self.hosts if h != self.hosts[me]})
+        per_host = {h: [self._world_ranks[i] for i, x in enumerate(self.hosts) if x == h]
+                    for h in [self.hosts[me], *others]}
         return (f"[mpinet] rank {self._world_ranks[me]}: a collective timed out and {stuck}: "
                 f"that rank's process is gone or its host unreachable; ending this rank so the "
                 f"launcher ends the job. Ranks per host: "
-                + ", ".join(f"{h}: {[self._world_ranks[i] for i, x in enumerate(self.hosts) if x == h]}"
-                            for h in [self.hosts[me], *others]))
+                + ", ".join(f"{h}: {ranks}" for h, ranks in per_host.items()))
 
     def missing_report(self, seq: int) -> str:
         """Text naming the ranks that have not entered collective number ``seq``."""

@@ -65,10 +65,10 @@ def _gpu_facts() -> dict | None:
     props = cp.cuda.runtime.getDeviceProperties(dev.id)
     name = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
     try:
-        from cupy.cuda import nccl  # noqa: PLC0415
+        from cupy.cuda import nccl
 
         nccl_version = str(nccl.get_version())
-    except Exception:  # noqa: BLE001 - CuPy without NCCL: reported, checked for consistency
+    except Exception:  # CuPy without NCCL: reported, checked for consistency
         nccl_version = "none"
     return {"device": dev.id, "pci_bus_id": dev.pci_bus_id, "name": name,
             "nccl": nccl_version, "cupy": cp.__version__,
@@ -77,9 +77,9 @@ def _gpu_facts() -> dict | None:
 
 def local_facts(rank: int) -> dict:
     """What this rank can say about itself."""
-    from mpi4py import MPI  # noqa: PLC0415
+    from mpi4py import MPI
 
-    from mpinet import __version__  # noqa: PLC0415
+    from mpinet import __version__
 
     return {"rank": rank, "host": socket.gethostname(), "pid": os.getpid(),
             "mpi": " ".join(MPI.Get_library_version().splitlines()[0].split()),
@@ -140,7 +140,7 @@ def reachability(mpi_comm, timeout_s: float = 10.0) -> list[str]:
     """Every rank sends one message to every other; returns the ones this rank did not receive
     within ``timeout_s`` (point to point only: nothing here can hang on an unreachable peer).
     Receives still open at the deadline are cancelled."""
-    from mpi4py import MPI  # noqa: PLC0415
+    from mpi4py import MPI
 
     rank, size = mpi_comm.Get_rank(), mpi_comm.Get_size()
     out = np.full(1, rank, np.int64)
@@ -200,9 +200,9 @@ def preflight(mpi_comm, comm_names=(), size_mb: float = 16.0, iters: int = 5,
               reach_timeout_s: float = 10.0, out=print) -> list[str]:
     """Run every check on all ranks (collective); rank 0 prints with ``out``. Returns the
     problems found (the same list on every rank). Bandwidth for each name in ``comm_names``."""
-    from mpinet.comm import create_communicator  # noqa: PLC0415
+    from mpinet.comm import create_communicator
 
-    from mpinet.comm import failure  # noqa: PLC0415
+    from mpinet.comm import failure
 
     rank = mpi_comm.Get_rank()
     # Point to point first: every collective below would hang on a rank that cannot be reached,
@@ -250,10 +250,10 @@ def main(argv=None) -> int:
     p.add_argument("--reach-timeout", type=float, default=10.0,
                    help="seconds each rank waits for a message from every other rank")
     args = p.parse_args(argv)
-    from mpi4py import MPI  # noqa: PLC0415
+    from mpi4py import MPI
 
-    from mpinet.comm import IMPLS, topology  # noqa: PLC0415
-    from mpinet.comm.failure import install_abort_handler  # noqa: PLC0415
+    from mpinet.comm import IMPLS, topology
+    from mpinet.comm.failure import install_abort_handler
 
     world = MPI.COMM_WORLD
     install_abort_handler(world)

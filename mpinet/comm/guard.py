@@ -30,7 +30,7 @@ def deadline(seconds: float, describe):
             return
         try:
             text = describe()
-        except Exception as e:  # noqa: BLE001 - the report must go out whatever happens
+        except Exception as e:  # the report must go out whatever happens
             text = f"(could not describe the stuck call: {type(e).__name__}: {e})"
         sys.stderr.write(f"{text}\n")
         sys.stderr.flush()

@@ -69,11 +69,12 @@ def mpi_cuda_support() -> tuple[bool, str]:
     raw = os.environ.get(CUDA_AWARE_ENV, "").strip()
     if raw in ("0", "1"):
         return raw == "1", f"${CUDA_AWARE_ENV}={raw}"
-    from mpi4py import MPI  # noqa: PLC0415 - loads the MPI library
+    from mpi4py import MPI
 
     lib = _loaded_mpi_library()
     if lib is None:
-        return False, f"MPI library not found among loaded libraries ({MPI.Get_library_version().splitlines()[0]})"
+        version = MPI.Get_library_version().splitlines()[0]
+        return False, f"MPI library not found among loaded libraries ({version})"
     try:
         query = getattr(lib, "MPIX_GPU_query_support", None)
         if query is not None:  # MPICH >= 4
@@ -85,7 +86,7 @@ def mpi_cuda_support() -> tuple[bool, str]:
             query.restype = ctypes.c_int
             value = int(query())
             return value == 1, f"MPIX_Query_cuda_support() = {value}"
-    except Exception as e:  # noqa: BLE001 - a probe must never take the job down
+    except Exception as e:  # a probe must never take the job down
         return False, f"CUDA-awareness query failed ({type(e).__name__}: {e})"
     return False, "the MPI library has no CUDA-awareness query"
 

@@ -204,7 +204,8 @@ def test_preflight_across_two_hosts_reports_hosts_and_bandwidth():
     assert "host node2: interfaces eth0 10.213.0.2, lo 127.0.0.1" in out, out
     for impl in ("mpi", "hierarchical"):
         assert re.search(rf"\[preflight\] {impl} allreduce of 8 MiB float32: [\d.]+ ms, "
-                         rf"algbw [\d.]+ GB/s, busbw [\d.]+ GB/s \(4 ranks, 2 node\(s\)\)", out), out
+                         rf"algbw [\d.]+ GB/s, busbw [\d.]+ GB/s \(4 ranks, 2 node\(s\)\)",
+                         out), out
     assert "[preflight] all checks passed" in out, out
 
 

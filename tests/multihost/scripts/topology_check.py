@@ -19,7 +19,7 @@ def addresses():
     out = set()
     with open("/proc/net/fib_trie") as f:
         lines = f.read().splitlines()
-    for prev, line in zip(lines, lines[1:]):
+    for prev, line in zip(lines, lines[1:], strict=False):
         if "/32 host LOCAL" in line:
             out.add(prev.split()[-1])
     return out - {"127.0.0.1"}
