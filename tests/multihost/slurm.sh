@@ -69,6 +69,8 @@ AccountingStorageType=accounting_storage/none
 JobCompType=jobcomp/none
 JobRequeue=1
 KillWait=10
+# A host whose slurmd stops answering is DOWN after this many seconds (its jobs end NODE_FAIL).
+SlurmdTimeout=6
 MinJobAge=600
 SchedulerType=sched/backfill
 SchedulerParameters=sched_interval=2,bf_interval=1
