@@ -73,22 +73,6 @@ def same_weights(path_a, path_b):
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 
 
-def test_multinode_sbatch_spans_two_hosts_and_trains(tmp_path):
-    jid = submit("train_multinode.sbatch", tmp_path,
-                 ["--epochs", "1", "--quiet", "--metrics", "metrics.jsonl", "--preflight"],
-                 ["--nodes=2"])
-    final = wait_finished(jid, 180, tmp_path)
-    log = logs(tmp_path)
-    assert final["JobState"] == "COMPLETED" and final["ExitCode"] == "0:0", log
-    assert final["NodeList"] == "node[1-2]", final
-    assert "on 2 node(s) (node[1-2]): 4 tasks" in log, log
-    assert "node1: ranks 0-1, node2: ranks 2-3" in log, log  # printed by rank 0 at start
-    # The site network setting (slurm/config.sh) reached the ranks: MPI ran over TCP on eth0.
-    assert "--preflight" in log and "[preflight] all checks passed" in log, log
-    assert "final test:" in log, log
-    assert (tmp_path / "metrics.jsonl").stat().st_size > 0
-
-
 def test_multinode_job_ranks_talk_tcp_between_the_hosts(tmp_path):
     """srun's ranks on two slurmd hosts: separate hostnames and addresses, node-local ranks
     grouped per host, and the allreduce's data over TCP to the other host's address."""
@@ -139,10 +123,12 @@ def _ranks_on(host):
 
 
 def test_preempted_job_on_two_hosts_requeues_and_resumes_to_same_weights(tmp_path):
+    """Also the plain case: the uninterrupted reference is slurm/train_multinode.sbatch with
+    --nodes=2, which must train on both hosts and exit 0."""
     # 6 short epochs (640 samples, 5 steps of 4 x 32) with a metrics line every 2 steps: the
     # signal lands mid-run, and the test stays short.
     args = ["--epochs", "6", "--train-samples", "640", "--log-every", "2", "--quiet", "--seed",
-            "0", "--save-weights", "final.safetensors"]
+            "0", "--save-weights", "final.safetensors", "--preflight"]
     ref_dir, pre_dir = tmp_path / "uninterrupted", tmp_path / "preempted"
     ref = submit("train_multinode.sbatch", ref_dir, args + ["--checkpoint-dir", "ckpt"],
                  ["--nodes=2"])
@@ -165,5 +151,11 @@ def test_preempted_job_on_two_hosts_requeues_and_resumes_to_same_weights(tmp_pat
     assert len(metrics.read_text().splitlines()) >= lines_before + 2, log
     assert "restart count: 1" in log and "--resume auto" in log, log
     ref_final = wait_finished(ref, 240, ref_dir)
-    assert ref_final["JobState"] == "COMPLETED", logs(ref_dir)
+    ref_log = logs(ref_dir)
+    assert ref_final["JobState"] == "COMPLETED" and ref_final["ExitCode"] == "0:0", ref_log
+    assert ref_final["NodeList"] == "node[1-2]", ref_final
+    assert "on 2 node(s) (node[1-2]): 4 tasks" in ref_log, ref_log
+    assert "node1: ranks 0-1, node2: ranks 2-3" in ref_log, ref_log  # printed by rank 0
+    assert "[preflight] 4 rank(s) on 2 host(s)" in ref_log, ref_log
+    assert "[preflight] all checks passed" in ref_log and "final test:" in ref_log, ref_log
     same_weights(ref_dir / "final.safetensors", pre_dir / "final.safetensors")
