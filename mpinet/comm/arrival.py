@@ -122,7 +122,7 @@ class ArrivalTracker:
         late, unreadable = [], []
         for r, pos in enumerate(self.positions()):
             if pos is None:
-                unreadable.append(str(self._world_ranks[r]))
+                unreadable.append(f"{self._world_ranks[r]} (host {self.hosts[r]})")
             elif pos[1] < seq:
                 late.append(f"rank {pos[0]} (last entered #{pos[1]} {pos[2]})")
         parts = []
