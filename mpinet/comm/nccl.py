@@ -18,7 +18,7 @@ import threading
 import time
 
 from mpinet import backend
-from mpinet.comm.base import Communicator, Handle, OpInfo, poll
+from mpinet.comm.base import Communicator, Handle, OpInfo
 
 # ncclDataType_t / ncclRedOp_t values (stable NCCL ABI; cupy does not export AVG or BFLOAT16 in
 # every version).
@@ -68,8 +68,10 @@ class DeviceLane:
             # NCCL init blocks until every rank joins: gate with a timed barrier first so a
             # missing rank is reported instead of hanging in ncclCommInitRank.
             rank, size = self._mpi.Get_rank(), self._mpi.Get_size()
-            self._owner._gate(OpInfo(self._owner.name, "NCCL communicator setup", 0, 0, "-"))
-            uid = self._mpi.bcast(nccl.get_unique_id() if rank == 0 else None, root=0)
+            setup = OpInfo(self._owner.name, "NCCL communicator setup", 0, 0, "-")
+            self._owner._gate(setup)
+            uid = self._owner._bcast_payload(nccl.get_unique_id() if rank == 0 else None, 0,
+                                             setup, self._mpi)
             self.device_id = cp.cuda.Device().id
             self.nccl = nccl.NcclCommunicator(size, uid, rank)
             self.stream = cp.cuda.Stream(non_blocking=True, priority=_stream_priority())
@@ -116,8 +118,7 @@ class DeviceLane:
             self._check_async(info)
             return event.done
 
-        if not poll(finished, time.monotonic() + self._owner.timeout_s):
-            self._owner._abort_timeout(info, extra="; the NCCL stream is still busy")
+        self._owner.wait_until(finished, info, extra=lambda: "; the NCCL stream is still busy")
 
     def drain(self, info: OpInfo) -> None:
         with self._lock:
