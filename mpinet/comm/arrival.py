@@ -1,7 +1,8 @@
 """Who has reached which collective: the data behind "ranks that did not arrive".
 
-Each rank keeps ``(sequence number, op code, heartbeat, pid)`` in a 32-byte MPI RMA window:
-the first two name the last collective it entered; a daemon thread bumps the heartbeat every
+Each rank keeps ``(sequence number, op code, heartbeat, pid, waiting)`` in a 40-byte MPI RMA
+window: the first two name the last collective it entered; ``waiting`` is the sequence number it
+is blocked in (0 while it runs Python code); a daemon thread bumps the heartbeat every
 ``HEARTBEAT_PERIOD_S``, so a waiting rank can tell a peer that is merely slow (heartbeat moves)
 from one that is stopped, dead or cut off (heartbeat frozen, or slot unreadable) long before the
 full timeout; the pid lets a peer on the same host see whether the process still exists. Entering a collective is a local store (no communication, ~1 us), so it costs
@@ -26,7 +27,7 @@ OPS = ("allreduce", "bcast", "allgather", "reduce_scatter", "barrier",
        "bcast_obj", "allgather_obj", "allreduce_obj")
 
 HEARTBEAT_PERIOD_S = 0.25
-_SLOT = 4  # int64 fields per rank: seq, op code, heartbeat, pid
+_SLOT = 5  # int64 fields per rank: seq, op code, heartbeat, pid, waiting
 
 _open_trackers: list = []
 _registered: list = []  # non-empty once the exit hook is registered
@@ -64,7 +65,7 @@ class ArrivalTracker:
             return
         self.unavailable = ""
         self._slot = np.frombuffer(self._win.tomemory(), dtype=np.int64)
-        self._slot[:] = (0, -1, 0, os.getpid())
+        self._slot[:] = (0, -1, 0, os.getpid(), 0)
         self._win.Lock_all(MPI.MODE_NOCHECK)
         if not _registered:
             atexit.register(_free_open_trackers)
@@ -97,6 +98,12 @@ class ArrivalTracker:
         self._win.Sync()  # make the store visible to remote Rget (MPI unified memory model)
         return self.seq
 
+    def waiting(self, seq: int) -> None:
+        """Mark this rank as blocked in collective ``seq`` (0: back in its own code). A plain
+        store: only timeout reports read it."""
+        if self._slot is not None:
+            self._slot[4] = seq
+
     def positions(self, read_timeout_s: float = 3.0,
                   ranks=None) -> list[tuple[int, int, str, int] | None]:
         """Per rank of the comm (or of ``ranks``): ``(world rank, seq, last op, heartbeat)``, or
@@ -112,8 +119,8 @@ class ArrivalTracker:
             for r, req in enumerate(reqs):
                 done[r] = done[r] or req.Test()
             time.sleep(0.001)
-        return [(self._world_ranks[r], int(b[0]), OPS[b[1]] if b[1] >= 0 else "none", int(b[2]))
-                if ok else None for r, b, ok in zip(ranks, bufs, done)]
+        return [(self._world_ranks[r], int(b[0]), OPS[b[1]] if b[1] >= 0 else "none", int(b[2]),
+                 int(b[4])) if ok else None for r, b, ok in zip(ranks, bufs, done)]
 
     def process_state(self, rank: int) -> str:
         """What can be seen of a peer's process: "exited", "stopped" (SIGSTOP/SIGTSTP) or ""
@@ -134,18 +141,19 @@ class ArrivalTracker:
         """Start a new silence watch (one per long wait)."""
         self._beats = {}
 
-    def silent_ranks(self, seq: int, silence_s: float) -> list[str]:
-        """Descriptions of ranks that have not entered collective ``seq`` and whose heartbeat has
-        not moved (or whose slot could not be read) for ``silence_s``; [] when none. Called
-        repeatedly while a wait lasts; each call reads the window once."""
+    def silent_ranks(self, silence_s: float) -> list[str]:
+        """Descriptions of peers whose heartbeat has not moved (or whose slot could not be read)
+        for ``silence_s``, or whose process is seen stopped or gone; [] when none. Called every
+        ``WATCH_EVERY_S`` while a wait lasts; each call reads the window once. Every peer counts,
+        arrived or not: one that posted its part and then stopped blocks the op just the same."""
         if self._win is None:
             return []
         now = time.monotonic()
         found = []
+        me = self._comm.Get_rank()
         positions = self.positions(read_timeout_s=min(3.0, silence_s))
         for r, pos in enumerate(positions):
-            if pos is not None and pos[1] >= seq:
-                self._beats.pop(r, None)  # arrived: not waited for
+            if r == me:
                 continue
             beat = pos[3] if pos is not None else None
             last, since = self._beats.get(r, (None, now))
@@ -166,17 +174,28 @@ class ArrivalTracker:
         """Text naming the ranks that have not entered collective number ``seq``."""
         if self._win is None:
             return f"ranks that did not arrive: unknown (no MPI window: {self.unavailable})"
-        late, unreadable = [], []
+        late, unreadable, halted, busy = [], [], [], []
         for r, pos in enumerate(self.positions()):
+            state = self.process_state(r)
             if pos is None:
                 unreadable.append(f"{self._world_ranks[r]} ({self.where(r)})")
             elif pos[1] < seq:
-                state = self.process_state(r)
                 late.append(f"rank {pos[0]} (last entered #{pos[1]} {pos[2]}; {self.where(r)}"
                             f"{'; ' + state if state else ''})")
+            elif state:
+                halted.append(f"rank {pos[0]} (entered #{pos[1]} {pos[2]}; {self.where(r)}; "
+                              f"{state})")
+            elif pos[4] != seq and pos[1] == seq:
+                busy.append(f"rank {pos[0]} ({self.where(r)})")
         parts = []
         if late:
             parts.append("ranks that did not arrive: " + ", ".join(late))
+        elif halted:
+            parts.append("ranks that entered it but whose process then halted: " +
+                         ", ".join(halted))
+        elif busy:
+            parts.append("every rank entered it, but these are not waiting in it (busy in "
+                         "their own code, or stuck outside MPI): " + ", ".join(busy))
         else:
             parts.append("every readable rank has entered it (a rank may have stopped calling "
                          "into MPI between posting and waiting, or the op mismatches: try "

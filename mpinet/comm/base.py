@@ -291,6 +291,13 @@ class Communicator:
     def wait_until(self, test, info: OpInfo, extra=lambda: "") -> None:
         """Call ``test()`` until true; the bounded, watched wait every blocking call goes through.
         ``extra()`` adds detail to a timeout report (e.g. which stage was stuck)."""
+        self._tracker.waiting(info.seq)
+        try:
+            self._watched_poll(test, info, extra)
+        finally:
+            self._tracker.waiting(0)
+
+    def _watched_poll(self, test, info, extra) -> None:
         from mpi4py import MPI  # noqa: PLC0415
 
         start = time.monotonic()
@@ -307,7 +314,7 @@ class Communicator:
             if not watching:
                 self._tracker.forget_beats()
                 watching = True
-            silent = self._tracker.silent_ranks(info.seq, self.silence_s)
+            silent = self._tracker.silent_ranks(self.silence_s)
             if silent:
                 failure.abort(f"{info.describe()} cannot complete: {'; '.join(silent)} "
                               f"(waited {time.monotonic() - start:.1f} s; heartbeat limit "
