@@ -64,6 +64,14 @@ def gpu_available() -> bool:
         return False
 
 
+def gpu_count() -> int:
+    """How many CUDA GPUs this process can see (0 without any); imports cupy only where an
+    NVIDIA device node exists."""
+    if not gpu_available():
+        return 0
+    return int(_cupy().cuda.runtime.getDeviceCount())
+
+
 def select_device(local_rank: int = 0, device: str | None = None) -> Backend:
     """Choose CPU or GPU for this process and make it current.
 

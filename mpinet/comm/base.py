@@ -150,6 +150,7 @@ class Communicator:
         self.silence_s = min(env_silence_s(), self.timeout_s)
         self.debug = bool(debug) if debug is not None else env_debug()
         self.check = bool(check) if check is not None else env_check()
+        self.waited_s = 0.0  # host time spent blocked in this communicator's waits (stragglers)
         # Communicator creation is blocking MPI with no non-blocking form: bound it by a timer.
         with failure.deadline("communicator setup", self.timeout_s, mpi_comm):
             topo, self._local_comm, self._cross_comm = layout or topology.build(mpi_comm)
@@ -292,10 +293,12 @@ class Communicator:
         """Call ``test()`` until true; the bounded, watched wait every blocking call goes through.
         ``extra()`` adds detail to a timeout report (e.g. which stage was stuck)."""
         self._tracker.waiting(info.seq)
+        start = time.monotonic()
         try:
             self._watched_poll(test, info, extra)
         finally:
             self._tracker.waiting(0)
+            self.waited_s += time.monotonic() - start
 
     def _watched_poll(self, test, info, extra) -> None:
         from mpi4py import MPI  # noqa: PLC0415
