@@ -66,6 +66,7 @@ def test_timeout_names_op_and_missing_rank(impl):
 
 
 @pytest.mark.gpu
+@pytest.mark.requires_gpus(2)  # two ranks, one GPU each
 @pytest.mark.parametrize("impl", ["nccl", "hierarchical"], ids=["impl-nccl", "impl-hierarchical"])
 def test_gpu_timeout_aborts_with_report(impl):
     proc, elapsed = run_job("late_rank_gpu.py", impl, "60",

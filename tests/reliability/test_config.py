@@ -1,0 +1,57 @@
+"""The typed training configuration (mpinet/training/config.py) and the start-up device check."""
+import dataclasses
+import json
+
+import pytest
+
+from mpinet.training.config import DEFAULTS, ConfigError, TrainConfig
+from mpinet.training.preflight import check_device
+
+
+def test_defaults_typed_frozen_and_dict_like():
+    cfg = TrainConfig()
+    assert cfg.lr == 0.05 and cfg["epochs"] == 30 and dict(cfg) == DEFAULTS
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.lr = 1.0
+    assert cfg.replace(lr=0.1).lr == 0.1 and cfg.lr == 0.05
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"lr": float("nan")}, "--lr must be a finite number, got nan"),
+    ({"epochs": 0}, "--epochs must be > 0, got 0"),
+    ({"epochs": True}, "--epochs: True is not an integer"),
+    ({"momentum": -0.5}, "--momentum must be >= 0, got -0.5"),
+    ({"optimizer": "lion"}, "--optimizer: 'lion' is not one of sgd, adam, adamw"),
+    ({"augment": "yes"}, "--augment: 'yes' is not true or false"),
+    ({"straggler_warn": float("inf")}, "--straggler-warn must be a finite number"),
+])
+def test_each_key_is_checked(changes, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        TrainConfig(**changes)
+
+
+def test_file_then_flags(tmp_path):
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps({"batch-size": 64, "lr": 1}))
+    cfg = TrainConfig.from_args({"config": str(path), "lr": 0.2, "epochs": None})
+    assert (cfg.batch_size, cfg.lr, cfg.epochs) == (64, 0.2, 30)
+    assert isinstance(TrainConfig.from_args({"config": str(path)}).lr, float)  # 1 -> 1.0
+
+
+def test_unknown_key_names_the_closest(tmp_path):
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps({"bacth_size": 64}))
+    with pytest.raises(ConfigError, match="unknown key 'bacth_size'; did you mean 'batch_size'"):
+        TrainConfig.from_file(str(path))
+
+
+@pytest.mark.parametrize("local_size, gpus, ok", [(2, 2, True), (4, 2, False), (1, 1, True),
+                                                  (2, 0, True)])
+def test_more_ranks_than_gpus_is_one_clear_message(local_size, gpus, ok):
+    cfg = TrainConfig()  # --device auto: 0 GPUs means the CPU, which any rank count can share
+    if ok:
+        check_device(cfg, local_size, "node7", gpus)
+    else:
+        with pytest.raises(ConfigError, match=rf"{local_size} ranks on host node7 but it has only "
+                                              rf"{gpus} GPU\(s\).*at most {gpus} rank"):
+            check_device(cfg, local_size, "node7", gpus)
