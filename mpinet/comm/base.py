@@ -272,9 +272,26 @@ class Communicator:
     def _wait_requests(self, reqs, info: OpInfo) -> None:
         """Finish a collective: settle its signature check (a mismatch raises CommError before
         its possibly wrong result is used), then poll its requests, bounded."""
+        from mpi4py import MPI  # noqa: PLC0415
+
+        ticket = None
         if self.check:
-            self._sig.settle_through(info.seq)
-        self._poll_bounded(reqs, info)
+            self._sig.settle_through(info.seq - 1)  # earlier ones: normally complete already
+            ticket = self._sig.take(info.seq)
+        if ticket is None:
+            self._poll_bounded(reqs, info)
+            return
+        checked = []
+
+        def test():  # one poll loop for both: no extra round of scheduling for the check
+            if not checked:
+                if not ticket.req.Test():
+                    return False
+                checked.append(True)
+                self._sig.check(ticket)  # raises CommError on a mismatch, before the data
+            return MPI.Request.Testall(reqs)
+
+        self.wait_until(test, info)
 
     def _settle_checks(self) -> None:
         """Settle every posted signature check (before host-synchronising calls)."""

@@ -67,6 +67,16 @@ class SignatureCheck:
             self._pending.popleft()
             self._check(ticket)
 
+    def take(self, seq: int) -> Ticket | None:
+        """Remove and return the pending check of collective ``seq`` if it is next in line (the
+        caller waits for it and calls ``check``)."""
+        if self._pending and self._pending[0].seq == seq:
+            return self._pending.popleft()
+        return None
+
+    def check(self, ticket: Ticket) -> None:
+        self._check(ticket)
+
     def settle_all(self) -> None:
         if self._pending:
             self.settle_through(self._pending[-1].seq)
