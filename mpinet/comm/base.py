@@ -5,7 +5,7 @@ collective on already-checked arrays; everything a user can get wrong is refused
 op, shape, dtype and the fix in the message. Blocking collectives are the non-blocking ones plus
 ``wait()``, so one code path carries timeouts and debug checks for both.
 
-Every wait is bounded, the object collectives included: they move pickled bytes with
+Every wait is bounded, the object collectives included: they move encoded bytes (wire.py) with
 non-blocking MPI calls polled against the same deadline as the array collectives. While a wait
 lasts, the peers' heartbeats (arrival.py) are watched, so a stopped, dead or cut-off rank ends
 the job after ``silence_s`` naming it, its host and the op, instead of after the full timeout.
@@ -17,7 +17,6 @@ from __future__ import annotations
 import functools
 import operator
 import os
-import pickle
 import threading
 import time
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mpinet import backend
-from mpinet.comm import failure, topology
+from mpinet.comm import failure, topology, wire
 from mpinet.comm.arrival import OPS, ArrivalTracker
 from mpinet.comm.signature import ENV as CHECK_ENV
 from mpinet.comm.signature import SignatureCheck
@@ -436,8 +435,8 @@ class Communicator:
         self._poll_bounded([self._ctl.Ibarrier()], info)
 
     # ---- small Python values, over the control comm ---------------------------------------------
-    # Pickled in memory between our own ranks (never a file), moved as bytes with non-blocking
-    # MPI calls, so they are bounded and watched exactly like the array collectives.
+    # Encoded by wire.py (no pickle), moved as bytes with non-blocking MPI calls, so they are
+    # bounded and watched exactly like the array collectives.
 
     def bcast_obj(self, obj, root: int = 0):
         if not 0 <= root < self.size:
@@ -464,26 +463,25 @@ class Communicator:
 
     def _bcast_payload(self, obj, root: int, info: OpInfo, comm):
         """``obj`` of ``root`` on every rank (a fresh copy, root included), bounded."""
-        data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL) if comm.Get_rank() == root \
-            else b""
+        data = wire.encode(obj) if comm.Get_rank() == root else b""
         n = np.array([len(data)], np.int64)
         self._poll_bounded([comm.Ibcast(n, root=root)], info)
         buf = np.frombuffer(data, np.uint8).copy() if data else np.empty(int(n[0]), np.uint8)
         self._poll_bounded([comm.Ibcast(buf, root=root)], info)
-        return pickle.loads(buf.tobytes())
+        return wire.decode(buf)
 
     def _allgather_payload(self, obj, info: OpInfo, comm) -> list:
         """Every rank's ``obj``, in rank order, bounded."""
         from mpi4py import MPI  # noqa: PLC0415
 
-        data = np.frombuffer(pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL), np.uint8)
+        data = np.frombuffer(wire.encode(obj), np.uint8)
         sizes = np.empty(comm.Get_size(), np.int64)
         self._poll_bounded([comm.Iallgather(np.array([data.size], np.int64), sizes)], info)
         displs = np.concatenate([[0], np.cumsum(sizes)[:-1]])
         recv = np.empty(int(sizes.sum()), np.uint8)
         self._poll_bounded([comm.Iallgatherv(data, [recv, (sizes.tolist(), displs.tolist()),
                                                     MPI.BYTE])], info)
-        return [pickle.loads(recv[d:d + n].tobytes()) for d, n in zip(displs, sizes)]
+        return [wire.decode(recv[d:d + n]) for d, n in zip(displs, sizes, strict=True)]
 
     # ---- implemented by subclasses -------------------------------------------------------------
 

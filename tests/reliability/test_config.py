@@ -55,3 +55,23 @@ def test_more_ranks_than_gpus_is_one_clear_message(local_size, gpus, ok):
         with pytest.raises(ConfigError, match=rf"{local_size} ranks on host node7 but it has only "
                                               rf"{gpus} GPU\(s\).*at most {gpus} rank"):
             check_device(cfg, local_size, "node7", gpus)
+
+
+def test_object_collective_wire_format_round_trips_without_pickle():
+    import numpy as np
+
+    from mpinet import backend
+    from mpinet.comm import wire
+
+    value = {"a": [1, 2.5, float("nan"), None, True, "x"], (1, "k"): (b"\x00\xff", np.int64(7)),
+             3: np.arange(6, dtype=np.float32).reshape(2, 3),
+             "bf16": np.ones(2, backend.bfloat16()), "nested": {"d": {"l": []}}}
+    back = wire.decode(wire.encode(value))
+    assert back["a"][:2] == [1, 2.5] and np.isnan(back["a"][2]) and back["a"][3:] == [None, True, "x"]
+    assert back[(1, "k")] == (b"\x00\xff", 7) and back[(1, "k")][1].dtype == np.int64
+    np.testing.assert_array_equal(back[3], value[3])
+    assert back["bf16"].dtype == value["bf16"].dtype and back["nested"] == {"d": {"l": []}}
+    import pytest
+
+    with pytest.raises(TypeError, match="object collectives carry .* got builtins.set"):
+        wire.encode({1, 2})
