@@ -75,3 +75,40 @@ def test_object_collective_wire_format_round_trips_without_pickle():
 
     with pytest.raises(TypeError, match="object collectives carry .* got builtins.set"):
         wire.encode({1, 2})
+
+
+def test_gpu_tests_skip_with_the_reason_on_a_smaller_machine(monkeypatch):
+    """conftest's rule for @pytest.mark.requires_gpus(n) and MPI GPU tests (one GPU per rank),
+    with the machine's GPU count faked (this CPU machine has none)."""
+    import importlib.util
+    import os
+
+    import pytest
+
+    from mpinet import backend
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conftest.py")
+    spec = importlib.util.spec_from_file_location("tests_conftest_copy", path)
+    conftest = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(conftest)
+
+    class Item:
+        def __init__(self, markers):
+            self.markers, self.added = markers, []
+
+        def get_closest_marker(self, name):
+            return self.markers.get(name)
+
+        def add_marker(self, marker):
+            self.added.append(marker)
+
+    monkeypatch.setattr(backend, "gpu_available", lambda: True)
+    monkeypatch.setattr(backend, "gpu_count", lambda: 1)
+    monkeypatch.setattr(conftest, "_ranks_on_this_node", lambda: 2)
+    two = Item({"requires_gpus": pytest.mark.requires_gpus(2).mark})
+    mpi_gpu = Item({"gpu": pytest.mark.gpu.mark})  # 2 ranks on this node, 1 GPU
+    one = Item({"requires_gpus": pytest.mark.requires_gpus(1).mark})
+    conftest.pytest_collection_modifyitems(None, [two, mpi_gpu, one])
+    assert [m.kwargs["reason"] for m in two.added] == ["needs 2 GPU(s) on this node, it has 1"]
+    assert [m.kwargs["reason"] for m in mpi_gpu.added] == ["needs 2 GPU(s) on this node, it has 1"]
+    assert one.added == []
