@@ -312,6 +312,11 @@ def main(argv=None) -> int:
         print(f"mpinet: {cfg['model']} on {cfg['dataset']} ({len(train)} train / {len(test)} "
               f"test), {comm.size} rank(s), comm={comm.name}, device={backend.current()}, "
               f"batch {cfg['batch_size']}/rank, precision {cfg['precision']}", flush=True)
+        if comm.size > 1:  # so a launcher's "PID n RUNNING AT host" can be traced to a rank
+            places = comm.places()
+            shown = ", ".join(f"{r} {h}:{p}" for r, (h, p) in enumerate(places[:16]))
+            print(f"mpinet: ranks (host:pid): {shown}{' ...' if len(places) > 16 else ''}",
+                  flush=True)
     model.fit(train, epochs=cfg["epochs"], batch_size=cfg["batch_size"], validation_data=test,
               seed=cfg["seed"], transform=transform, eval_transform=eval_transform,
               accumulation_steps=cfg["accumulation_steps"],

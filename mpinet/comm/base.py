@@ -184,6 +184,10 @@ class Communicator:
         """The host name rank ``rank`` (of this communicator) runs on."""
         return self._tracker.hosts[rank]
 
+    def places(self) -> list[tuple[str, int]]:
+        """(host, pid) of every rank: maps a launcher's "PID ... RUNNING AT host" to a rank."""
+        return list(zip(self._tracker.hosts, self._tracker.pids, strict=True))
+
     # ---- checks -------------------------------------------------------------------------------
 
     def _accept_array_type(self, op: str, x) -> None:

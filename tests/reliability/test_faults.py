@@ -6,6 +6,7 @@ single-process session. The SIGSTOP case is repeated 20 times (issue #20: about 
 hung forever), half at deterministic wait points (every bounded wait of the loop, object
 collectives included, is hit) and half at times that land anywhere.
 """
+import json
 import os
 import shlex
 import shutil
@@ -128,3 +129,31 @@ def test_alive_but_slow_rank_is_not_called_silent():
         "these are not waiting in it (busy in their own code, or stuck outside MPI): rank 1 (" \
         in out, out
     assert "cannot complete" not in out, out
+
+
+SLEEPER = """
+import time
+from mpinet import model as _m
+_step = _m.Model.train_step
+def _slow(self, *a, **k):
+    if self.comm.rank == self.comm.size - 1:
+        time.sleep(0.25)
+    return _step(self, *a, **k)
+_m.Model.train_step = _slow
+"""
+
+
+def test_sleeping_rank_is_named_in_the_metrics_and_warned_about(tmp_path):
+    # The last rank sleeps 0.25 s before every step: over a 2-step window it runs ~0.5 s behind.
+    (tmp_path / "sitecustomize.py").write_text(SLEEPER)
+    metrics = tmp_path / "m.jsonl"
+    env = job_env(PYTHONPATH=f"{tmp_path}{os.pathsep}{ROOT}")
+    proc = subprocess.run([*launcher(), "-n", "2", sys.executable, "-m", "mpinet.train",
+                           "--epochs", "1", "--train-samples", "256", "--quiet", "--log-every",
+                           "2", "--metrics", str(metrics), "--straggler-warn", "0.2"],
+                          env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    steps = [json.loads(l) for l in metrics.read_text().splitlines() if '"kind": "step"' in l]
+    assert steps and all(s["slowest_rank"] == 1 and 0.3 < s["straggler_s"] < 2 for s in steps), steps
+    warnings = [l for l in proc.stderr.splitlines() if "[mpinet] straggler: rank 1 (host " in l]
+    assert len(warnings) == len(steps), proc.stderr[-3000:]
