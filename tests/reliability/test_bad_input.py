@@ -9,7 +9,6 @@ import subprocess
 import sys
 import tempfile
 
-import numpy as np
 import pytest
 
 from bad_input_cases import BASE, make_cases
