@@ -117,13 +117,13 @@ def one(n, fault, workdir):
         out = proc.communicate()[0]
         return {"error": "hang: still running after 900 s", "output": out[-2000:]}
     seconds = time.monotonic() - t_fault
-    lines = [l for l in out.splitlines() if l.strip()]
-    shown = [l for l in lines if "[mpinet]" in l] or lines
+    lines = [ln for ln in out.splitlines() if ln.strip()]
+    shown = [ln for ln in lines if "[mpinet]" in ln] or lines
     if fault == "sleep":
         with open(metrics) as f:
-            steps = [json.loads(l) for l in f if '"step"' in l]
+            steps = [json.loads(ln) for ln in f if '"step"' in ln]
         return {"seconds": round(seconds, 2), "exit_code": proc.returncode,
-                "first_line": next((l for l in lines if "straggler" in l), "")[:400],
+                "first_line": next((ln for ln in lines if "straggler" in ln), "")[:400],
                 "metrics_step_record": {k: steps[-1].get(k) for k in ("step", "slowest_rank",
                                                                        "straggler_s")}}
     return {"seconds": round(seconds, 2), "exit_code": proc.returncode, "first_line": shown[0][:400]

@@ -21,12 +21,12 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import numpy as np  # noqa: E402
-from mpi4py import MPI  # noqa: E402
+import numpy as np
+from mpi4py import MPI
 
-from mpinet import backend  # noqa: E402
-from mpinet.comm import create_communicator  # noqa: E402
-from mpinet.parallel.straggler import StragglerWatch  # noqa: E402
+from mpinet import backend
+from mpinet.comm import create_communicator
+from mpinet.parallel.straggler import StragglerWatch
 
 
 def alternate(run_on, run_off, repeats):
@@ -55,7 +55,7 @@ def micro(a):
     for n in a.elements:
         x = np.ones(n, np.float32)
 
-        def window(check):
+        def window(check, x=x):
             def run():
                 comm.check = check
                 for _ in range(a.iters):
@@ -83,7 +83,7 @@ def micro(a):
 
 
 def step(a):
-    import train_bench  # noqa: PLC0415 - the same model set-up as the throughput benchmark
+    import train_bench
 
     tb = train_bench.parser().parse_args(
         ["--model", a.model, "--batch", str(a.batch), "--size", str(a.size),

@@ -165,12 +165,12 @@ def _pick_model_opts(cfg: dict, train) -> dict:
 
 def apply_device_options(cfg: dict) -> None:
     """Settings of the GPU paths that the config selects (no effect on the CPU)."""
-    from mpinet.ops.cuda import cudnn_conv  # noqa: PLC0415 - imports no CUDA module
+    from mpinet.kernels import cudnn  # noqa: PLC0415 - imports no CUDA module
 
     if cfg["cudnn_benchmark"]:
-        cudnn_conv.benchmark = True
+        cudnn.benchmark = True
     if cfg["deterministic"]:
-        cudnn_conv.deterministic = True
+        cudnn.deterministic = True
 
 
 def setup(cfg: dict, comm):
@@ -178,7 +178,7 @@ def setup(cfg: dict, comm):
     from mpinet.optim.factory import build_schedule  # noqa: PLC0415
     from mpinet.data import augment as aug  # noqa: PLC0415
     from mpinet.data.registry import dataset_options, get_dataset  # noqa: PLC0415
-    from mpinet.model import Model, check_can_train  # noqa: PLC0415
+    from mpinet.training import Model, check_can_train  # noqa: PLC0415
     from mpinet.models import build_model  # noqa: PLC0415
     from mpinet.nn import init  # noqa: PLC0415
 
@@ -257,7 +257,7 @@ def main(argv=None) -> int:
     from mpinet.training import preflight  # noqa: PLC0415
     from mpi4py import MPI  # noqa: PLC0415
 
-    from mpinet.preemption import PreemptionFlag  # noqa: PLC0415
+    from mpinet.training.preemption import PreemptionFlag  # noqa: PLC0415
 
     world = MPI.COMM_WORLD
     rank = world.Get_rank()

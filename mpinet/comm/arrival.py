@@ -5,7 +5,8 @@ window: the first two name the last collective it entered; ``waiting`` is the se
 is blocked in (0 while it runs Python code); a daemon thread bumps the heartbeat every
 ``HEARTBEAT_PERIOD_S``, so a waiting rank can tell a peer that is merely slow (heartbeat moves)
 from one that is stopped, dead or cut off (heartbeat frozen, or slot unreadable) long before the
-full timeout; the pid lets a peer on the same host see whether the process still exists. Entering a collective is a local store (no communication, ~1 us), so it costs
+full timeout; the pid lets a peer on the same host see whether the process still exists.
+Entering a collective is a local store (no communication, ~1 us), so it costs
 nothing on the fast path. Only when a wait times out does the waiting rank read every rank's
 slot with ``Rget`` inside a passive-target epoch opened once at creation; the target does not
 have to call MPI for that (shared memory, or RDMA between nodes), so a rank that sleeps or spins
@@ -56,7 +57,8 @@ class ArrivalTracker:
         # Silence watch state: per rank, the last heartbeat seen and when it last changed.
         self._beats: dict[int, tuple[int | None, float]] = {}
         # Where each rank runs, for reports ("rank 1 (pid 4242 on host node07)").
-        self.pids, self.hosts = zip(*mpi_comm.allgather((os.getpid(), socket.gethostname())))
+        self.pids, self.hosts = zip(*mpi_comm.allgather((os.getpid(), socket.gethostname())),
+                                    strict=True)
         try:
             self._win = MPI.Win.Allocate(8 * _SLOT, 8, comm=mpi_comm)
         except MPI.Exception as err:
@@ -120,7 +122,7 @@ class ArrivalTracker:
                 done[r] = done[r] or req.Test()
             time.sleep(0.001)
         return [(self._world_ranks[r], int(b[0]), OPS[b[1]] if b[1] >= 0 else "none", int(b[2]),
-                 int(b[4])) if ok else None for r, b, ok in zip(ranks, bufs, done)]
+                 int(b[4])) if ok else None for r, b, ok in zip(ranks, bufs, done, strict=True)]
 
     def process_state(self, rank: int) -> str:
         """What can be seen of a peer's process: "exited", "stopped" (SIGSTOP/SIGTSTP) or ""

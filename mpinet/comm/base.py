@@ -462,7 +462,8 @@ class Communicator:
         info = self._enter("allreduce_obj", reduce_op=op)
         self._settle_checks()
         # Reduced in rank order on every rank: the same result everywhere, bit for bit.
-        result = functools.reduce(_OBJ_REDUCERS[op], self._allgather_payload(value, info, self._ctl))
+        values = self._allgather_payload(value, info, self._ctl)
+        result = functools.reduce(_OBJ_REDUCERS[op], values)
         return bool(result) if op in ("lor", "land") else result
 
     def _bcast_payload(self, obj, root: int, info: OpInfo, comm):

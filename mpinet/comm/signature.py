@@ -43,7 +43,7 @@ class SignatureCheck:
         self._ops, self._dtypes, self._reduce = describe_ops, describe_dtypes, describe_reduce
 
     def post(self, info, fields: tuple[int, ...]) -> Ticket:
-        from mpi4py import MPI  # noqa: PLC0415
+        from mpi4py import MPI
 
         s = np.asarray(fields, np.int64)
         mine = np.concatenate([s, -s])
@@ -91,13 +91,13 @@ class SignatureCheck:
     def raise_mismatch(self, ticket: Ticket) -> None:
         """Every rank sees the same max/min, so every rank gets here: gather all signatures
         and name both sides."""
-        from mpinet.comm.base import CommError  # noqa: PLC0415 - base imports this module
+        from mpinet.comm.base import CommError
 
         n = len(FIELDS)
         everyone = np.empty((self._comm.Get_size(), n), np.int64)
         self._wait([self._comm.Iallgather(ticket.mine[:n].copy(), everyone)], ticket.info)
-        first = next(r for r in range(len(everyone)) if not np.array_equal(everyone[r], everyone[0]))
         others = [r for r in range(len(everyone)) if not np.array_equal(everyone[r], everyone[0])]
+        first = others[0]
         raise CommError(f"collective mismatch at collective #{ticket.seq}: rank 0 called "
                         f"{self.describe(everyone[0])} but rank {first} called "
                         f"{self.describe(everyone[first])} (ranks differing from rank 0: "

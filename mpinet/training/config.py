@@ -95,7 +95,8 @@ def check_value(key: str, value, where: str = ""):
         return value
     if kind in ("str", "path"):
         if not isinstance(value, str) or (kind == "path" and not value):
-            raise ConfigError(f"{name}: {value!r} is not a {'path' if kind == 'path' else 'string'}")
+            what = "path" if kind == "path" else "string"
+            raise ConfigError(f"{name}: {value!r} is not a {what}")
         return value
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise ConfigError(f"{name}: {value!r} is not a list of strings")
@@ -195,12 +196,12 @@ def read_config_file(path: str) -> dict:
         raw = f.read()
     try:
         if is_toml:
-            import tomllib  # noqa: PLC0415 - only TOML configs need it
+            import tomllib
 
             data = tomllib.loads(raw.decode())
         else:
             data = json.loads(raw)
-    except Exception as e:  # noqa: BLE001 - any parse error becomes a config error
+    except Exception as e:
         raise ConfigError(f"--config {path!r} is not valid {'TOML' if is_toml else 'JSON'}: "
                           f"{str(e).splitlines()[0]}") from None
     if not isinstance(data, dict):

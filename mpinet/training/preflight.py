@@ -92,7 +92,8 @@ def check_device(cfg: TrainConfig, local_size: int, host: str, gpu_count: int) -
 
 def check_resume(cfg: TrainConfig) -> None:
     """A resume that cannot work is refused now, as one line (rank 0 reads the files)."""
-    from mpinet import checkpoint  # noqa: PLC0415 - heavy; only when resuming
+    from mpinet import checkpoint
+    from mpinet.checkpoint.store import checkpoint_dirs
 
     if not cfg.resume:
         return
@@ -105,7 +106,7 @@ def check_resume(cfg: TrainConfig) -> None:
     directory = cfg.checkpoint_dir
     if not directory or not os.path.isdir(directory):
         return  # nothing saved yet: a first run starts fresh
-    candidates = sorted(checkpoint._checkpoint_dirs(directory), reverse=True)
+    candidates = sorted(checkpoint_dirs(directory), reverse=True)
     if not candidates:
         return
     with warnings.catch_warnings():

@@ -11,10 +11,10 @@ import sys
 from mpi4py import MPI
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bad_input_cases import BASE, make_cases  # noqa: E402
+from bad_input_cases import BASE, make_cases
 
-from mpinet import backend, train  # noqa: E402
-from mpinet.preemption import PreemptionFlag  # noqa: E402
+from mpinet import backend, train
+from mpinet.preemption import PreemptionFlag
 
 world = MPI.COMM_WORLD
 tmp, out_path = sys.argv[1], sys.argv[2]

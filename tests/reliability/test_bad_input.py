@@ -55,8 +55,9 @@ def two_rank_results(tmp_path_factory):
     env.update(PYTHONPATH=ROOT + os.pathsep + env.get("PYTHONPATH", ""), OMP_NUM_THREADS="1",
                MPIR_CVAR_ENABLE_HEAVY_YIELD="1", MPINET_COMM_TIMEOUT="30")
     out = str(tmp / "results")
-    proc = subprocess.run(["mpiexec", "-n", "2", sys.executable, os.path.join(HERE, "bad_input_job.py"),
-                           str(tmp), out], env=env, capture_output=True, text=True, timeout=120)
+    job = os.path.join(HERE, "bad_input_job.py")
+    proc = subprocess.run(["mpiexec", "-n", "2", sys.executable, job, str(tmp), out], env=env,
+                          capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return [json.load(open(f"{out}.{r}")) for r in range(2)]
 

@@ -153,7 +153,9 @@ def test_sleeping_rank_is_named_in_the_metrics_and_warned_about(tmp_path):
                            "2", "--metrics", str(metrics), "--straggler-warn", "0.2"],
                           env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    steps = [json.loads(l) for l in metrics.read_text().splitlines() if '"kind": "step"' in l]
-    assert steps and all(s["slowest_rank"] == 1 and 0.3 < s["straggler_s"] < 2 for s in steps), steps
-    warnings = [l for l in proc.stderr.splitlines() if "[mpinet] straggler: rank 1 (host " in l]
+    lines = metrics.read_text().splitlines()
+    steps = [json.loads(ln) for ln in lines if '"kind": "step"' in ln]
+    assert steps, proc.stderr[-3000:]
+    assert all(s["slowest_rank"] == 1 and 0.3 < s["straggler_s"] < 2 for s in steps), steps
+    warnings = [ln for ln in proc.stderr.splitlines() if "[mpinet] straggler: rank 1 (host " in ln]
     assert len(warnings) == len(steps), proc.stderr[-3000:]

@@ -30,9 +30,9 @@ def test_matched_collectives_pass(comm):
 def test_count_mismatch_is_caught(comm):
     last = comm.size - 1
     n = 3 if comm.rank == last else 6
-    with pytest.raises(CommError, match=rf"collective #1: rank 0 called allreduce of 6 elements of "
-                                        rf"float32, op=sum .* but rank {last} called allreduce of 3 "
-                                        rf"elements of float32"):
+    with pytest.raises(CommError, match=rf"collective #1: rank 0 called allreduce of 6 elements "
+                                        rf"of float32, op=sum .* but rank {last} called "
+                                        rf"allreduce of 3 elements of float32"):
         comm.allreduce(np.ones(n, np.float32))
 
 
