@@ -14,7 +14,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bad_input_cases import BASE, make_cases
 
 from mpinet import backend, train
-from mpinet.preemption import PreemptionFlag
+from mpinet.training.preemption import PreemptionFlag
 
 world = MPI.COMM_WORLD
 tmp, out_path = sys.argv[1], sys.argv[2]

@@ -25,7 +25,7 @@ def quiet_main(monkeypatch):
     import threading
 
     from mpinet import train
-    from mpinet.preemption import PreemptionFlag
+    from mpinet.training.preemption import PreemptionFlag
 
     monkeypatch.setattr(PreemptionFlag, "install", lambda self: None)
     monkeypatch.setattr(sys, "excepthook", sys.excepthook)
@@ -75,6 +75,7 @@ def test_two_ranks(name, two_rank_results):
 
 def test_checkpoint_load_tensor_file_is_a_directory(tmp_path):
     from mpinet import checkpoint
+    from mpinet.checkpoint.format import TENSORS_FILE
 
     sys.path.insert(0, os.path.join(ROOT, "tests", "checkpoint"))
     from ckpt_helpers import sample_state
@@ -90,7 +91,7 @@ def test_checkpoint_load_tensor_file_is_a_directory(tmp_path):
 
     path = checkpoint.save(str(tmp_path), sample_state(), 3, OneRank())
     checkpoint.load(path)  # whole: loads
-    tensors = os.path.join(path, checkpoint.TENSORS_FILE)
+    tensors = os.path.join(path, TENSORS_FILE)
     os.remove(tensors)
     os.mkdir(tensors)
     with pytest.raises(checkpoint.CheckpointError,
