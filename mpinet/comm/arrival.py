@@ -45,6 +45,20 @@ def _free_open_trackers():
         _open_trackers.pop().free()
 
 
+def _process_identity(pid: int):
+    """(boot id + pid namespace, start time, state) of a process from /proc, or None where it
+    cannot be read (no /proc, or the process is gone)."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            boot = f.read().strip()
+        namespace = os.readlink("/proc/self/ns/pid")
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (f"{boot}:{namespace}", fields[19], fields[0])  # fields[19]: starttime (field 22)
+
+
 class ArrivalTracker:
     def __init__(self, mpi_comm):
         from mpi4py import MPI  # noqa: PLC0415
@@ -57,8 +71,10 @@ class ArrivalTracker:
         # Silence watch state: per rank, the last heartbeat seen and when it last changed.
         self._beats: dict[int, tuple[int | None, float]] = {}
         # Where each rank runs, for reports ("rank 1 (pid 4242 on host node07)").
-        self.pids, self.hosts = zip(*mpi_comm.allgather((os.getpid(), socket.gethostname())),
-                                    strict=True)
+        me = _process_identity(os.getpid())
+        self._me = me
+        self.pids, self.hosts, self._identities = zip(
+            *mpi_comm.allgather((os.getpid(), socket.gethostname(), me)), strict=True)
         try:
             self._win = MPI.Win.Allocate(8 * _SLOT, 8, comm=mpi_comm)
         except MPI.Exception as err:
@@ -126,18 +142,16 @@ class ArrivalTracker:
 
     def process_state(self, rank: int) -> str:
         """What can be seen of a peer's process: "exited", "stopped" (SIGSTOP/SIGTSTP) or ""
-        (running, or on another host where it cannot be looked at)."""
-        if self.hosts[rank] != socket.gethostname():
+        (running, or not visible from here: another host, or another pid namespace as with a
+        container per rank, where its pid would name some other process)."""
+        mine, theirs = self._me, self._identities[rank]
+        if self.hosts[rank] != socket.gethostname() or mine is None or theirs is None \
+                or theirs[0] != mine[0]:  # not the same machine and pid namespace
             return ""
-        pid = self.pids[rank]
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                state = f.read().rsplit(")", 1)[1].split()[0]
-        except FileNotFoundError:
-            return "exited"
-        except OSError:
-            return ""
-        return {"T": "stopped", "t": "stopped", "Z": "exited", "X": "exited"}.get(state, "")
+        seen = _process_identity(self.pids[rank])
+        if seen is None or seen[1] != theirs[1]:
+            return "exited"  # gone, or its pid now belongs to a newer process
+        return {"T": "stopped", "t": "stopped", "Z": "exited", "X": "exited"}.get(seen[2], "")
 
     def forget_beats(self) -> None:
         """Start a new silence watch (one per long wait)."""

@@ -106,6 +106,18 @@ def test_heartbeat_names_stopped_rank_long_before_the_timeout():
     assert seconds < 1.5 + START_SLACK_S, f"took {seconds:.1f} s with a 120 s timeout:\n{out}"
 
 
+def test_heartbeat_alone_names_a_silent_rank_on_another_host():
+    # Peers' processes not looked at (as across hosts): the frozen heartbeat must do it.
+    env = job_env(MPINET_COMM_TIMEOUT="120", MPINET_COMM_HEARTBEAT_TIMEOUT="2",
+                  FAULT_JOB_AS_IF_REMOTE="1")
+    t0 = time.monotonic()
+    out, seconds = finish(start(2, "stop", 1, "time:0.3", env=env), t0)
+    assert_names_victim(out, 1, 2)
+    assert "cannot complete: rank 1 (pid" in out and "no heartbeat for 2." in out, out
+    assert "(stopped, dead or cut off)" in out, out
+    assert seconds < 2 + START_SLACK_S, f"took {seconds:.1f} s with a 120 s timeout:\n{out}"
+
+
 @pytest.mark.parametrize("n", [2, 4])
 def test_killed_rank_is_named_by_the_survivors(n):
     t0 = time.monotonic()
