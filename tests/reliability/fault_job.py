@@ -22,8 +22,8 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-from mpinet.comm import create_communicator  # noqa: E402
-from mpinet.comm.failure import install_abort_handler  # noqa: E402
+from mpinet.comm import create_communicator
+from mpinet.comm.failure import install_abort_handler
 
 impl, fault, victim, when = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 install_abort_handler()
