@@ -23,6 +23,8 @@ import time
 
 import numpy as np
 
+from mpinet.comm import failure
+
 # Op codes stored in the window (and in debug signatures); the order is part of no file format.
 OPS = ("allreduce", "bcast", "allgather", "reduce_scatter", "barrier",
        "bcast_obj", "allgather_obj", "allreduce_obj")
@@ -41,6 +43,14 @@ def _free_open_trackers():
 
     if MPI.Is_finalized():  # the program finalized MPI itself: nothing can be freed now
         return
+    # Freeing windows and MPI_Finalize (which mpi4py calls next) synchronise with the peers: a
+    # peer stopped or dead at the very end must not leave this rank hanging at exit either.
+    limit = max(t.timeout_s for t in _open_trackers) if _open_trackers else 600.0
+    timer = threading.Timer(limit, lambda: failure.abort(
+        f"exit (freeing MPI windows, MPI_Finalize) did not complete within {limit:g} s: a peer "
+        f"rank is stopped, dead or unreachable"))
+    timer.daemon = True
+    timer.start()
     while _open_trackers:
         _open_trackers.pop().free()
 
@@ -60,7 +70,7 @@ def _process_identity(pid: int):
 
 
 class ArrivalTracker:
-    def __init__(self, mpi_comm):
+    def __init__(self, mpi_comm, timeout_s: float = 600.0):
         from mpi4py import MPI  # noqa: PLC0415
 
         self._MPI = MPI
@@ -68,6 +78,7 @@ class ArrivalTracker:
         self._world_ranks = mpi_comm.Get_group().Translate_ranks(
             list(range(mpi_comm.Get_size())), MPI.COMM_WORLD.Get_group())
         self.seq = 0
+        self.timeout_s = timeout_s
         # Silence watch state: per rank, the last heartbeat seen and when it last changed.
         self._beats: dict[int, tuple[int | None, float]] = {}
         # Where each rank runs, for reports ("rank 1 (pid 4242 on host node07)").

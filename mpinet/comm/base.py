@@ -157,7 +157,7 @@ class Communicator:
             # comm so they can never match a data collective that a peer has posted.
             self._ctl = mpi_comm.Dup()
             self._sig_comm = mpi_comm.Dup()
-            self._tracker = ArrivalTracker(self._ctl)
+            self._tracker = ArrivalTracker(self._ctl, self.timeout_s)
         self.topology = topo
         self.rank, self.size = topo.rank, topo.size
         self.local_rank, self.local_size = topo.local_rank, topo.local_size
@@ -173,9 +173,10 @@ class Communicator:
         """Free the MPI resources (collective: every rank calls it). Optional: exit frees too."""
         self._drain()
         self._sig.settle_all()
-        for c in self._owned_comms():
-            c.Free()
-        self._tracker.free()
+        with failure.deadline("closing the communicator", self.timeout_s, self.mpi_comm):
+            for c in self._owned_comms():
+                c.Free()
+            self._tracker.free()
 
     def _owned_comms(self) -> list:
         return [self._ctl, self._sig_comm, self._local_comm, self._cross_comm]

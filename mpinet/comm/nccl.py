@@ -18,6 +18,7 @@ import threading
 import time
 
 from mpinet import backend
+from mpinet.comm import failure
 from mpinet.comm.base import Communicator, Handle, OpInfo
 
 # ncclDataType_t / ncclRedOp_t values (stable NCCL ABI; cupy does not export AVG or BFLOAT16 in
@@ -73,7 +74,8 @@ class DeviceLane:
             uid = self._owner._bcast_payload(nccl.get_unique_id() if rank == 0 else None, 0,
                                              setup, self._mpi)
             self.device_id = cp.cuda.Device().id
-            self.nccl = nccl.NcclCommunicator(size, uid, rank)
+            with failure.deadline("NCCL communicator setup", self._owner.timeout_s):
+                self.nccl = nccl.NcclCommunicator(size, uid, rank)
             self.stream = cp.cuda.Stream(non_blocking=True, priority=_stream_priority())
             self.avg = nccl.get_version() >= _AVG_MIN_VERSION
             threading.Thread(target=self._watchdog, args=(self.device_id,),

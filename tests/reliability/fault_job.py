@@ -7,6 +7,7 @@
       WHEN   "call:N"  fail right before the victim's N-th bounded wait (deterministic: every
                        wait point of the loop, object collectives included, can be hit)
              "time:S"  fail S seconds after start, wherever the victim happens to be
+             "exit"    fail after the last collective: the others must not hang at exit
 
 Each iteration does what a training step and its logging do: an array allreduce (a gradient
 bucket), allreduce_obj of a NumPy array (the metrics window), allgather_obj (the pre-emption
@@ -45,6 +46,13 @@ def fail():
     else:
         time.sleep(3600)
 
+
+if when == "exit":
+    comm.barrier()
+    if comm.rank == victim:
+        fail()
+    print(f"rank {comm.rank} leaving", flush=True)
+    sys.exit(0)
 
 if comm.rank == victim:
     kind, _, value = when.partition(":")

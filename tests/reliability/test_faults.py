@@ -128,6 +128,15 @@ def test_killed_rank_is_named_by_the_survivors(n):
     assert seconds < START_SLACK_S, f"took {seconds:.1f} s with a 120 s timeout:\n{out}"
 
 
+def test_rank_stopped_after_the_last_collective_does_not_hang_the_others_at_exit():
+    t0 = time.monotonic()
+    out, seconds = finish(start(2, "stop", 1, "exit"), t0)
+    assert "rank 0 leaving" in out, out
+    assert "[mpinet] rank 0/2: exit (freeing MPI windows, MPI_Finalize) did not complete " \
+           "within 2 s" in out, out
+    assert seconds < TIMEOUT_S + START_SLACK_S, f"took {seconds:.1f} s:\n{out}"
+
+
 def test_alive_but_slow_rank_is_not_called_silent():
     # A rank that sleeps in Python keeps its heartbeat: only the full timeout ends the job,
     # and the report says it did not arrive (not that it is dead).
