@@ -288,9 +288,14 @@ def main(argv=None) -> int:
     # Phase 2: ranks per node against GPUs per node (one node's answer may differ).
     with deadline("start-up (ranks per node)", limit, world):
         topo = topology.build(world)[0]
+    host = MPI.Get_processor_name()
+    gpus = backend.gpu_count() if cfg.device != "cpu" else 0
+    mine = (host, backend.gpu_identity(topo.local_rank) if gpus else None)
+    with deadline("start-up (GPU placement)", limit, world):
+        placements = world.allgather(mine)  # every rank then judges the same list
     try:
-        gpus = backend.gpu_count() if cfg.device != "cpu" else 0
-        preflight.check_device(cfg, topo.local_size, MPI.Get_processor_name(), gpus)
+        preflight.check_device(cfg, topo.local_size, host, gpus)
+        preflight.check_gpu_sharing(cfg, placements)
     except ConfigError as e:
         error = _one_line(e)
     if not _all_fine(world, error, limit, deadline):

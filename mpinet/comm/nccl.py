@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import os
+import socket
 import threading
 import time
 
@@ -71,6 +72,17 @@ class DeviceLane:
             rank, size = self._mpi.Get_rank(), self._mpi.Get_size()
             setup = OpInfo(self._owner.name, "NCCL communicator setup", 0, 0, "-")
             self._owner._gate(setup)
+            # Two ranks on one GPU would fail inside NCCL (NCCL_ERROR_INVALID_USAGE, then an
+            # abort): every rank sees the same list, so every rank refuses alike, in words.
+            places = self._owner._allgather_payload(
+                (socket.gethostname(), str(cp.cuda.Device().pci_bus_id)), setup, self._mpi)
+            if len(set(places)) < len(places):
+                host, gpu = next(p for p in places if places.count(p) > 1)
+                ranks = [r for r, p in enumerate(places) if p == (host, gpu)]
+                raise ValueError(f"{self._owner.name}: ranks {ranks} (of this communicator) on "
+                                 f"host {host} all use GPU {gpu}; NCCL needs one GPU per rank. "
+                                 f"Start at most as many ranks per node as it has GPUs, and call "
+                                 f"backend.select_device(local_rank) on each")
             uid = self._owner._bcast_payload(nccl.get_unique_id() if rank == 0 else None, 0,
                                              setup, self._mpi)
             self.device_id = cp.cuda.Device().id

@@ -83,15 +83,34 @@ def check_device(cfg: TrainConfig, local_size: int, host: str, gpu_count: int) -
     if cfg.comm == "nccl" and cfg.device == "auto" and gpu_count == 0:
         raise ConfigError("--comm nccl needs GPUs, but no usable CUDA GPU was found; use "
                           "--comm mpi (or auto) on the CPU")
-    if cfg.device != "cpu" and 0 < gpu_count < local_size:
-        raise ConfigError(f"{local_size} ranks on host {host} but it has only {gpu_count} GPU(s): "
-                          f"NCCL needs one GPU per rank. Start at most {gpu_count} rank(s) per "
-                          f"node (e.g. mpirun -n {gpu_count}, or srun --ntasks-per-node="
-                          f"{gpu_count}), or train on the CPU with --device cpu")
+
+
+def check_gpu_sharing(cfg: TrainConfig, placements: list) -> None:
+    """``placements[r]`` = (host, PCI bus id of the GPU rank r would use, or None). Two ranks on
+    one GPU is refused up front (NCCL would fail with NCCL_ERROR_INVALID_USAGE); every rank sees
+    the same list, so every rank refuses alike."""
+    if cfg.device == "cpu":
+        return
+    users: dict = {}
+    for rank, (host, gpu) in enumerate(placements):
+        if gpu is not None:
+            users.setdefault((host, gpu), []).append(rank)
+    shared = [(key, ranks) for key, ranks in users.items() if len(ranks) > 1]
+    if not shared:
+        return
+    (host, gpu), ranks = shared[0]
+    on_host = [r for r, (h, _) in enumerate(placements) if h == host]
+    gpus = len({g for h, g in placements if h == host and g is not None})
+    raise ConfigError(f"{len(on_host)} ranks on host {host} but it has only {gpus} GPU(s): ranks "
+                      f"{', '.join(map(str, ranks))} would share GPU {gpu}, and NCCL needs one "
+                      f"GPU per rank. Start at most {gpus} rank(s) per node (e.g. mpirun -n "
+                      f"{gpus}, or srun --ntasks-per-node={gpus}), or train on the CPU with "
+                      f"--device cpu")
 
 
 def check_resume(cfg: TrainConfig) -> None:
     """A resume that cannot work is refused now, as one line (rank 0 reads the files)."""
+    # Imported here: the checkpoint package is only needed when resuming.
     from mpinet import checkpoint
     from mpinet.checkpoint.store import checkpoint_dirs
 

@@ -37,10 +37,11 @@ def run(argv):
 results = {}
 for name, (argv, _) in cases.items():
     if name == "gpu-oversubscribed":
-        real = backend.gpu_count
-        backend.gpu_count = lambda: 1
+        real = backend.gpu_count, backend.gpu_identity
+        backend.gpu_count = lambda: 1  # this node "has" one GPU, which both ranks would use
+        backend.gpu_identity = lambda local_rank: "0000:3B:00.0"
         results[name] = run(argv)
-        backend.gpu_count = real
+        backend.gpu_count, backend.gpu_identity = real
     else:
         results[name] = run(argv)
 with open(f"{out_path}.{world.Get_rank()}", "w") as f:

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from mpinet.training.config import DEFAULTS, ConfigError, TrainConfig
-from mpinet.training.preflight import check_device
+from mpinet.training.preflight import check_gpu_sharing
 
 
 def test_defaults_typed_frozen_and_dict_like():
@@ -45,16 +45,22 @@ def test_unknown_key_names_the_closest(tmp_path):
         TrainConfig.from_file(str(path))
 
 
-@pytest.mark.parametrize("local_size, gpus, ok", [(2, 2, True), (4, 2, False), (1, 1, True),
-                                                  (2, 0, True)])
-def test_more_ranks_than_gpus_is_one_clear_message(local_size, gpus, ok):
-    cfg = TrainConfig()  # --device auto: 0 GPUs means the CPU, which any rank count can share
-    if ok:
-        check_device(cfg, local_size, "node7", gpus)
+@pytest.mark.parametrize("placements, message", [
+    ([("n1", "A"), ("n1", "B"), ("n2", "A"), ("n2", "B")], None),  # one GPU per rank
+    ([("n1", "A"), ("n1", "A")], "2 ranks on host n1 but it has only 1 GPU(s): ranks 0, 1 would "
+                                 "share GPU A"),
+    ([("n1", "A"), ("n1", "B"), ("n1", "A"), ("n1", "B")], "4 ranks on host n1 but it has only "
+                                                           "2 GPU(s): ranks 0, 2 would share"),
+    ([("n1", None), ("n1", None)], None),  # no GPU: the CPU is shared by design
+])
+def test_ranks_sharing_a_gpu_is_one_clear_message(placements, message):
+    cfg = TrainConfig()  # --device auto
+    if message is None:
+        check_gpu_sharing(cfg, placements)
     else:
-        with pytest.raises(ConfigError, match=rf"{local_size} ranks on host node7 but it has only "
-                                              rf"{gpus} GPU\(s\).*at most {gpus} rank"):
-            check_device(cfg, local_size, "node7", gpus)
+        with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            check_gpu_sharing(cfg, placements)
+    check_gpu_sharing(TrainConfig(device="cpu"), placements)  # --device cpu: never refused
 
 
 def test_object_collective_wire_format_round_trips_without_pickle():
