@@ -119,3 +119,21 @@ def test_gpu_tests_skip_with_the_reason_on_a_smaller_machine(monkeypatch):
     assert [m.kwargs["reason"] for m in two.added] == ["needs 2 GPU(s) on this node, it has 1"]
     assert [m.kwargs["reason"] for m in mpi_gpu.added] == ["needs 2 GPU(s) on this node, it has 1"]
     assert one.added == []
+
+
+def test_a_peer_process_is_recognised_by_its_start_time_not_its_pid_alone():
+    import os
+    import subprocess
+    import sys
+
+    from mpinet.comm.arrival import _process_identity
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        alive = _process_identity(child.pid)
+        assert alive is not None and alive[2] in "RS"  # running or sleeping
+        assert alive[0] == _process_identity(os.getpid())[0]  # same boot and pid namespace
+    finally:
+        child.kill()
+        child.wait()
+    assert _process_identity(child.pid) is None  # gone: a peer with this pid has exited
