@@ -304,8 +304,8 @@ class Communicator:
 
     def _poll_bounded(self, reqs, info: OpInfo) -> None:
         """Poll MPI requests to completion, or abort the job with a report: after timeout_s,
-        after a peer that has not arrived has been silent (no heartbeat) for silence_s, or when
-        MPI reports a failed peer."""
+        once a peer has been silent (no heartbeat) for silence_s or is seen stopped or gone, or
+        when MPI reports a failed peer."""
         from mpi4py import MPI  # noqa: PLC0415
 
         self.wait_until(lambda: MPI.Request.Testall(reqs), info)
