@@ -128,8 +128,15 @@ def wait_all(handles) -> list:
     return [h.wait() for h in handles]
 
 
+_DTYPE_NAME_CACHE: dict = {}
+
+
 def _dtype_name(dtype) -> str:
-    return np.dtype(dtype).name
+    # Cached: numpy's dtype.name is slow (microseconds), and every collective asks twice.
+    name = _DTYPE_NAME_CACHE.get(dtype)
+    if name is None:
+        name = _DTYPE_NAME_CACHE[dtype] = np.dtype(dtype).name
+    return name
 
 
 class Communicator:
