@@ -285,12 +285,16 @@ def main(argv=None) -> int:
     if not _all_fine(world, error, limit, deadline):
         return 2
 
-    # Phase 2: ranks per node against GPUs per node (one node's answer may differ).
+    # Phase 2: devices against ranks (one node's answer may differ from another's, so every
+    # rank first learns every rank's GPU, then all judge the same list).
     with deadline("start-up (ranks per node)", limit, world):
         topo = topology.build(world)[0]
     host = MPI.Get_processor_name()
-    gpus = backend.gpu_count() if cfg.device != "cpu" else 0
-    mine = (host, backend.gpu_identity(topo.local_rank) if gpus else None)
+    try:
+        gpus = backend.gpu_count() if cfg.device != "cpu" else 0
+        mine = (host, backend.gpu_identity(topo.local_rank) if gpus else None)
+    except Exception:  # noqa: BLE001 - a broken driver: judged below as "no usable GPU"
+        gpus, mine = 0, (host, None)
     with deadline("start-up (GPU placement)", limit, world):
         placements = world.allgather(mine)  # every rank then judges the same list
     try:
