@@ -271,6 +271,8 @@ def _pool(op_type):
 
 def _reshape(b, f, ins):
     in_shape, target = tuple(f.inputs[0].shape), tuple(f.output_meta[0][0])
+    if f.inputs[0].creator is None and f.inputs[0] is not b.x:  # a weight: no batch dimension
+        return b.node("Reshape", [ins[0], b.ints(f"shape_{b.index}", target)])
     for axis in range(1, len(in_shape)):  # the flatten pattern keeps axes [0, axis)
         if target == in_shape[:axis] + (int(np.prod(in_shape[axis:])),):
             return b.node("Flatten", ins, axis=axis)

@@ -11,13 +11,14 @@ import pytest
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
+from mpinet.models import build_model  # noqa: E402
+
 from mpinet import nn, optim  # noqa: E402
 from mpinet.autograd import Variable, no_grad  # noqa: E402
 from mpinet.interop import export_onnx, import_onnx  # noqa: E402
 from mpinet.interop import onnx as onnx_cli  # noqa: E402
 from mpinet.interop.onnx_export import OnnxExportError, trace_to_onnx  # noqa: E402
 from mpinet.interop.onnx_import import OnnxImportError  # noqa: E402
-from mpinet.models import build_model  # noqa: E402
 from mpinet.ops import loss  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "models"))
