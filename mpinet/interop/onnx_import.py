@@ -23,7 +23,7 @@ import onnx
 from onnx import numpy_helper
 
 from .. import backend, nn
-from ..autograd import Parameter
+from ..autograd import Parameter, Variable, no_grad
 from ..ops import activation as act
 from ..ops import arith, conv, linear, lrn, maximum, norm, pool, shape
 from ..ops import dropout as dropout_ops
@@ -84,6 +84,19 @@ class OnnxGraphModule(nn.Module):
                     continue
                 role = roles[slot] if slot < len(roles) else "const"
                 self._register(name, inits[name], role, node, label)
+        self._probe()
+
+    def _probe(self) -> None:
+        """Run the graph once on zeros (batch 1, eval mode) so that an attribute or shape mpinet
+        cannot run fails at import, naming the node, rather than at the first real batch."""
+        if not self.input_shape or min(self.input_shape) < 1:
+            return  # symbolic sizes besides the batch: nothing to probe with
+        self.eval()
+        try:
+            with no_grad():
+                self(Variable(backend.to_device(np.zeros((1, *self.input_shape), np.float32))))
+        finally:
+            self.train()
 
     # ---- weights ------------------------------------------------------------------------
     def _register(self, name: str, array: np.ndarray, role: str, node, label: str) -> None:
