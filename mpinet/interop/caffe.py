@@ -15,7 +15,9 @@ Layers (Caffe type -> mpinet):
   ReLU (negative_slope -> LeakyReLU); PReLU (channel_shared); BatchNorm (blobs mean*s, var*s, s:
   divided by the scale factor s as Caffe does, 0 when s = 0) followed by Scale on its output ->
   one BatchNorm2d whose weight/bias are the Scale's gamma/beta; a BatchNorm alone -> BatchNorm2d
-  with weight 1, bias 0; ``use_global_stats: true`` -> always the stored statistics; Scale alone
+  with weight 1, bias 0; ``use_global_stats: true`` -> always the stored statistics (otherwise
+  batch statistics when training, with momentum 1 - moving_average_fraction: an exponential
+  average, where Caffe keeps a bias-corrected running sum); Scale alone
   (per channel, bias_term); LRN (ACROSS_CHANNELS) -> LocalResponseNorm; Dropout; Concat;
   Eltwise (SUM with coeff, PROD, MAX); Softmax; Sigmoid; TanH; Flatten; Split.
   Input layers, the legacy ``input:``/``input_shape``/``input_dim`` fields, and data layers (with

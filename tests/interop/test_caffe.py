@@ -306,3 +306,15 @@ def test_cli_summarises_and_exits_2_on_errors(tmp_path, capsys):
     assert caffe.main([str(proto), str(cut)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and len(err.strip().splitlines()) == 1 and "cut.caffemodel" in err
+
+
+def test_batchnorm_scale_factor_zero_means_zero_statistics(tmp_path):
+    # Caffe: scale = 0 if blob2 == 0 else 1 / blob2, so a zero factor zeroes mean and variance.
+    text = ('input: "data" input_shape { dim: 1 dim: 2 dim: 2 dim: 2 }\n'
+            'layer { name: "bn" type: "BatchNorm" bottom: "data" top: "bn" '
+            'batch_norm_param { eps: 0.25 } }')
+    proto, model = _write_net(tmp_path, "bn0", text,
+                              {"bn": ("BatchNorm", [np.array([3.0, 4.0]), np.array([5.0, 6.0]),
+                                                    np.array([0.0])])})
+    x = np.arange(8, dtype=np.float32).reshape(1, 2, 2, 2)
+    np.testing.assert_allclose(_run(import_caffe(proto, model), x), x / np.sqrt(0.25), rtol=1e-6)

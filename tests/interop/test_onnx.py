@@ -281,3 +281,32 @@ def test_import_refuses_unsupported_attributes_at_import_naming_the_node(tmp_pat
     onnx.save(model, str(tmp_path / "gemm.onnx"))
     with pytest.raises(OnnxImportError, match=r"gemm\.onnx: node 'fc' \(Gemm\): .*alpha=1"):
         import_onnx(tmp_path / "gemm.onnx")
+
+
+def test_a_file_from_pytorchs_exporter_imports(tmp_path):
+    torch = pytest.importorskip("torch")
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+            self.bn = torch.nn.BatchNorm2d(8)
+            self.pool = torch.nn.AvgPool2d(2)
+            self.fc = torch.nn.Linear(8 * 4 * 4, 5)
+
+        def forward(self, x):
+            y = self.pool(torch.nn.functional.leaky_relu(self.bn(self.conv(x)), 0.2))
+            return torch.log_softmax(self.fc(torch.flatten(y, 1)), 1)
+
+    net = Net().eval()
+    x = torch.randn(2, 3, 8, 8)
+    path = tmp_path / "torch.onnx"
+    try:
+        torch.onnx.export(net, (x,), str(path), dynamo=False, opset_version=17,
+                          input_names=["input"], output_names=["output"],
+                          dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
+    except Exception as e:  # noqa: BLE001 - the TorchScript exporter may be gone in a later torch
+        pytest.skip(f"torch.onnx.export(dynamo=False) unavailable: {e}")
+    imported = import_onnx(path).eval()
+    want = net(x).detach().numpy()
+    np.testing.assert_allclose(_forward(imported, x.numpy()), want, rtol=1e-5, atol=1e-6)
