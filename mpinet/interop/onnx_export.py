@@ -15,7 +15,8 @@ Translation, one Function at a time (``_CONVERTERS``); fused mpinet ops are deco
   MaxPool2d/AvgPool2d -> MaxPool/AveragePool (count_include_pad=1, ceil_mode),
   GlobalAvgPool2d -> GlobalAveragePool + Flatten, Reshape -> Flatten (the flatten pattern) or
   Reshape (batch kept with 0), Transpose -> Transpose, Concat -> Concat, LRN -> LRN,
-  Maximum -> Max.
+  Maximum -> Max, Upsample -> Resize (nearest: asymmetric/floor; bilinear: pytorch_half_pixel or
+  align_corners; an upsampling to a fixed size is written as its scale ratio).
 Dropout is the identity in eval mode and leaves no node.
 
 Names: an initializer is named by its parameter/buffer (``features.0.weight``), so the file reads
@@ -294,6 +295,25 @@ def _global_avg(b, f, ins):
     return b.node("Flatten", [b.node("GlobalAveragePool", ins)], axis=1)
 
 
+def _resize(b, f, ins):
+    """mpinet's (PyTorch's) upsampling formulas as ONNX Resize coordinate modes."""
+    in_hw, out_hw = f.inputs[0].shape[2:], f.out_hw
+    factors = f.scale_factors if f.scale_factors[0] is not None else \
+        tuple(o / i for o, i in zip(out_hw, in_hw))  # a fixed size: its ratio keeps N dynamic
+    if any(int(np.floor(i * np.float32(r))) != o for i, r, o in zip(in_hw, factors, out_hw)):
+        raise OnnxExportError(f"export_onnx: upsampling {tuple(in_hw)} -> {tuple(out_hw)} has no "
+                              f"float32 scale that ONNX Resize rounds back to that size; use a "
+                              f"scale_factor (e.g. 2) or sizes that are whole multiples")
+    scales = b.tensor(f"scales_{b.index}", np.array([1.0, 1.0, *factors], np.float32))
+    if f.mode == "nearest":
+        attrs = dict(mode="nearest", coordinate_transformation_mode="asymmetric",
+                     nearest_mode="floor")
+    else:
+        attrs = dict(mode="linear", coordinate_transformation_mode="align_corners"
+                     if f.align_corners else "pytorch_half_pixel")
+    return b.node("Resize", [ins[0], "", scales], **attrs)
+
+
 def _lrn(b, f, ins):
     return b.node("LRN", ins, size=int(f.size), alpha=float(f.alpha), beta=float(f.beta),
                   bias=float(f.k))
@@ -324,6 +344,7 @@ _CONVERTERS = {
                           if f.axes is not None else list(reversed(range(f.inputs[0].ndim)))),
     "Concat": _simple("Concat", axis=lambda f: int(f.axis)),
     "LocalResponseNorm": _lrn,
+    "Upsample": _resize,
     "Maximum": _simple("Max"),
 }
 

@@ -11,7 +11,7 @@ paths, so a file exported by mpinet imports with its model's ``state_dict`` name
 Supported ops (opset 13-17 semantics): Conv, ConvTranspose, Gemm (alpha=beta=1, transA=0),
 MatMul, BatchNormalization, Relu, LeakyRelu, PRelu, Sigmoid, Tanh, Softmax, LogSoftmax, Add, Sub,
 Mul, Div, Max, MaxPool, AveragePool (count_include_pad=1, or no padding), GlobalAveragePool,
-Flatten, Reshape, Transpose, Concat, LRN, Dropout, Identity. Anything else is refused naming the
+Flatten, Reshape, Transpose, Concat, LRN, Resize (the modes export writes), Dropout, Identity. Anything else is refused naming the
 node and its op.
 """
 from __future__ import annotations
@@ -27,6 +27,7 @@ from ..autograd import Parameter, Variable, no_grad
 from ..ops import activation as act
 from ..ops import arith, conv, linear, lrn, maximum, norm, pool, shape
 from ..ops import dropout as dropout_ops
+from ..ops import upsample as upsample_ops
 
 
 class OnnxImportError(ValueError):
@@ -297,6 +298,34 @@ def _dropout(m, node, args):
     return dropout_ops.dropout(args[0], ratio, m.training)
 
 
+@_handler("const", "const", "const", "const")
+def _resize(m, node, args):
+    x = args[0]
+    mode = _text(_attr(node, "mode", "nearest"))
+    coords = _text(_attr(node, "coordinate_transformation_mode", "half_pixel"))
+    if mode == "nearest" and (coords, _text(_attr(node, "nearest_mode", "round_prefer_floor"))) \
+            == ("asymmetric", "floor"):
+        kind, align = "nearest", False
+    elif mode == "linear" and coords in ("pytorch_half_pixel", "align_corners"):
+        kind, align = "bilinear", coords == "align_corners"
+    else:
+        raise ValueError(f"Resize: mode {mode!r} with coordinate_transformation_mode {coords!r} "
+                         f"is not supported (nearest+asymmetric+floor, or linear with "
+                         f"pytorch_half_pixel/align_corners)")
+    scales = args[2] if len(args) > 2 and args[2] is not None else None
+    if scales is not None and backend.to_numpy(scales).size:
+        s = [float(v) for v in backend.to_numpy(scales).reshape(-1)]
+        if s[:2] != [1.0, 1.0] or len(s) != 4:
+            raise ValueError(f"Resize: only spatial scales of an (N, C, H, W) input, got {s}")
+        return upsample_ops.upsample(x, (s[2], s[3]), kind, align)
+    sizes = [int(v) for v in backend.to_numpy(args[3]).reshape(-1)]
+    return upsample_ops.upsample(x, mode=kind, align_corners=align, size=tuple(sizes[2:]))
+
+
+def _text(value):
+    return value.decode() if isinstance(value, bytes) else value
+
+
 @_handler("const")
 def _lrn(m, node, args):
     return lrn.local_response_norm(args[0], int(_attr(node, "size")),
@@ -366,6 +395,7 @@ _HANDLERS = {
     "Transpose": _transpose,
     "Concat": _concat,
     "LRN": _lrn,
+    "Resize": _resize,
     "Dropout": _dropout,
     "Identity": _unary(lambda x: x),
 }

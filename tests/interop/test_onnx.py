@@ -310,3 +310,24 @@ def test_a_file_from_pytorchs_exporter_imports(tmp_path):
     imported = import_onnx(path).eval()
     want = net(x).detach().numpy()
     np.testing.assert_allclose(_forward(imported, x.numpy()), want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("layer", [
+    nn.Upsample(scale_factor=2, mode="nearest"),
+    nn.Upsample(scale_factor=(2, 3), mode="bilinear"),
+    nn.Upsample(scale_factor=1.5, mode="bilinear", align_corners=True),
+    nn.Upsample(size=(10, 12), mode="bilinear"),
+], ids=["nearest-x2", "bilinear-2x3", "bilinear-align-1.5", "bilinear-size"])
+def test_upsample_exports_as_resize_matching_onnxruntime(layer, tmp_path):
+    net = nn.Sequential(nn.Conv2d(2, 3, 1), layer)
+    path = tmp_path / "up.onnx"
+    first = export_onnx(net, path, (2, 5, 4))
+    x = np.random.default_rng(3).standard_normal((3, 2, 5, 4)).astype(np.float32)
+    want = _forward(net.eval(), x)
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
+        None, {"input": x})[0]
+    assert got.shape == want.shape and float(np.abs(got - want).max()) <= 1e-5
+    imported = import_onnx(path)
+    np.testing.assert_allclose(_forward(imported.eval(), x), want, rtol=1e-6, atol=1e-6)
+    if layer.size is None:  # a scale factor round-trips node for node
+        assert trace_to_onnx(imported, (2, 5, 4)).SerializeToString() == first.SerializeToString()
