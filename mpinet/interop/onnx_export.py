@@ -17,7 +17,8 @@ Translation, one Function at a time (``_CONVERTERS``); fused mpinet ops are deco
   Reshape (batch kept with 0), Transpose -> Transpose, Concat -> Concat, LRN -> LRN,
   Maximum -> Max, Upsample -> Resize (nearest: asymmetric/floor; bilinear: pytorch_half_pixel or
   align_corners; an upsampling to a fixed size is written as its scale ratio).
-Dropout is the identity in eval mode and leaves no node.
+Dropout layers -> Dropout (ratio as an input; the identity in inference): they are the identity
+in eval mode, so the trace records them with a marker op (marks.py).
 
 Names: an initializer is named by its parameter/buffer (``features.0.weight``), so the file reads
 like ``state_dict`` and an import gives back the same names; a node holding parameters is named by
@@ -33,8 +34,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from .. import backend
+from .. import backend, nn
 from ..autograd import Parameter, Variable, enable_grad
+from .marks import dropout_mark
 
 OPSET = 17
 # onnx 1.23 writes IR version 11 by default, newer than some onnxruntime builds read; IR 8 is what
@@ -74,6 +76,7 @@ def trace_to_onnx(network, input_shape: tuple, batch_size: int = 2,
     """The ONNX ModelProto of ``network`` traced on a (batch_size, *input_shape) example."""
     was_training = network.training
     network.eval()
+    marked = _mark_dropout_layers(network)
     try:
         rng = np.random.default_rng(0)
         example = rng.standard_normal((batch_size, *input_shape)).astype(np.float32)
@@ -81,6 +84,8 @@ def trace_to_onnx(network, input_shape: tuple, batch_size: int = 2,
         with enable_grad():
             y = network(x)
     finally:
+        for module in marked:
+            del module.__dict__["forward"]
         network.train(was_training)
     if not isinstance(y, Variable) or y.creator is None:
         raise OnnxExportError(f"export_onnx: {type(network).__name__} returned "
@@ -100,6 +105,16 @@ def trace_to_onnx(network, input_shape: tuple, batch_size: int = 2,
             if out is not None:
                 builder.names[id(out)] = name
     return builder.finish(y, opset)
+
+
+def _mark_dropout_layers(network) -> list:
+    """Make each Dropout layer record a DropoutMark during the trace (see marks.py)."""
+    marked = []
+    for _, module in network.named_modules():
+        if isinstance(module, nn.Dropout) and module.p > 0 and "forward" not in module.__dict__:
+            object.__setattr__(module, "forward", lambda x, p=module.p: dropout_mark(x, p))
+            marked.append(module)
+    return marked
 
 
 def _functions_in_order(root: Variable) -> list:
@@ -146,7 +161,8 @@ class _GraphBuilder:
                 a = a.astype(np.float32)
             if shape is not None:
                 a = a.reshape(shape)
-            self.initializers[name] = numpy_helper.from_array(np.ascontiguousarray(a), name)
+            a = np.asarray(a, order="C")  # not ascontiguousarray: a 0-d ratio must stay 0-d
+            self.initializers[name] = numpy_helper.from_array(a, name)
         return name
 
     def buffer(self, array, fallback: str) -> str:
@@ -314,6 +330,11 @@ def _resize(b, f, ins):
     return b.node("Resize", [ins[0], "", scales], **attrs)
 
 
+def _dropout(b, f, ins):
+    ratio = b.tensor(f"ratio_{b.index}", np.array(f.p, np.float32))
+    return b.node("Dropout", [ins[0], ratio])
+
+
 def _lrn(b, f, ins):
     return b.node("LRN", ins, size=int(f.size), alpha=float(f.alpha), beta=float(f.beta),
                   bias=float(f.k))
@@ -344,6 +365,7 @@ _CONVERTERS = {
                           if f.axes is not None else list(reversed(range(f.inputs[0].ndim)))),
     "Concat": _simple("Concat", axis=lambda f: int(f.axis)),
     "LocalResponseNorm": _lrn,
+    "DropoutMark": _dropout,
     "Upsample": _resize,
     "Maximum": _simple("Max"),
 }

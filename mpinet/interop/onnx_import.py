@@ -28,6 +28,7 @@ from ..ops import activation as act
 from ..ops import arith, conv, linear, lrn, maximum, norm, pool, shape
 from ..ops import dropout as dropout_ops
 from ..ops import upsample as upsample_ops
+from .marks import dropout_mark
 
 
 class OnnxImportError(ValueError):
@@ -293,9 +294,12 @@ def _reshape(m, node, args):
 
 @_handler("const", "const")
 def _dropout(m, node, args):
-    ratio = float(backend.to_numpy(args[1])) if len(args) > 1 and args[1] is not None \
+    given = len(args) > 1 and args[1] is not None
+    ratio = float(backend.to_numpy(args[1]).reshape(-1)[0]) if given \
         else float(_attr(node, "ratio", 0.5))
-    return dropout_ops.dropout(args[0], ratio, m.training)
+    if m.training:
+        return dropout_ops.dropout(args[0], ratio, True)
+    return dropout_mark(args[0], ratio)  # the identity, kept visible to a re-export
 
 
 @_handler("const", "const", "const", "const")

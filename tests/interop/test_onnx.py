@@ -19,6 +19,7 @@ from mpinet.interop import export_onnx, import_onnx  # noqa: E402
 from mpinet.interop import onnx as onnx_cli  # noqa: E402
 from mpinet.interop.onnx_export import OnnxExportError, trace_to_onnx  # noqa: E402
 from mpinet.interop.onnx_import import OnnxImportError  # noqa: E402
+from mpinet.ops import dropout as dropout_ops  # noqa: E402
 from mpinet.ops import loss  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "models"))
@@ -88,10 +89,12 @@ def test_zoo_model_matches_onnxruntime_and_round_trips(case, tmp_path):
     assert second.SerializeToString() == first.SerializeToString()
 
 
-# Training after import: models whose exported graph has every op of their training forward
-# (dropout leaves no node in an inference graph, so the dropout configurations are left out).
+# Training after import: batch norm in training mode, dropout with the same masks (the default
+# generator reseeded before each forward), every op family of the zoo.
 TRAIN_CASES = [
-    ("mlp", dict(in_channels=1, input_size=8, num_classes=10)),
+    ("mlp", dict(in_features=20, num_classes=4, batchnorm=True, dropout=0.2)),
+    ("small-cnn", dict(input_size=28, width=8, batchnorm=False, dropout=0.25)),
+    ("squeezenet1_1", dict(num_classes=10, input_size=32)),
     ("lenet5", dict(input_size=28)),
     ("small-cnn", dict(input_size=8)),
     ("resnet18", dict(num_classes=10, input_size=8, stem="cifar")),  # 8x8: every block, fast
@@ -100,6 +103,7 @@ TRAIN_CASES = [
 
 
 def _loss_and_grads(net, x, labels):
+    dropout_ops.manual_seed(7)  # the same masks for the original and the imported model
     net.zero_grad()
     value = loss.cross_entropy(net(Variable(x)), labels)
     value.backward()
