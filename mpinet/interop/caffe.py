@@ -399,7 +399,7 @@ class CaffeNet(nn.Module):
             if stored is None:
                 raise CaffeImportError(f"{self.weights_file}: has no layer {source.name!r} "
                                        f"({source.type}) that {self.source} needs weights for")
-            if len(stored.blobs) < len(entries):
+            if len(stored.blobs) != len(entries):  # Caffe refuses a different count too
                 raise CaffeImportError(
                     f"{self.weights_file}: layer {source.name!r} ({source.type}) has "
                     f"{len(stored.blobs)} blob(s), the prototxt needs {len(entries)} "

@@ -253,6 +253,11 @@ def test_mismatched_caffemodel_is_refused_naming_file_and_layer(tmp_path):
     _one_line_error(lambda: import_caffe(proto, path), "b.caffemodel", "'conv1'",
                     "(20, 1, 3, 3)", "(20, 1, 5, 5)")
 
+    extra_blob = _lenet_weights(rng)
+    extra_blob["ip2"] = ("InnerProduct", extra_blob["ip2"][1] + [np.zeros(3)])
+    path = _caffemodel(tmp_path / "d.caffemodel", extra_blob)
+    _one_line_error(lambda: import_caffe(proto, path), "d.caffemodel", "'ip2'", "3 blob(s)")
+
     no_layer = _lenet_weights(rng)
     del no_layer["ip2"]
     path = _caffemodel(tmp_path / "c.caffemodel", no_layer)
