@@ -67,13 +67,15 @@ def export_onnx(model, path, input_shape=None, *, batch_size: int = 2,
                                   f"attribute; pass input_shape=(C, H, W) (without the batch)")
     input_shape = tuple(int(d) for d in input_shape)
     proto = trace_to_onnx(network, input_shape, batch_size, opset)
+    onnx.checker.check_model(proto)  # a mapping bug fails here, before a file exists
     _atomic_save(proto, os.fspath(path))
     return proto
 
 
 def trace_to_onnx(network, input_shape: tuple, batch_size: int = 2,
                   opset: int = OPSET) -> onnx.ModelProto:
-    """The ONNX ModelProto of ``network`` traced on a (batch_size, *input_shape) example."""
+    """The ONNX ModelProto of ``network`` traced on a (batch_size, *input_shape) example
+    (not yet run through onnx.checker, which export_onnx does)."""
     was_training = network.training
     network.eval()
     marked = _mark_dropout_layers(network)
@@ -158,7 +160,7 @@ class _GraphBuilder:
         if name not in self.initializers:
             a = backend.to_numpy(array)
             if a.dtype.kind == "f" or a.dtype.name == "bfloat16":
-                a = a.astype(np.float32)
+                a = a.astype(np.float32, copy=False)
             if shape is not None:
                 a = a.reshape(shape)
             a = np.asarray(a, order="C")  # not ascontiguousarray: a 0-d ratio must stay 0-d
@@ -198,7 +200,6 @@ class _GraphBuilder:
         model = helper.make_model(graph, producer_name="mpinet",
                                   opset_imports=[helper.make_opsetid("", opset)])
         model.ir_version = IR_VERSION
-        onnx.checker.check_model(model)
         return model
 
 

@@ -109,7 +109,7 @@ class OnnxGraphModule(nn.Module):
         if attr in holder._parameters or attr in holder._buffers:
             return  # shared by two nodes: one Parameter
         if array.dtype.kind == "f":
-            array = array.astype(np.float32)
+            array = array.astype(np.float32, copy=False)
         if role == "param":
             if node.op_type == "PRelu" and array.ndim > 1:  # (C, 1, 1) -> (C,): mpinet's layout
                 array = array.reshape(-1)
