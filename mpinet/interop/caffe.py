@@ -409,7 +409,8 @@ class CaffeNet(nn.Module):
                 array = convert(array, stored.blobs) if convert else array
                 expected = tuple(target.shape)
                 if tuple(array.shape) != expected:
-                    if stored.blobs[index].HasField("shape") or array.size != int(np.prod(expected)):
+                    legacy = not stored.blobs[index].HasField("shape")
+                    if not legacy or array.size != int(np.prod(expected)):
                         raise CaffeImportError(
                             f"{self.weights_file}: layer {source.name!r} ({source.type}) blob "
                             f"{index} ({what}) has shape {tuple(array.shape)}, the prototxt "

@@ -11,8 +11,8 @@ paths, so a file exported by mpinet imports with its model's ``state_dict`` name
 Supported ops (opset 13-17 semantics): Conv, ConvTranspose, Gemm (alpha=beta=1, transA=0),
 MatMul, BatchNormalization, Relu, LeakyRelu, PRelu, Sigmoid, Tanh, Softmax, LogSoftmax, Add, Sub,
 Mul, Div, Max, MaxPool, AveragePool (count_include_pad=1, or no padding), GlobalAveragePool,
-Flatten, Reshape, Transpose, Concat, LRN, Resize (the modes export writes), Dropout, Identity. Anything else is refused naming the
-node and its op.
+Flatten, Reshape, Transpose, Concat, LRN, Resize (the modes export writes), Dropout, Identity.
+Anything else is refused naming the node and its op.
 """
 from __future__ import annotations
 
@@ -108,8 +108,8 @@ class OnnxGraphModule(nn.Module):
         holder, attr = self._holder_for(name, label)
         if attr in holder._parameters or attr in holder._buffers:
             return  # shared by two nodes: one Parameter
-        if array.dtype.kind == "f":
-            array = array.astype(np.float32, copy=False)
+        if array.dtype.kind == "f":  # a writable float32 copy (to_array may give a read-only view)
+            array = np.array(array, dtype=np.float32)
         if role == "param":
             if node.op_type == "PRelu" and array.ndim > 1:  # (C, 1, 1) -> (C,): mpinet's layout
                 array = array.reshape(-1)
@@ -196,11 +196,16 @@ def _pads(node, op: str):
     return tuple(pads[:2])
 
 
+def _geometry(node, op: str) -> conv.ConvGeometry:
+    return conv.ConvGeometry.of(op, tuple(_attr(node, "strides", [1, 1])), _pads(node, op),
+                                tuple(_attr(node, "dilations", [1, 1])),
+                                int(_attr(node, "group", 1)))
+
+
 @_handler("const", "param", "param")
 def _conv(m, node, args):
     x, w, b = (args + [None])[:3]
-    geom = conv.ConvGeometry.of("Conv", tuple(_attr(node, "strides", [1, 1])), _pads(node, "Conv"),
-                                tuple(_attr(node, "dilations", [1, 1])), int(_attr(node, "group", 1)))
+    geom = _geometry(node, "Conv")
     f = conv.Conv2d(geom)
     return f.apply(x, w) if b is None else f.apply(x, w, b)
 
@@ -210,9 +215,7 @@ def _conv_transpose(m, node, args):
     x, w, b = (args + [None])[:3]
     if _attr(node, "output_shape") is not None:
         raise ValueError("ConvTranspose: output_shape is not supported; use pads/output_padding")
-    geom = conv.ConvGeometry.of("ConvTranspose", tuple(_attr(node, "strides", [1, 1])),
-                                _pads(node, "ConvTranspose"),
-                                tuple(_attr(node, "dilations", [1, 1])), int(_attr(node, "group", 1)))
+    geom = _geometry(node, "ConvTranspose")
     f = conv.ConvTranspose2d(geom, tuple(_attr(node, "output_padding", [0, 0])))
     return f.apply(x, w) if b is None else f.apply(x, w, b)
 
@@ -334,7 +337,8 @@ def _text(value):
 def _lrn(m, node, args):
     return lrn.local_response_norm(args[0], int(_attr(node, "size")),
                                    float(_attr(node, "alpha", 1e-4)),
-                                   float(_attr(node, "beta", 0.75)), float(_attr(node, "bias", 1.0)))
+                                   float(_attr(node, "beta", 0.75)),
+                                   float(_attr(node, "bias", 1.0)))
 
 
 @_handler()

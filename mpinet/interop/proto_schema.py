@@ -102,8 +102,8 @@ class _Parser:
                 raise SchemaError(f"{self.file_name}: message {m.name}: unexpected {word!r}")
             type_name, name = self.next(), self.next()
             self.expect("=")
-            field = m.field.add(name=name, number=int(self.next()),
-                                label=_F.LABEL_REPEATED if word == "repeated" else _F.LABEL_OPTIONAL)
+            label = _F.LABEL_REPEATED if word == "repeated" else _F.LABEL_OPTIONAL
+            field = m.field.add(name=name, number=int(self.next()), label=label)
             if type_name in _SCALARS:
                 field.type = _SCALARS[type_name]
             else:

@@ -63,7 +63,8 @@ layer { name: "conv2a" type: "Convolution" bottom: "pool1" top: "conv2a"
         convolution_param { num_output: 6 kernel_size: 1 group: 2 } }
 layer { name: "conv2b" type: "Convolution" bottom: "pool1" top: "conv2b"
         convolution_param { num_output: 6 kernel_size: 3 pad: 1 bias_term: false } }
-layer { name: "relu2b" type: "ReLU" bottom: "conv2b" top: "conv2b" relu_param { negative_slope: 0.1 } }
+layer { name: "relu2b" type: "ReLU" bottom: "conv2b" top: "conv2b"
+        relu_param { negative_slope: 0.1 } }
 layer { name: "cat" type: "Concat" bottom: "conv2a" bottom: "conv2b" top: "cat" }
 layer { name: "conv3" type: "Convolution" bottom: "cat" top: "conv3"
         convolution_param { num_output: 12 kernel_size: 1 } }
@@ -310,7 +311,8 @@ def test_cli_summarises_and_exits_2_on_errors(tmp_path, capsys):
     cut.write_bytes(model.read_bytes()[:100])
     assert caffe.main([str(proto), str(cut)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1 and "cut.caffemodel" in err
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1
+    assert "cut.caffemodel" in err
 
 
 def test_batchnorm_scale_factor_zero_means_zero_statistics(tmp_path):

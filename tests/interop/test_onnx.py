@@ -276,10 +276,9 @@ def test_import_refuses_unsupported_attributes_at_import_naming_the_node(tmp_pat
     w = numpy_helper.from_array(np.ones((3, 2), np.float32), "fc.weight")
     node = helper.make_node("Gemm", ["input", "fc.weight"], ["output"], name="fc", alpha=2.0,
                             transB=1)
-    graph = helper.make_graph([node], "g",
-                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 2])],
-                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["N", 3])],
-                              initializer=[w])
+    graph = helper.make_graph(
+        [node], "g", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 2])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["N", 3])], initializer=[w])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.save(model, str(tmp_path / "gemm.onnx"))
