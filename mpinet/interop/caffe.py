@@ -9,7 +9,7 @@ protobuf text format; fields the subset leaves out (data sources, loss settings,
 
 Layers (Caffe type -> mpinet):
   Convolution (2-D; groups, dilation, pad/stride/kernel in both the repeated and the _h/_w forms,
-  bias_term) -> Conv2d; InnerProduct (flattens from ``axis``, ``transpose``) -> a Linear over the
+  bias_term) -> Conv2d; Deconvolution (the same parameters) -> ConvTranspose2d; InnerProduct (flattens from ``axis``, ``transpose``) -> a Linear over the
   flattened input; Pooling MAX/AVE (``round_mode`` CEIL, Caffe's default, or FLOOR; padding;
   global_pooling) -> MaxPool2d/AvgPool2d, whose ceil rounding and clipped last window are Caffe's;
   ReLU (negative_slope -> LeakyReLU); PReLU (channel_shared); BatchNorm (blobs mean*s, var*s, s:
@@ -282,7 +282,7 @@ class CaffeNet(nn.Module):
         """(module, the following layer when folded into this one, else None)."""
         kind = layer.type
         x = bottoms[0] if bottoms else None
-        if kind == "Convolution":
+        if kind in ("Convolution", "Deconvolution"):
             p = layer.convolution_param
             if p.axis != 1 or len(x) != 4:
                 raise self._error(layer, "only 2-D convolution over axis 1 is supported")
@@ -295,6 +295,9 @@ class CaffeNet(nn.Module):
             if x[1] % p.group or p.num_output % p.group:
                 raise self._error(layer, f"{x[1]} input and {p.num_output} output channels are "
                                          f"not divisible by group {p.group}")
+            if kind == "Deconvolution":  # weights (in, out/group, kh, kw), as ConvTranspose2d
+                return nn.ConvTranspose2d(x[1], p.num_output, kernel, stride, pad, 0, p.group,
+                                          p.bias_term, dilation), None
             return nn.Conv2d(x[1], p.num_output, kernel, stride, pad, dilation, p.group,
                              p.bias_term), None
         if kind == "InnerProduct":
@@ -431,7 +434,7 @@ class CaffeNet(nn.Module):
         return f"{self.source!r}, input {self.input_blob!r} {self.input_shape}"
 
 
-SUPPORTED_LAYERS = ("Convolution", "InnerProduct", "Pooling", "ReLU", "PReLU", "BatchNorm",
+SUPPORTED_LAYERS = ("Convolution", "Deconvolution", "InnerProduct", "Pooling", "ReLU", "PReLU", "BatchNorm",
                     "Scale", "LRN", "Dropout", "Concat", "Eltwise", "Softmax", "Sigmoid", "TanH",
                     "Split", "Flatten", "Input", *sorted(DATA_LAYERS))
 
@@ -485,7 +488,7 @@ def _blob_array(blob) -> np.ndarray:
 def _blob_targets(layer, module) -> list:
     """[(array to fill, description, converter or None)] in the layer's blob order."""
     kind = layer.type
-    if kind in ("Convolution",):
+    if kind in ("Convolution", "Deconvolution"):
         out = [(module.weight.data, "weights", None)]
         return out + ([(module.bias.data, "bias", None)] if module.bias is not None else [])
     if kind == "InnerProduct":
@@ -525,7 +528,7 @@ def _group_targets(layer, folded, targets):
 
 def _count_targets(layer) -> int:
     kind = layer.type
-    if kind == "Convolution":
+    if kind in ("Convolution", "Deconvolution"):
         return 1 + int(layer.convolution_param.bias_term)
     if kind == "InnerProduct":
         return 1 + int(layer.inner_product_param.bias_term)

@@ -11,7 +11,8 @@ paths, so a file exported by mpinet imports with its model's ``state_dict`` name
 Supported ops (opset 13-17 semantics): Conv, ConvTranspose, Gemm (alpha=beta=1, transA=0),
 MatMul, BatchNormalization, Relu, LeakyRelu, PRelu, Sigmoid, Tanh, Softmax, LogSoftmax, Add, Sub,
 Mul, Div, Max, MaxPool, AveragePool (count_include_pad=1, or no padding), GlobalAveragePool,
-Flatten, Reshape, Transpose, Concat, LRN, Resize (the modes export writes), Dropout, Identity.
+Flatten, Reshape, Transpose, Concat, LRN, Resize (the modes export writes), Dropout, Identity,
+Constant.
 Anything else is refused naming the node and its op.
 """
 from __future__ import annotations
@@ -342,6 +343,15 @@ def _lrn(m, node, args):
 
 
 @_handler()
+def _constant(m, node, args):
+    value = _attr(node, "value")
+    if value is None:
+        raise ValueError("Constant: only the 'value' attribute (a tensor) is supported")
+    array = numpy_helper.to_array(value)
+    return backend.to_device(array) if array.dtype.kind == "f" else array
+
+
+@_handler()
 def _max(m, node, args):
     y = args[0]
     for other in args[1:]:
@@ -406,6 +416,7 @@ _HANDLERS = {
     "Resize": _resize,
     "Dropout": _dropout,
     "Identity": _unary(lambda x: x),
+    "Constant": _constant,
 }
 
 SUPPORTED_OPS = tuple(sorted(_HANDLERS))

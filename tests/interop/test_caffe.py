@@ -325,3 +325,36 @@ def test_batchnorm_scale_factor_zero_means_zero_statistics(tmp_path):
                                                     np.array([0.0])])})
     x = np.arange(8, dtype=np.float32).reshape(1, 2, 2, 2)
     np.testing.assert_allclose(_run(import_caffe(proto, model), x), x / np.sqrt(0.25), rtol=1e-6)
+
+
+DECONV = """
+name: "Deconv"
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 4 dim: 5 dim: 5 } } }
+layer { name: "up" type: "Deconvolution" bottom: "data" top: "up"
+        convolution_param { num_output: 6 kernel_size: 4 stride: 2 pad: 1 group: 2 } }
+layer { name: "sig" type: "Sigmoid" bottom: "up" top: "sig" }
+layer { name: "tanh" type: "TanH" bottom: "sig" top: "tanh" }
+layer { name: "split" type: "Split" bottom: "tanh" top: "a" top: "b" }
+layer { name: "join" type: "Eltwise" bottom: "a" bottom: "b" top: "join" }
+layer { name: "flat" type: "Flatten" bottom: "join" top: "flat" }
+layer { name: "ip" type: "InnerProduct" bottom: "flat" top: "ip"
+        inner_product_param { num_output: 3 transpose: true } }
+"""
+
+
+def test_deconvolution_split_flatten_and_transposed_inner_product_match_torch(tmp_path):
+    rng = np.random.default_rng(0)
+    w_up, b_up = rng.normal(0, 0.3, (4, 3, 4, 4)), rng.normal(0, 0.1, 6)
+    w_ip, b_ip = rng.normal(0, 0.1, (6 * 10 * 10, 3)), rng.normal(0, 0.1, 3)  # (K, N): transposed
+    proto, model = _write_net(tmp_path, "deconv", DECONV, {
+        "up": ("Deconvolution", [w_up, b_up]), "ip": ("InnerProduct", [w_ip, b_ip])})
+    x = rng.standard_normal((2, 4, 5, 5)).astype(np.float32)
+
+    def t(a):
+        return torch.from_numpy(np.asarray(a, np.float32).astype(np.float64))
+
+    y = F.conv_transpose2d(t(x), t(w_up), t(b_up), stride=2, padding=1, groups=2)
+    y = 2 * torch.tanh(torch.sigmoid(y))
+    want = (y.flatten(1) @ t(w_ip) + t(b_ip)).numpy()
+    got = _run(import_caffe(proto, model), x)
+    assert float(np.abs(got - want).max()) <= 1e-5

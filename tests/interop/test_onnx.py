@@ -334,3 +334,24 @@ def test_upsample_exports_as_resize_matching_onnxruntime(layer, tmp_path):
     np.testing.assert_allclose(_forward(imported.eval(), x), want, rtol=1e-6, atol=1e-6)
     if layer.size is None:  # a scale factor round-trips node for node
         assert trace_to_onnx(imported, (2, 5, 4)).SerializeToString() == first.SerializeToString()
+
+
+def test_constant_nodes_import(tmp_path):
+    from onnx import TensorProto, helper, numpy_helper
+
+    shape = helper.make_node("Constant", [], ["shape"], name="c",
+                             value=numpy_helper.from_array(np.array([0, -1], np.int64)))
+    two = helper.make_node("Constant", [], ["two"], name="k",
+                           value=numpy_helper.from_array(np.array(2.0, np.float32)))
+    flat = helper.make_node("Reshape", ["input", "shape"], ["flat"], name="r")
+    out = helper.make_node("Mul", ["flat", "two"], ["output"], name="m")
+    graph = helper.make_graph(
+        [shape, two, flat, out], "g",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 2, 3])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["N", 6])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "c.onnx"))
+    x = np.arange(12, dtype=np.float32).reshape(2, 2, 3)
+    np.testing.assert_array_equal(_forward(import_onnx(tmp_path / "c.onnx"), x),
+                                  x.reshape(2, 6) * 2)
