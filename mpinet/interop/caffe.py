@@ -209,7 +209,7 @@ class CaffeNet(nn.Module):
             else None
 
         shapes = {self.input_blob: (1, *self.input_shape)}  # traced with a batch of one
-        probes = {self.input_blob: Variable(np.zeros((1, *self.input_shape), np.float32))}
+        probes = {self.input_blob: Variable(_zeros((1, *self.input_shape)))}
         produced = []
         skip_next = set()
         for i, layer in enumerate(layers):
@@ -381,7 +381,7 @@ class CaffeNet(nn.Module):
         module = cls(kernel, stride, pad, ceil_mode)
         try:
             with no_grad():
-                got = tuple(module(Variable(np.zeros((1, x[1], *x[2:]), np.float32))).shape[2:])
+                got = tuple(module(Variable(_zeros((1, x[1], *x[2:])))).shape[2:])
         except ValueError as e:
             raise self._error(layer, str(e)) from None
         if got != want:
@@ -437,6 +437,11 @@ class CaffeNet(nn.Module):
 SUPPORTED_LAYERS = ("Convolution", "Deconvolution", "InnerProduct", "Pooling", "ReLU", "PReLU", "BatchNorm",
                     "Scale", "LRN", "Dropout", "Concat", "Eltwise", "Softmax", "Sigmoid", "TanH",
                     "Split", "Flatten", "Input", *sorted(DATA_LAYERS))
+
+
+def _zeros(shape):
+    """float32 zeros on the current device (where the layers' weights live)."""
+    return backend.to_device(np.zeros(shape, np.float32))
 
 
 def _in_test_phase(layer) -> bool:
@@ -501,7 +506,7 @@ def _blob_targets(layer, module) -> list:
     if kind == "BatchNorm":
         return [(module.running_mean, "mean * s", _unscale),
                 (module.running_var, "variance * s", _unscale),
-                (np.zeros(1), "scale factor s", None)]
+                (_zeros((1,)), "scale factor s", None)]  # read by _unscale, kept nowhere
     if kind == "Scale":
         out = [(module.weight.data, "gamma", None)]
         bias = getattr(module, "bias", None)
