@@ -355,3 +355,11 @@ def test_constant_nodes_import(tmp_path):
     x = np.arange(12, dtype=np.float32).reshape(2, 2, 3)
     np.testing.assert_array_equal(_forward(import_onnx(tmp_path / "c.onnx"), x),
                                   x.reshape(2, 6) * 2)
+
+
+def test_a_keras_style_model_exports_its_network(tmp_path):
+    import mpinet
+
+    model = mpinet.Model(build_model("mlp", in_features=6, hidden=(5,), num_classes=3))
+    proto = export_onnx(model, tmp_path / "m.onnx")
+    assert [n.op_type for n in proto.graph.node] == ["Flatten", "Gemm", "Relu", "Gemm"]
