@@ -23,8 +23,8 @@ Layers (Caffe type -> mpinet):
   Input layers, the legacy ``input:``/``input_shape``/``input_dim`` fields, and data layers (with
   ``input_shape=`` given) name the input. Loss and accuracy layers and layers excluded from the
   TEST phase are skipped (listed in ``net.skipped``). Anything else is refused, naming the layer and
-  its type. The legacy V1 ``layers`` format is refused (upgrade it with Caffe's
-  upgrade_net_proto_text / upgrade_net_proto_binary).
+  its type. Nets in the legacy V1 format (``layers { type: CONVOLUTION ... }``, prototxt or
+  caffemodel) are upgraded on reading as Caffe's UpgradeV1Net does.
 
 Parameters are named ``<layer>.weight`` / ``.bias`` (and ``.running_mean`` / ``.running_var``),
 layer names with '.' changed to '_'. A data layer's ``transform_param`` (scale, mean_value) is kept
@@ -87,10 +87,7 @@ def read_prototxt(path: str):
         text_format.Parse(text, msg, allow_unknown_field=True)
     except text_format.ParseError as e:
         raise CaffeImportError(f"{path}: not a valid Caffe prototxt: {e}") from None
-    if len(msg.layers):
-        raise CaffeImportError(f"{path}: uses Caffe's legacy V1 'layers' format; convert it with "
-                               f"Caffe's upgrade_net_proto_text first")
-    return msg
+    return _upgrade_v1(msg, path)
 
 
 def read_caffemodel(path: str):
@@ -105,10 +102,51 @@ def read_caffemodel(path: str):
     except (DecodeError, RuntimeError, ValueError) as e:
         raise CaffeImportError(f"{path}: not a readable .caffemodel ({e}); is the file complete "
                                f"(truncated downloads fail here)?") from None
-    if len(msg.layers):
-        raise CaffeImportError(f"{path}: uses Caffe's legacy V1 'layers' format; convert it with "
-                               f"Caffe's upgrade_net_proto_binary first")
-    return msg
+    return _upgrade_v1(msg, path)
+
+
+# V1 layer type (enum name) -> the V2 type string, as Caffe's UpgradeV1LayerType.
+_V1_TYPES = {
+    "CONVOLUTION": "Convolution", "DECONVOLUTION": "Deconvolution",
+    "INNER_PRODUCT": "InnerProduct", "POOLING": "Pooling", "RELU": "ReLU", "SIGMOID": "Sigmoid",
+    "TANH": "TanH", "SOFTMAX": "Softmax", "SOFTMAX_LOSS": "SoftmaxWithLoss", "LRN": "LRN",
+    "DROPOUT": "Dropout", "CONCAT": "Concat", "ELTWISE": "Eltwise", "SPLIT": "Split",
+    "FLATTEN": "Flatten", "DATA": "Data", "IMAGE_DATA": "ImageData", "MEMORY_DATA": "MemoryData",
+    "HDF5_DATA": "HDF5Data", "WINDOW_DATA": "WindowData", "DUMMY_DATA": "DummyData",
+    "ACCURACY": "Accuracy", "EUCLIDEAN_LOSS": "EuclideanLoss", "SILENCE": "Silence",
+    "ABSVAL": "AbsVal", "ARGMAX": "ArgMax", "BNLL": "BNLL", "EXP": "Exp", "MVN": "MVN",
+    "POWER": "Power", "SLICE": "Slice", "THRESHOLD": "Threshold", "IM2COL": "Im2col",
+    "HINGE_LOSS": "HingeLoss", "INFOGAIN_LOSS": "InfogainLoss",
+    "MULTINOMIAL_LOGISTIC_LOSS": "MultinomialLogisticLoss",
+    "SIGMOID_CROSS_ENTROPY_LOSS": "SigmoidCrossEntropyLoss",
+    "CONTRASTIVE_LOSS": "ContrastiveLoss", "HDF5_OUTPUT": "HDF5Output",
+}
+_V1_PARAMS = ("concat_param", "convolution_param", "dropout_param", "eltwise_param",
+              "inner_product_param", "lrn_param", "memory_data_param", "pooling_param",
+              "relu_param", "softmax_param", "transform_param")
+
+
+def _upgrade_v1(net, path: str):
+    """A net in the legacy V1 format (``layers``) rewritten as V2 ``layer`` entries, the way
+    Caffe's UpgradeV1Net does for the fields mpinet reads; a V2 net comes back unchanged."""
+    if not len(net.layers):
+        return net
+    if len(net.layer):
+        raise CaffeImportError(f"{path}: mixes V1 'layers' and V2 'layer' entries")
+    enum = net.layers[0].DESCRIPTOR.fields_by_name["type"].enum_type
+    for old in net.layers:
+        kind = _V1_TYPES.get(enum.values_by_number[old.type].name, "NONE")
+        new = net.layer.add(name=old.name, type=kind)
+        new.bottom.extend(old.bottom)
+        new.top.extend(old.top)
+        new.blobs.extend(old.blobs)
+        new.include.extend(old.include)
+        new.exclude.extend(old.exclude)
+        for field in _V1_PARAMS:
+            if old.HasField(field):
+                getattr(new, field).CopyFrom(getattr(old, field))
+    del net.layers[:]
+    return net
 
 
 # ---- layers without an mpinet counterpart of their own -------------------------------------

@@ -274,9 +274,9 @@ def test_truncated_and_broken_files_are_refused(tmp_path):
     broken.write_text(LENET[: len(LENET) // 2])
     _one_line_error(lambda: import_caffe(broken), "broken.prototxt", "not a valid Caffe prototxt")
     _one_line_error(lambda: import_caffe(tmp_path / "absent.prototxt"), "absent.prototxt")
-    v1 = tmp_path / "v1.prototxt"
-    v1.write_text('layers { name: "conv1" bottom: "data" top: "conv1" }')
-    _one_line_error(lambda: import_caffe(v1), "v1.prototxt", "legacy V1")
+    mixed = tmp_path / "mixed.prototxt"
+    mixed.write_text(LENET + 'layers { name: "x" type: RELU bottom: "prob" top: "prob" }')
+    _one_line_error(lambda: import_caffe(mixed), "mixed.prototxt", "mixes V1")
 
 
 def test_unsupported_layer_is_named(tmp_path):
@@ -358,3 +358,43 @@ def test_deconvolution_split_flatten_and_transposed_inner_product_match_torch(tm
     want = (y.flatten(1) @ t(w_ip) + t(b_ip)).numpy()
     got = _run(import_caffe(proto, model), x)
     assert float(np.abs(got - want).max()) <= 1e-5
+
+
+LENET_V1 = """
+name: "LeNet"
+input: "data"
+input_dim: 2 input_dim: 1 input_dim: 28 input_dim: 28
+layers { name: "conv1" type: CONVOLUTION bottom: "data" top: "conv1" blobs_lr: 1 blobs_lr: 2
+         convolution_param { num_output: 20 kernel_size: 5 stride: 1 } }
+layers { name: "pool1" type: POOLING bottom: "conv1" top: "pool1"
+         pooling_param { pool: MAX kernel_size: 2 stride: 2 } }
+layers { name: "conv2" type: CONVOLUTION bottom: "pool1" top: "conv2"
+         convolution_param { num_output: 50 kernel_size: 5 stride: 1 } }
+layers { name: "pool2" type: POOLING bottom: "conv2" top: "pool2"
+         pooling_param { pool: MAX kernel_size: 2 stride: 2 } }
+layers { name: "ip1" type: INNER_PRODUCT bottom: "pool2" top: "ip1"
+         inner_product_param { num_output: 100 } }
+layers { name: "relu1" type: RELU bottom: "ip1" top: "ip1" }
+layers { name: "ip2" type: INNER_PRODUCT bottom: "ip1" top: "ip2"
+         inner_product_param { num_output: 10 } }
+layers { name: "prob" type: SOFTMAX bottom: "ip2" top: "prob" }
+"""
+
+
+def test_legacy_v1_net_and_caffemodel_are_upgraded(tmp_path):
+    weights = _lenet_weights(np.random.default_rng(0))
+    proto = tmp_path / "v1.prototxt"
+    proto.write_text(LENET_V1)
+    v1 = caffe.caffe_messages()["NetParameter"]()  # the caffemodel in V1 form too, legacy blobs
+    codes = {"Convolution": 4, "InnerProduct": 14}
+    for name, (kind, arrays) in weights.items():
+        layer = v1.layers.add(name=name, type=codes[kind])
+        for a in arrays:
+            dims = (1,) * (4 - a.ndim) + a.shape  # (num, channels, height, width)
+            blob = layer.blobs.add(num=dims[0], channels=dims[1], height=dims[2], width=dims[3])
+            blob.data.extend(np.asarray(a, np.float32).reshape(-1).tolist())
+    model = tmp_path / "v1.caffemodel"
+    model.write_bytes(v1.SerializeToString())
+    x = np.random.default_rng(1).standard_normal((2, 1, 28, 28)).astype(np.float32)
+    want = _lenet_reference(torch.from_numpy(x.astype(np.float64)), weights).numpy()
+    assert float(np.abs(_run(import_caffe(proto, model), x) - want).max()) <= 1e-5
