@@ -67,7 +67,7 @@ def export_onnx(model, path, input_shape=None, *, batch_size: int = 2,
                                   f"attribute; pass input_shape=(C, H, W) (without the batch)")
     input_shape = tuple(int(d) for d in input_shape)
     proto = trace_to_onnx(network, input_shape, batch_size, opset)
-    onnx.checker.check_model(proto)  # a mapping bug fails here, before a file exists
+    onnx.checker.check_model(proto, full_check=True)  # shapes too; a mapping bug fails here
     _atomic_save(proto, os.fspath(path))
     return proto
 
