@@ -99,7 +99,7 @@ def check_trainer_args(args):
     """Parse and validate like the trainer; raises (SystemExit from argparse, or ConfigError)."""
     if "--help" in args or "-h" in args:
         return
-    cfg = train.load_config(args)
+    cfg = train.load_config(args).as_dict()
     # Paths are the reader's business (the docs use placeholders like /data/cifar10).
     cfg["data_dir"] = None
     if cfg["resume"] not in (None, "auto"):
