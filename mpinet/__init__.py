@@ -17,6 +17,10 @@ def __getattr__(name):
         from .model import Model
 
         return Model
+    if name in ("load_model", "register_model"):  # the model file (mpinet.io)
+        from . import io
+
+        return getattr(io, name)
     if name in ("callbacks", "nn", "ops", "optim", "data", "comm", "parallel", "autograd", "amp"):
         import importlib
 

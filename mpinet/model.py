@@ -78,6 +78,13 @@ class Model:
         self.last_logs: dict = {}  # the latest logging window's figures
         self._step_graphs = None  # mpinet.cuda_graph.StepGraphs when compiled with cuda_graph
         self._compiled = False
+        # What predict/evaluate use before (or without) compile(), e.g. after mpinet.load_model.
+        self.dp = None
+        self.precision, self.loss_name, self.label_smoothing = "fp32", "cross_entropy", 0.0
+        self.metrics = ("accuracy",)
+        self.transform = self.eval_transform = None
+        self.preprocess = None  # mpinet.data.preprocess.Preprocess: input shape, normalisation
+        self.class_names = None
 
     # ---- compile --------------------------------------------------------------------------
     def compile(self, optimizer="sgd", loss="cross_entropy", metrics=("accuracy",), *,
@@ -132,7 +139,7 @@ class Model:
         if self.precision in ("bf16", "fp16"):
             # All weights cast in one pass per forward, unless the "forward" data-parallel mode
             # updates layers during the forward pass (then each layer casts its own weight).
-            flat = self.dp.flat if self.dp.mode != "forward" else None
+            flat = self.dp.flat if self.dp is not None and self.dp.mode != "forward" else None
             with amp.autocast(self.precision, params=flat):
                 return self.network(Variable(x))
         return self.network(Variable(x))
@@ -387,18 +394,19 @@ class Model:
     def evaluate(self, data, batch_size: int = 256, transform=None) -> dict:
         """Loss and metrics over ``data``, each sample counted exactly once across ranks.
 
-        ``transform`` defaults to the ``eval_transform`` given to ``fit`` (normalization)."""
-        self._require_compiled("evaluate")
-        self.dp.synchronize()
-        if self.comm.size > 1:
-            self.dp.average_buffers()
+        ``transform`` defaults to the ``eval_transform`` given to ``fit`` (normalization), else
+        ``preprocess``. Without compile() (a loaded model): its recorded loss and metrics."""
+        if self.dp is not None:
+            self.dp.synchronize()
+            if self.comm.size > 1:
+                self.dp.average_buffers()
         sampler = ShardSampler(len(data), batch_size, self.comm.rank, self.comm.size)
         self.network.eval()
         sums: dict = {}
         count = 0
         with no_grad():
             loader = DataLoader(data, sampler, prefetch=1,
-                                transform=transform or getattr(self, "eval_transform", None))
+                                transform=transform or self.eval_transform or self.preprocess)
             for x, y, _ in loader:
                 n = int(x.shape[0])
                 if n == 0:
@@ -428,8 +436,9 @@ class Model:
         with no_grad():
             for start in range(lo, hi, batch_size):
                 xb = backend.to_device(np.asarray(x[start:min(start + batch_size, hi)], np.float32))
-                if getattr(self, "eval_transform", None) is not None:
-                    xb, _ = self.eval_transform(xb, None, None)
+                transform = self.eval_transform or self.preprocess
+                if transform is not None:
+                    xb, _ = transform(xb, None, None)
                 outs.append(backend.to_numpy(self._forward(xb).data))
         self.network.train()
         mine = np.concatenate(outs) if outs else None
@@ -451,6 +460,7 @@ class Model:
             "global_step": self.global_step,
             "world_size": self.comm.size,
             "config": getattr(self, "config", None),  # the CLI's flags, recorded in meta.json
+            "preprocess": self.preprocess.to_dict() if self.preprocess is not None else None,
             "rng": _rng_states(),
         }
 
@@ -467,6 +477,10 @@ class Model:
         if state.get("transform") is not None and hasattr(self.transform, "load_state_dict"):
             self.transform.load_state_dict(state["transform"])
         self.global_step = int(state.get("global_step", 0))
+        if state.get("preprocess") is not None:
+            from .data.preprocess import Preprocess  # noqa: PLC0415
+
+            self.preprocess = Preprocess.from_dict(state["preprocess"])
         if state.get("rng") is not None:
             _set_rng_states(state["rng"])
 
@@ -498,6 +512,13 @@ class Model:
         if self._compiled:
             self.dp.synchronize()
         checkpoint.save_weights(path, self.network, self.comm)
+
+    def save(self, path: str, **options) -> str:
+        """The model file: architecture, weights, preprocessing, class names, precision (see
+        mpinet.io.model_file; ``mpinet.load_model`` reads it). Collective: every rank calls."""
+        from .io import model_file  # noqa: PLC0415
+
+        return model_file.save(self, path, **options)
 
     def load_weights(self, path: str) -> None:
         from . import checkpoint  # noqa: PLC0415

@@ -26,6 +26,7 @@ DEFAULTS = {
     "keep_checkpoints": 3, "resume": None, "seed": 0, "metrics": None, "log_every": 10,
     "train_samples": None, "quiet": False, "save_weights": None, "model_opt": None,
     "cuda_graph": False, "cudnn_benchmark": False, "deterministic": False,
+    "save_model": None,
 }
 
 
@@ -97,6 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--keep-checkpoints", type=int)
     g.add_argument("--resume", help="'auto' (newest good checkpoint in --checkpoint-dir) or a path")
     g.add_argument("--save-weights", help="write the final weights (safetensors) here")
+    g.add_argument("--save-model", metavar="PATH",
+                   help="write the model file here at the end (architecture, weights, "
+                        "normalisation, class names; mpinet.load_model / python -m "
+                        "mpinet.predict read it); default: CHECKPOINT_DIR/model.mpinet when "
+                        "--checkpoint-dir is given")
     g.add_argument("--seed", type=int)
     g.add_argument("--metrics", help="JSON-lines metrics file (rank 0 writes)")
     g.add_argument("--log-every", type=int)
@@ -242,6 +248,11 @@ def setup(cfg: dict, comm):
         transform = aug.Augment(crop_padding=4 if h >= 32 else 2, flip=True, mean=mean, std=std,
                                 seed=cfg["seed"])
         eval_transform = aug.Augment(mean=mean, std=std)  # same normalization, no randomness
+    # What the model file records, and checkpoints carry for --resume.
+    from mpinet.data.preprocess import Preprocess  # noqa: PLC0415
+
+    model.preprocess = Preprocess.from_transform(eval_transform, train.input_shape)
+    model.class_names = train.class_names
     return model, train, test, transform, eval_transform
 
 
@@ -306,6 +317,30 @@ def main(argv=None) -> int:
     final = model.evaluate(test)
     if rank == 0:
         print("final test: " + ", ".join(f"{k} {v:.4f}" for k, v in final.items()), flush=True)
+    return save_model_file(cfg, model, final, rank)
+
+
+def save_model_file(cfg: dict, model, final: dict, rank: int) -> int:
+    """Write the model file (--save-model, or CHECKPOINT_DIR/model.mpinet) with the final test
+    figures recorded; 2 if it cannot be written (the same one-line error on every rank)."""
+    path = cfg["save_model"] or (os.path.join(cfg["checkpoint_dir"], "model.mpinet")
+                                 if cfg["checkpoint_dir"] else None)
+    if not path:
+        return 0
+    try:
+        from mpinet.data.registry import dataset_options  # noqa: PLC0415
+
+        # How setup() read the test split: get_dataset(dataset, split, data_dir, **options).
+        options = {"raw": True} if "raw" in dataset_options(cfg["dataset"]) else {}
+        model.save(path, evaluation={"dataset": cfg["dataset"], "split": "test",
+                                     "data_dir": cfg["data_dir"], "options": options,
+                                     "figures": final})
+    except ValueError as e:
+        if rank == 0:
+            print(f"mpinet.train: error: {e}", file=sys.stderr, flush=True)
+        return 2
+    if rank == 0 and not cfg["quiet"]:
+        print(f"model file: {path}", flush=True)
     return 0
 
 
