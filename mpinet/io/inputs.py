@@ -87,8 +87,11 @@ def read(item: Item, input_shape: tuple, resize: bool = False) -> np.ndarray:
 
 
 def _read_image(path: str, input_shape: tuple, resize: bool) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError  # noqa: PLC0415 - only for image inputs
-
+    try:
+        from PIL import Image, UnidentifiedImageError  # noqa: PLC0415 - only for image inputs
+    except ImportError:
+        raise InputError(path, "reading images needs Pillow: pip install 'mpinet[data]' (or "
+                               "pass a .npy array)") from None
     if len(input_shape) != 3:
         raise InputError(path, f"the model takes feature vectors {input_shape}, not images; "
                                f"pass a .npy array")
