@@ -29,12 +29,13 @@ def digits(raw=True):
     return get_dataset("digits", "train", raw=raw), get_dataset("digits", "test", raw=raw)
 
 
-def trained_digits_model(name="small-cnn", epochs=1, comm=None, **opts):
+def trained_digits_model(name="small-cnn", epochs=1, comm=None, precision="fp32", **opts):
     """A model trained briefly on digits with a per-channel normalisation (as --augment uses)."""
     train, _ = digits()
     init.manual_seed(0)
     net = build_model(name, num_classes=10, in_channels=1, input_size=8, **opts)
-    model = Model(net, comm or self_comm()).compile("sgd", lr=0.02, momentum=0.9)
+    model = Model(net, comm or self_comm()).compile("sgd", lr=0.02, momentum=0.9,
+                                                   precision=precision)
     mean, std = augment.channel_stats(train.images)
     norm = augment.Augment(mean=mean, std=std)
     model.fit(train, epochs=epochs, batch_size=32, transform=norm, eval_transform=norm,

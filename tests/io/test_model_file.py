@@ -37,6 +37,38 @@ def test_load_model_reproduces_evaluate_and_predict_exactly(saved):
     assert loaded.evaluate(test)["loss"] != model.evaluate(test)["loss"]
 
 
+def test_a_bf16_model_is_reloaded_to_compute_in_bf16(tmp_path):
+    """The precision is part of the file: the reload's forward casts as the training one did."""
+    model = trained_digits_model("small-cnn", width=4, precision="bf16")
+    path = model.save(str(tmp_path / "bf16.mpinet"))
+    loaded = mpinet.load_model(path, comm=self_comm())
+    assert loaded.precision == "bf16"
+    _, test = digits()
+    assert loaded.evaluate(test) == model.evaluate(test)
+    loaded.precision = "fp32"
+    assert loaded.evaluate(test)["loss"] != model.evaluate(test)["loss"]
+
+
+@pytest.mark.gpu
+def test_saved_on_the_gpu_loads_on_the_cpu_and_the_gpu(tmp_path):
+    from mpinet import backend
+
+    backend.select_device(0, "gpu")
+    try:
+        model = trained_digits_model("small-cnn", width=4)
+        path = model.save(str(tmp_path / "gpu.mpinet"))
+        _, test = digits()
+        x = test.images[:64].astype(np.float32) / 255.0
+        on_gpu = mpinet.load_model(path, comm=self_comm())
+        assert backend.is_gpu_array(on_gpu.network.state_dict()["features.0.weight"])
+        np.testing.assert_array_equal(on_gpu.predict(x), model.predict(x))
+        assert on_gpu.evaluate(test) == model.evaluate(test)
+    finally:
+        backend.use_cpu()
+    on_cpu = mpinet.load_model(path, comm=self_comm())
+    np.testing.assert_allclose(on_cpu.predict(x), model.predict(x), rtol=1e-4, atol=1e-4)
+
+
 def test_the_file_records_architecture_preprocessing_and_versions(saved):
     model, path = saved
     tensors, meta = model_file.read(path)

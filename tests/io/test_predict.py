@@ -211,3 +211,17 @@ def test_load_model_then_predict_matches_the_cli(setup):
     x = setup["images"].astype(np.float32) / 255.0
     np.testing.assert_array_equal(loaded.predict(x, batch_size=4),
                                   setup["trained"].predict(x, batch_size=4))
+
+
+@pytest.mark.gpu
+def test_device_gpu_predicts_what_the_cpu_does(setup, tmp_path):
+    files = {}
+    for device in ("cpu", "gpu"):
+        files[device] = tmp_path / f"{device}.csv"
+        proc = run(["-m", "mpinet.predict", setup["model"], setup["npy"], "--device", device,
+                    "--top-k", "1", "--output", str(files[device])], timeout=120)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    cpu, gpu = (list(csv.DictReader(open(files[d]))) for d in ("cpu", "gpu"))
+    assert [r["class_id"] for r in gpu] == [r["class_id"] for r in cpu]
+    np.testing.assert_allclose([float(r["probability"]) for r in gpu],
+                               [float(r["probability"]) for r in cpu], atol=1e-4)
