@@ -425,8 +425,8 @@ class Model:
 
     def predict(self, x, batch_size: int = 256) -> np.ndarray:
         """Network outputs for host array ``x`` (N, ...) in [0, 1] (the eval_transform given to
-        ``fit`` is applied), computed in shards over the ranks and gathered so every rank
-        returns the full (N, ...) NumPy array."""
+        ``fit``, else ``preprocess``, is applied), computed in shards over the ranks and
+        gathered so every rank returns the full (N, ...) NumPy array. No compile() needed."""
         if self._compiled:
             self.dp.synchronize()
         n = len(x)
