@@ -137,7 +137,7 @@ def _metadata(model, preprocess, class_names, evaluation) -> dict:
         "architecture": architecture,
         "preprocess": preprocess.to_dict(),
         "class_names": None if class_names is None else [str(c) for c in class_names],
-        "precision": getattr(model, "precision", "fp32"),
+        "precision": _precision_name(getattr(model, "precision", None)),
         "training": {
             "loss": loss if isinstance(loss, str) else None,
             "label_smoothing": float(getattr(model, "label_smoothing", 0.0)),
@@ -147,6 +147,13 @@ def _metadata(model, preprocess, class_names, evaluation) -> dict:
         },
         "evaluation": _json_or_none(evaluation),
     }
+
+
+def _precision_name(precision) -> str:
+    """'fp32' | 'bf16' | 'fp16' from a name, an ``amp.Precision`` or None (not compiled)."""
+    if precision is None:
+        return "fp32"
+    return precision if isinstance(precision, str) else str(precision.name)
 
 
 def _transform_parameters(transform):
@@ -344,7 +351,7 @@ def load_model(path, comm=None):
     precision, class names and the evaluation loss/metrics restored. Ready for ``predict`` and
     ``evaluate`` without ``compile()``; ``compile()`` it to train further. ``comm``: as for
     ``Model`` (default: all MPI ranks). ``model.metadata`` holds the file's metadata."""
-    from ..model import LOSSES, METRICS, Model  # noqa: PLC0415 - initialises nothing by itself
+    from .. import Model  # noqa: PLC0415 - the training package is big
 
     network, meta = load_network(path)
     model = Model(network, comm)
@@ -352,12 +359,11 @@ def load_model(path, comm=None):
     model.preprocess = Preprocess.from_dict(meta["preprocess"])
     model.class_names = meta.get("class_names")
     training = meta.get("training") or {}
-    if training.get("loss") in LOSSES:
+    if training.get("loss"):
         model.loss_name = training["loss"]
     model.label_smoothing = float(training.get("label_smoothing") or 0.0)
-    metrics = tuple(m for m in training.get("metrics") or () if m in METRICS)
-    if metrics:
-        model.metrics = metrics
+    if training.get("metrics"):
+        model.metrics = tuple(training["metrics"])
     model.metadata = meta
     return model
 
