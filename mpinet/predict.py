@@ -108,30 +108,28 @@ def main(argv=None) -> int:
     items = [inputs.Item(*i) for i in listing["items"]]
 
     # Whole global batches per rank: a batch's composition, and so every number computed from
-    # it, is the same at any rank count.
+    # it, is the same at any rank count. One batch in memory at a time; a bad input stops this
+    # rank's loop, and nothing is written unless every rank got through all of its inputs.
     n_batches = -(-len(items) // args.batch_size)
     first = (n_batches * rank // size) * args.batch_size
     last = min((n_batches * (rank + 1) // size) * args.batch_size, len(items))
-    mine, error = [], None
-    try:
-        mine = [inputs.read(item, model.preprocess.input_shape, args.resize)
-                for item in items[first:last]]
-    except inputs.InputError as e:
-        error = (first + len(mine), str(e))  # the index of the bad input, to report the first
+    results, error = [], None
+    for start in range(first, last, args.batch_size):
+        batch = []
+        try:
+            for item in items[start:min(start + args.batch_size, last)]:
+                batch.append(inputs.read(item, model.preprocess.input_shape, args.resize))
+        except inputs.InputError as e:
+            error = (start + len(batch), str(e))  # the input's index: rank 0 reports the first
+            break
+        results.append(_results(model.predict(np.stack(batch), batch_size=len(batch))))
     errors = [e for e in world.allgather(error) if e]
     if errors:
         if rank == 0:
             print(f"mpinet.predict: error: {min(errors)[1]}", file=sys.stderr, flush=True)
         return 2
 
-    outputs = None
-    if mine:
-        outputs = model.predict(np.stack(mine), batch_size=args.batch_size)
-        if outputs.ndim == 4:  # (N, K, H, W) scores per pixel -> (N, H, W) class ids
-            outputs = outputs.argmax(axis=1).astype(np.uint8 if outputs.shape[1] <= 256
-                                                     else np.int32)
-        else:
-            outputs = _softmax(outputs.reshape(len(mine), -1))
+    outputs = np.concatenate(results) if results else None
     parts = world.gather(outputs, root=0)
     if rank != 0:
         return 0
@@ -145,6 +143,14 @@ def main(argv=None) -> int:
         print(f"mpinet.predict: error: {e}", file=sys.stderr, flush=True)
         return 2
     return 0
+
+
+def _results(outputs: np.ndarray) -> np.ndarray:
+    """Network outputs -> what is reported: (N, K) class probabilities, or (N, H, W) class ids
+    for per-pixel scores (N, K, H, W)."""
+    if outputs.ndim == 4:
+        return outputs.argmax(axis=1).astype(np.uint8 if outputs.shape[1] <= 256 else np.int32)
+    return _softmax(outputs.reshape(len(outputs), -1))
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
