@@ -167,6 +167,21 @@ def validate(cfg: dict) -> None:
         raise ConfigError("--resume auto needs --checkpoint-dir to look in")
     if cfg["resume"] not in (None, "auto") and not os.path.exists(cfg["resume"]):
         raise ConfigError(f"--resume {cfg['resume']!r}: no such checkpoint")
+    if cfg["save_model"]:
+        _check_writable_file("--save-model", cfg["save_model"])
+
+
+def _check_writable_file(flag: str, path: str) -> None:
+    """Refuse before training a path the end of the run could not write."""
+    if os.path.isdir(path):
+        raise ConfigError(f"{flag} {path!r} is a directory; give a file name, e.g. "
+                          f"{os.path.join(path, 'model.mpinet')!r}")
+    folder = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(folder):  # makedirs will create the missing part
+        folder = os.path.dirname(folder)
+    if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+        raise ConfigError(f"{flag} {path!r}: cannot write there ({folder!r} is "
+                          f"{'not a directory' if not os.path.isdir(folder) else 'not writable'})")
 
 
 def _pick_model_opts(cfg: dict, train) -> dict:

@@ -324,15 +324,16 @@ def test_trainer_writes_the_model_file_into_the_checkpoint_dir_by_default(tmp_pa
     assert meta["class_names"] == [str(d) for d in range(10)]
 
 
-def test_trainer_reports_an_unwritable_model_path_as_one_line(tmp_path):
+def test_trainer_refuses_an_unwritable_model_path_before_training(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")
-    proc = run(["-m", "mpinet.train", "--quiet", "--epochs", "1", "--save-model",
-                str(blocker / "m.mpinet")], timeout=120)
-    assert proc.returncode == 2
-    errors = [l for l in proc.stderr.splitlines() if l.startswith("mpinet.train: error")]
-    assert len(errors) == 1 and str(blocker / "m.mpinet") in errors[0], proc.stderr[-2000:]
-    assert "Traceback" not in proc.stderr
+    for path, problem in [(blocker / "m.mpinet", "is not a directory"),
+                          (tmp_path, "is a directory; give a file name")]:
+        proc = run(["-m", "mpinet.train", "--quiet", "--save-model", str(path)], timeout=120)
+        assert proc.returncode == 2
+        errors = [l for l in proc.stderr.splitlines() if l.startswith("mpinet.train: error")]
+        assert len(errors) == 1 and str(path) in errors[0] and problem in errors[0], proc.stderr
+        assert "Traceback" not in proc.stderr and "epoch" not in proc.stdout
 
 
 if __name__ == "__main__":
