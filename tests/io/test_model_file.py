@@ -306,7 +306,7 @@ def test_augment_run_on_two_ranks_is_reproduced_from_the_model_file(tmp_path):
 
 def test_trainer_writes_the_model_file_into_the_checkpoint_dir_by_default(tmp_path):
     ckpt = tmp_path / "ckpt"
-    proc = run(["-m", "mpinet.train", "--epochs", "2", "--augment", "--checkpoint-dir",
+    proc = run(["-m", "mpinet.train", "--epochs", "1", "--augment", "--checkpoint-dir",
                 str(ckpt)], timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     path = str(ckpt / "model.mpinet")
