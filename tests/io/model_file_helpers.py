@@ -1,4 +1,5 @@
 """Shared by the model-file and predict tests: a small trained model, subprocess runs."""
+import json
 import os
 import subprocess
 import sys
@@ -62,3 +63,15 @@ def write_digit_pngs(folder, images: np.ndarray) -> list:
         paths.append(os.path.join(folder, f"digit_{i:02d}.png"))
         Image.fromarray(img[0]).save(paths[-1])
     return paths
+
+
+def rewrite_header(path, out, **changes):
+    """The file with its __metadata__ entries changed, tensors untouched."""
+    data = open(path, "rb").read()
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + n])
+    header["__metadata__"].update(changes)
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    open(out, "wb").write(len(raw).to_bytes(8, "little") + raw + data[8 + n:])
+    return out

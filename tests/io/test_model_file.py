@@ -5,7 +5,7 @@ import sys
 
 import numpy as np
 import pytest
-from model_file_helpers import digits, run, self_comm, trained_digits_model
+from model_file_helpers import digits, rewrite_header, run, self_comm, trained_digits_model
 
 import mpinet
 from mpinet import nn
@@ -214,25 +214,13 @@ def test_damaged_files_are_refused_naming_the_file(tmp_path, saved, how, problem
     assert message.startswith(f"{bad}: ") and problem in message and "\n" not in message
 
 
-def _rewrite_header(path, out, **changes):
-    """The file with its __metadata__ entries changed, tensors untouched."""
-    data = open(path, "rb").read()
-    n = int.from_bytes(data[:8], "little")
-    header = json.loads(data[8:8 + n])
-    header["__metadata__"].update(changes)
-    raw = json.dumps(header).encode()
-    raw += b" " * (-len(raw) % 8)
-    open(out, "wb").write(len(raw).to_bytes(8, "little") + raw + data[8 + n:])
-    return out
-
-
 def test_a_newer_format_version_is_refused_saying_so(tmp_path, saved):
-    newer = _rewrite_header(saved[1], str(tmp_path / "v2.mpinet"), format_version="2")
+    newer = rewrite_header(saved[1], str(tmp_path / "v2.mpinet"), format_version="2")
     with pytest.raises(ModelFileError, match=r"format version 2 is newer than this mpinet .* "
                                              r"upgrade mpinet"):
         mpinet.load_model(newer, comm=self_comm())
     # the same header rewrite at the current version still loads: only the version was wrong
-    same = _rewrite_header(saved[1], str(tmp_path / "v1.mpinet"), format_version="1")
+    same = rewrite_header(saved[1], str(tmp_path / "v1.mpinet"), format_version="1")
     mpinet.load_model(same, comm=self_comm())
 
 

@@ -7,12 +7,13 @@ import threading
 
 import numpy as np
 import pytest
-from model_file_helpers import digits, run, self_comm, trained_digits_model, write_digit_pngs
+from model_file_helpers import (digits, rewrite_header, run, self_comm, trained_digits_model,
+                                write_digit_pngs)
 
 import mpinet
 from mpinet import predict
-from mpinet.models import build_model
 from mpinet.model import Model
+from mpinet.models import build_model
 from mpinet.nn import init
 
 
@@ -130,8 +131,11 @@ def test_bad_model_files_and_arguments_exit_2(setup, cli, tmp_path):
     flipped[-5] ^= 0x10
     tampered = tmp_path / "tampered.mpinet"
     tampered.write_bytes(bytes(flipped))
+    newer = rewrite_header(setup["model"], str(tmp_path / "v9.mpinet"), format_version="9")
     for model, message in [(truncated, f"{truncated}: truncated: "),
                            (tampered, f"{tampered}: checksum mismatch"),
+                           (newer, f"{newer}: model-file format version 9 is newer than this "
+                                   f"mpinet"),
                            (tmp_path / "none.mpinet", "none.mpinet: no such model file")]:
         code, _, stderr = cli(model, setup["npy"])
         assert code == 2 and stderr.count("\n") == 1 and message in stderr, stderr
