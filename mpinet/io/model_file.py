@@ -76,6 +76,8 @@ def save(model, path, *, preprocess: Preprocess | None = None, class_names=None,
     """
     path = os.fspath(path)
     comm = model.comm
+    if getattr(model, "dp", None) is not None:
+        model.dp.synchronize()  # updates still in flight (GPU, deferred "forward" mode) land first
     _agree_buffers(model, path)
     outcome = None
     if comm.rank == 0:
@@ -88,8 +90,10 @@ def save(model, path, *, preprocess: Preprocess | None = None, class_names=None,
             outcome = {"ok": True}
         except ModelFileError as e:
             outcome = {"error": e.problem}
-        except (ValueError, TypeError, OSError) as e:
-            outcome = {"error": f"{type(e).__name__}: {e}" if isinstance(e, OSError) else str(e)}
+        except ValueError as e:  # what cannot be recorded; the message says how to fix it
+            outcome = {"error": str(e)}
+        except Exception as e:  # noqa: BLE001 - sent to every rank, raised everywhere
+            outcome = {"error": f"{type(e).__name__}: {e}"}
     if comm.size > 1:
         outcome = comm.bcast_obj(outcome, root=0)
     if "error" in outcome:
@@ -98,9 +102,10 @@ def save(model, path, *, preprocess: Preprocess | None = None, class_names=None,
 
 
 def _agree_buffers(model, path: str) -> None:
-    """Make every rank's buffers rank 0's by averaging, but only where they differ: averaging
-    identical values could still change their last bit at 3 ranks, and ``evaluate`` has
-    usually averaged them already."""
+    """Give every rank the same buffers (batch-norm running statistics: each rank normalised its
+    own batches) by averaging them, as ``evaluate`` does, but only if they differ: ``evaluate``
+    has usually averaged them already, and averaging equal values again can change their last
+    bit (at 3 ranks), so the file would not hold what was evaluated."""
     comm = model.comm
     if comm.size == 1:
         return
