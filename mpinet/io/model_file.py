@@ -336,12 +336,9 @@ def load_network(path):
     tensors, meta = read(path)
     generator_state = init.generator().bit_generator.state
     try:
-        network = registry.build(meta["architecture"], path)
-    except ModelFileError:
-        raise
+        network = registry.build(meta["architecture"])
     except (TypeError, ValueError) as e:
-        raise ModelFileError(path, f"cannot rebuild the architecture "
-                                   f"{meta['architecture'].get('name')!r}: {e}") from None
+        raise ModelFileError(path, f"cannot rebuild the architecture: {e}") from None
     finally:
         init.generator().bit_generator.state = generator_state
     try:

@@ -117,25 +117,25 @@ def architecture_of(network) -> dict:
     return json.loads(json.dumps({"kind": arch["kind"], "name": arch["name"], key: arguments}))
 
 
-def build(architecture: dict, where: str):
+def build(architecture: dict):
     """A fresh network for ``architecture`` (weights initialised; the caller loads them).
-    ``where`` (the file) starts every error message."""
+    ValueError if this process cannot build it."""
     kind, name = architecture.get("kind"), architecture.get("name")
     if kind == "zoo":
         from mpinet.models import available_models, build_model  # noqa: PLC0415 - the zoo is big
 
         if name not in available_models():
-            raise ValueError(f"{where}: zoo model {name!r} is not in this mpinet's zoo "
+            raise ValueError(f"zoo model {name!r} is not in this mpinet's zoo "
                              f"({', '.join(available_models())})")
         return build_model(name, **architecture.get("options", {}))
     if kind == "registered":
         if name not in _REGISTRY:
             known = ", ".join(sorted(_REGISTRY)) or "none"
-            raise ValueError(f"{where}: the model class {name!r} is not registered in this "
+            raise ValueError(f"the model class {name!r} is not registered in this "
                              f"process (registered: {known}); import the module that defines it "
                              f"(decorated with @mpinet.register_model) before loading")
         return _REGISTRY[name](**architecture.get("arguments", {}))
-    raise ValueError(f"{where}: unknown architecture kind {kind!r} (expected 'zoo' or "
+    raise ValueError(f"unknown architecture kind {kind!r} (expected 'zoo' or "
                      f"'registered')")
 
 

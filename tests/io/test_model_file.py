@@ -160,8 +160,11 @@ def test_a_class_not_registered_in_the_loading_process_is_named(tmp_path):
 
     entry = registry._REGISTRY.pop(f"{__name__}.TinyNet")
     try:
-        with pytest.raises(ModelFileError, match=r"TinyNet' is not registered in this process"):
+        with pytest.raises(ModelFileError) as err:
             mpinet.load_model(path, comm=self_comm())
+        assert str(err.value).startswith(
+            f"{path}: cannot rebuild the architecture: the model class '{__name__}.TinyNet' is "
+            f"not registered in this process")
     finally:
         registry._REGISTRY[f"{__name__}.TinyNet"] = entry
 
