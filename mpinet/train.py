@@ -213,7 +213,7 @@ def setup(cfg: dict, comm):
     from mpinet.optim.factory import build_schedule  # noqa: PLC0415
     from mpinet.data import augment as aug  # noqa: PLC0415
     from mpinet.data.registry import dataset_options, get_dataset  # noqa: PLC0415
-    from mpinet.model import Model, check_can_train  # noqa: PLC0415
+    from mpinet.training import Model, check_can_train  # noqa: PLC0415
     from mpinet.models import build_model  # noqa: PLC0415
     from mpinet.nn import init  # noqa: PLC0415
 
@@ -277,7 +277,7 @@ def main(argv=None) -> int:
     from mpinet.comm.failure import install_abort_handler  # noqa: PLC0415
     from mpi4py import MPI  # noqa: PLC0415
 
-    from mpinet.preemption import PreemptionFlag  # noqa: PLC0415
+    from mpinet.training.preemption import PreemptionFlag  # noqa: PLC0415
 
     world = MPI.COMM_WORLD
     rank = world.Get_rank()
