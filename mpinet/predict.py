@@ -107,29 +107,14 @@ def main(argv=None) -> int:
         return 2
     items = [inputs.Item(*i) for i in listing["items"]]
 
-    # Whole global batches per rank: a batch's composition, and so every number computed from
-    # it, is the same at any rank count. One batch in memory at a time; a bad input stops this
-    # rank's loop, and nothing is written unless every rank got through all of its inputs.
-    n_batches = -(-len(items) // args.batch_size)
-    first = (n_batches * rank // size) * args.batch_size
-    last = min((n_batches * (rank + 1) // size) * args.batch_size, len(items))
-    results, error = [], None
-    for start in range(first, last, args.batch_size):
-        batch = []
-        try:
-            for item in items[start:min(start + args.batch_size, last)]:
-                batch.append(inputs.read(item, model.preprocess.input_shape, args.resize))
-        except inputs.InputError as e:
-            error = (start + len(batch), str(e))  # the input's index: rank 0 reports the first
-            break
-        results.append(_results(model.predict(np.stack(batch), batch_size=len(batch))))
+    # Nothing is written unless every rank got through all of its inputs.
+    outputs, error = predict_share(model, items, my_share(len(items), args.batch_size, rank, size),
+                                   args.batch_size, args.resize)
     errors = [e for e in world.allgather(error) if e]
     if errors:
         if rank == 0:
             print(f"mpinet.predict: error: {min(errors)[1]}", file=sys.stderr, flush=True)
         return 2
-
-    outputs = np.concatenate(results) if results else None
     parts = world.gather(outputs, root=0)
     if rank != 0:
         return 0
@@ -143,6 +128,31 @@ def main(argv=None) -> int:
         print(f"mpinet.predict: error: {e}", file=sys.stderr, flush=True)
         return 2
     return 0
+
+
+def my_share(n_items: int, batch_size: int, rank: int, size: int) -> range:
+    """This rank's inputs: a contiguous run of whole global batches. So a batch holds the same
+    inputs, and every number computed from it is the same, at any rank count."""
+    n_batches = -(-n_items // batch_size)
+    first = (n_batches * rank // size) * batch_size
+    return range(first, min((n_batches * (rank + 1) // size) * batch_size, n_items))
+
+
+def predict_share(model, items, share: range, batch_size: int, resize: bool):
+    """(results of ``items[share]`` or None, None) or (None, (index, message)) at the first bad
+    input. One batch of inputs in memory at a time."""
+    from mpinet.io import inputs  # noqa: PLC0415
+
+    results = []
+    for start in range(share.start, share.stop, batch_size):
+        batch = []
+        try:
+            for item in items[start:min(start + batch_size, share.stop)]:
+                batch.append(inputs.read(item, model.preprocess.input_shape, resize))
+        except inputs.InputError as e:
+            return None, (start + len(batch), str(e))  # its index: rank 0 reports the first
+        results.append(_results(model.predict(np.stack(batch), batch_size=len(batch))))
+    return (np.concatenate(results) if results else None), None
 
 
 def _results(outputs: np.ndarray) -> np.ndarray:

@@ -229,3 +229,10 @@ def test_device_gpu_predicts_what_the_cpu_does(setup, tmp_path):
     assert [r["class_id"] for r in gpu] == [r["class_id"] for r in cpu]
     np.testing.assert_allclose([float(r["probability"]) for r in gpu],
                                [float(r["probability"]) for r in cpu], atol=1e-4)
+
+
+@pytest.mark.parametrize("n, batch, size", [(36, 4, 4), (10, 3, 4), (2, 5, 4), (7, 7, 2)])
+def test_shares_are_whole_batches_covering_every_input_once(n, batch, size):
+    shares = [predict.my_share(n, batch, rank, size) for rank in range(size)]
+    assert [i for s in shares for i in s] == list(range(n))  # in order, each once
+    assert all(s.start % batch == 0 for s in shares if len(s))  # whole global batches
