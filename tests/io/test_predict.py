@@ -98,6 +98,8 @@ def test_bad_inputs_stop_with_one_line_naming_the_file(setup, cli, tmp_path):
     out_of_range = str(tmp_path / "range.npy")
     np.save(out_of_range, np.full((2, 1, 8, 8), 255.0, np.float32))
     missing = str(tmp_path / "missing.png")
+    pickled = str(tmp_path / "objects.npy")
+    np.save(pickled, np.array([{"x": 1}], dtype=object), allow_pickle=True)
     cases = [
         ([wrong_size], f"{wrong_size}: the model expects 8x8 pixels (WxH), the image is 8x9"),
         ([rgb], f"{rgb}: the model expects 1 channel(s) (L), the image has 3 (mode RGB)"),
@@ -105,6 +107,7 @@ def test_bad_inputs_stop_with_one_line_naming_the_file(setup, cli, tmp_path):
         ([str(text)], f"{text}: not an image"),
         ([wrong_shape], f"{wrong_shape}: array of shape (2, 3, 8, 8); the model expects (N, 1, 8, 8)"),
         ([out_of_range], f"{out_of_range}: sample 0 spans [255, 255]; expected pixels in [0, 1]"),
+        ([pickled], f"{pickled}: not a readable .npy array"),  # never unpickled
         # a good input first: the bad one is still found before anything is predicted
         ([setup["pngs"][0], rgb], f"{rgb}: the model expects 1 channel(s)"),
     ]
