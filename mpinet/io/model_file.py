@@ -370,5 +370,50 @@ def load_model(path, comm=None):
     return model
 
 
-__all__ = ["save", "read", "load_network", "load_model", "ModelFileError", "FORMAT",
+def describe(path) -> str:
+    """A few lines on what a verified model file holds (``python -m mpinet.io.model_file``)."""
+    tensors, meta = read(path)
+    arch = meta["architecture"]
+    arguments = arch.get("options", arch.get("arguments", {}))
+    pre = meta["preprocess"]
+    norm = (f"mean {pre['mean']}, std {pre['std']}" if pre.get("mean") is not None
+            else "none (pixels in [0, 1])")
+    names = meta.get("class_names")
+    lines = [f"{path}: mpinet model file, format version {meta['format_version']}, written by "
+             f"mpinet {meta.get('mpinet_version')} at {meta.get('created')}",
+             f"  architecture: {arch['kind']} {arch['name']} {json.dumps(arguments)}",
+             f"  input: {tuple(pre['input_shape'])}, normalisation: {norm}",
+             f"  precision: {meta['precision']}, {len(tensors)} tensors, "
+             f"{sum(int(t.size) for t in tensors.values()):,} values",
+             f"  classes: {names if names is None or len(names) <= 20 else names[:20] + ['...']}"]
+    if meta.get("evaluation"):
+        lines.append(f"  evaluation: {json.dumps(meta['evaluation'])}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    """``python -m mpinet.io.model_file FILE...``: check and describe model files (exit 2 if one
+    is missing, damaged or from a newer format; ``--json`` prints the whole metadata)."""
+    import argparse  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    parser = argparse.ArgumentParser(prog="python -m mpinet.io.model_file",
+                                     description="Verify and describe mpinet model files.")
+    parser.add_argument("files", nargs="+", metavar="FILE")
+    parser.add_argument("--json", action="store_true", help="print the metadata as JSON")
+    args = parser.parse_args(argv)
+    for path in args.files:
+        try:
+            print(json.dumps(read(path)[1], indent=1) if args.json else describe(path))
+        except ModelFileError as e:
+            print(f"mpinet.io.model_file: error: {e}", file=sys.stderr)
+            return 2
+    return 0
+
+
+__all__ = ["save", "read", "load_network", "load_model", "describe", "ModelFileError", "FORMAT",
            "FORMAT_VERSION", "SUFFIX"]
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

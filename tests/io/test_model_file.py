@@ -240,6 +240,19 @@ def test_foreign_and_missing_files_are_named(tmp_path, saved):
             mpinet.load_model(path, comm=self_comm())
 
 
+def test_describe_command_verifies_and_summarises(tmp_path, saved, capsys):
+    assert model_file.main([saved[1]]) == 0
+    out = capsys.readouterr().out
+    assert f"{saved[1]}: mpinet model file, format version 1" in out
+    assert 'architecture: zoo small-cnn {"in_channels": 1' in out and "precision: fp32" in out
+    assert model_file.main([saved[1], "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["preprocess"]["input_shape"] == [1, 8, 8]
+    cut = tmp_path / "cut.mpinet"
+    cut.write_bytes(open(saved[1], "rb").read()[:-10])
+    assert model_file.main([str(cut)]) == 2
+    assert capsys.readouterr().err.startswith(f"mpinet.io.model_file: error: {cut}: truncated")
+
+
 def test_importing_mpinet_for_the_model_file_starts_no_mpi():
     proc = run(["-c", "import sys, mpinet; mpinet.load_model; mpinet.register_model; "
                       "import mpinet.io.model_file; assert 'mpi4py.MPI' not in sys.modules, "
