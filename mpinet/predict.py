@@ -63,13 +63,13 @@ def check_arguments(args) -> None:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)  # argparse exits 2 on unknown flags, on every rank
-    from mpi4py import MPI  # noqa: PLC0415 - initialises MPI
+    from mpi4py import MPI
 
-    from mpinet import backend  # noqa: PLC0415
-    from mpinet.comm import create_communicator, topology  # noqa: PLC0415
-    from mpinet.comm.failure import install_abort_handler  # noqa: PLC0415
-    from mpinet.io import inputs  # noqa: PLC0415
-    from mpinet.io.model_file import load_model  # noqa: PLC0415
+    from mpinet import backend
+    from mpinet.comm import create_communicator, topology
+    from mpinet.comm.failure import install_abort_handler
+    from mpinet.data import inputs
+    from mpinet.training.model_file import load_model
 
     world = MPI.COMM_WORLD
     rank, size = world.Get_rank(), world.Get_size()
@@ -141,7 +141,7 @@ def my_share(n_items: int, batch_size: int, rank: int, size: int) -> range:
 def predict_share(model, items, share: range, batch_size: int, resize: bool):
     """(results of ``items[share]`` or None, None) or (None, (index, message)) at the first bad
     input. One batch of inputs in memory at a time."""
-    from mpinet.io import inputs  # noqa: PLC0415
+    from mpinet.data import inputs
 
     results = []
     for start in range(share.start, share.stop, batch_size):
@@ -181,20 +181,21 @@ def write_top_k(items, probabilities, k, class_names, output) -> None:
     rows = [[(int(c), names[c], float(probabilities[n, c])) for c in ids[n]]
             for n in range(len(items))]
     if output is None:
-        for item, row in zip(items, rows):
+        for item, row in zip(items, rows, strict=True):
             print(f"{item.name}: " + ", ".join(f"{name} {p:.4f}" for _, name, p in row))
         return
     if output.lower().endswith(".json"):
         data = [{"input": item.name, "top_k": [{"class_id": c, "class_name": name,
                                                 "probability": round(p, 6)} for c, name, p in row]}
-                for item, row in zip(items, rows)]
+                for item, row in zip(items, rows, strict=True)]
         _write_text(output, json.dumps(data, indent=1) + "\n")
     elif output.lower().endswith(".csv"):
         buf = io.StringIO()
         table = csv.writer(buf, lineterminator="\n")
         table.writerow(["input", "k", "class_id", "class_name", "probability"])
         table.writerows([item.name, j + 1, c, name, f"{p:.6f}"]
-                        for item, row in zip(items, rows) for j, (c, name, p) in enumerate(row))
+                        for item, row in zip(items, rows, strict=True)
+                        for j, (c, name, p) in enumerate(row))
         _write_text(output, buf.getvalue())
     else:
         raise UsageError(f"--output {output!r}: a classifier's output must end in .csv or .json")
@@ -204,7 +205,7 @@ def write_top_k(items, probabilities, k, class_names, output) -> None:
 
 def write_masks(items, masks, output) -> None:
     """One PNG per input in the folder ``output``, named after the input (pixel = class id)."""
-    from PIL import Image  # noqa: PLC0415
+    from PIL import Image
 
     if output is None or output.lower().endswith((".csv", ".json")):
         raise UsageError("this model predicts a class per pixel: pass --output FOLDER for its "
@@ -213,7 +214,7 @@ def write_masks(items, masks, output) -> None:
         raise UsageError(f"{masks.max() + 1} classes do not fit an 8-bit PNG mask")
     os.makedirs(output, exist_ok=True)
     used: set = set()
-    for item, mask in zip(items, masks):
+    for item, mask in zip(items, masks, strict=True):
         stem = os.path.splitext(os.path.basename(item.path))[0]
         stem = stem if item.row is None else f"{stem}_{item.row}"
         name, copy = f"{stem}.png", 1

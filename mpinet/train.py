@@ -264,7 +264,7 @@ def setup(cfg: dict, comm):
                                 seed=cfg["seed"])
         eval_transform = aug.Augment(mean=mean, std=std)  # same normalization, no randomness
     # What the model file records, and checkpoints carry for --resume.
-    from mpinet.data.preprocess import Preprocess  # noqa: PLC0415
+    from mpinet.data.preprocess import Preprocess
 
     model.preprocess = Preprocess.from_transform(eval_transform, train.input_shape)
     model.class_names = train.class_names
@@ -343,7 +343,7 @@ def save_model_file(cfg: dict, model, final: dict, rank: int) -> int:
     if not path:
         return 0
     try:
-        from mpinet.data.registry import dataset_options  # noqa: PLC0415
+        from mpinet.data.registry import dataset_options
 
         # How setup() read the test split: get_dataset(dataset, split, data_dir, **options).
         options = {"raw": True} if "raw" in dataset_options(cfg["dataset"]) else {}

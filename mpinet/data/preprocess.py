@@ -1,7 +1,7 @@
 """What a trained model expects of its input, and the deterministic step that gets it there.
 
     pre = Preprocess(input_shape=(3, 32, 32), mean=[0.49, 0.48, 0.45], std=[0.25, 0.24, 0.26])
-    x, _ = pre(x, None, None)          # the DataLoader transform signature; x (N, C, H, W) in [0, 1]
+    x, _ = pre(x, None, None)   # the DataLoader transform signature; x (N, C, H, W) in [0, 1]
     Preprocess.from_dict(pre.to_dict()) == pre
 
 Pixels follow the data readers' convention: float in [0, 1], or uint8 in [0, 255] which the
@@ -11,7 +11,8 @@ function as the training transform ``Augment`` uses, so evaluation numbers match
 nothing when the model was trained on plain [0, 1] pixels.
 
 It is stored on ``Model.preprocess``, in checkpoints (``--resume`` restores it) and in the model
-file (``mpinet.io.model_file``), so a model reloaded in a fresh process normalises as in training.
+file (``mpinet.training.model_file``), so a model reloaded in a fresh process normalises as in
+training.
 """
 from __future__ import annotations
 

@@ -84,7 +84,7 @@ class Model:
         self.transform = None  # fit's training transform and the one evaluate/predict apply
         self.eval_transform = None
         self.preprocess = None  # mpinet.data.preprocess.Preprocess: input shape, normalisation
-        self.class_names = None  # what the model file records (mpinet.io.model_file)
+        self.class_names = None  # what the model file records (mpinet.training.model_file)
         self.checkpoint_dir = None
         self.keep_checkpoints = 3
         self.stop_training = False
@@ -371,8 +371,8 @@ class Model:
 
     def save(self, path: str, **options) -> str:
         """The model file: architecture, weights, preprocessing, class names, precision (see
-        mpinet.io.model_file; ``mpinet.load_model`` reads it). Collective: every rank calls."""
-        from ..io import model_file  # noqa: PLC0415
+        mpinet.training.model_file; ``mpinet.load_model`` reads it). Collective: every rank calls."""
+        from . import model_file  # loaded when first saving
 
         return model_file.save(self, path, **options)
 

@@ -45,7 +45,7 @@ def load_training_state(model, state: dict) -> None:
         model.transform.load_state_dict(state["transform"])
     model.global_step = int(state.get("global_step", 0))
     if state.get("preprocess") is not None:
-        from ..data.preprocess import Preprocess  # noqa: PLC0415
+        from ..data.preprocess import Preprocess
 
         model.preprocess = Preprocess.from_dict(state["preprocess"])
     if state.get("rng") is not None:

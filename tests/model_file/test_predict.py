@@ -72,11 +72,11 @@ def test_printed_and_json_outputs_agree(setup, cli, tmp_path):
     code, stdout, _ = cli(setup["model"], setup["pngs"][0], setup["pngs"][1], "--top-k", 2)
     assert code == 0
     lines = stdout.strip().splitlines()
-    assert [l.split(":")[0] for l in lines] == setup["pngs"][:2]
+    assert [s.split(":")[0] for s in lines] == setup["pngs"][:2]
     code, _, _ = cli(setup["model"], setup["pngs"][0], setup["pngs"][1], "--top-k", 2,
                      "--output", tmp_path / "p.json")
     data = json.load(open(tmp_path / "p.json"))
-    for line, entry in zip(lines, data):
+    for line, entry in zip(lines, data, strict=True):
         shown = ", ".join(f"{t['class_name']} {t['probability']:.4f}" for t in entry["top_k"])
         assert line == f"{entry['input']}: {shown}"
 
@@ -105,7 +105,8 @@ def test_bad_inputs_stop_with_one_line_naming_the_file(setup, cli, tmp_path):
         ([rgb], f"{rgb}: the model expects 1 channel(s) (L), the image has 3 (mode RGB)"),
         ([missing], f"{missing}: no such file or folder"),
         ([str(text)], f"{text}: not an image"),
-        ([wrong_shape], f"{wrong_shape}: array of shape (2, 3, 8, 8); the model expects (N, 1, 8, 8)"),
+        ([wrong_shape],
+         f"{wrong_shape}: array of shape (2, 3, 8, 8); the model expects (N, 1, 8, 8)"),
         ([out_of_range], f"{out_of_range}: sample 0 spans [255, 255]; expected pixels in [0, 1]"),
         ([pickled], f"{pickled}: not a readable .npy array"),  # never unpickled
         # a good input first: the bad one is still found before anything is predicted

@@ -14,7 +14,7 @@ import mpinet
 from mpinet import predict
 from mpinet.comm import create_communicator
 from mpinet.data.preprocess import Preprocess
-from mpinet.io import model_file
+from mpinet.training import model_file
 from mpinet.model import Model
 from mpinet.models import build_model
 from mpinet.nn import init
@@ -94,7 +94,7 @@ def test_predict_cli_gathers_in_input_order(shared_dir, monkeypatch):
         assert [r["input"] for r in rows] == [f"{npy}[{i}]" for i in range(23)]
         # the reference: one process, the same global batches of 3
         model = mpinet.load_model(path, comm=self_comm())
-        probs = predict._softmax(model.predict(test.images[:23].astype(np.float32) / np.float32(255.0),
-                                                batch_size=3))
+        x = test.images[:23].astype(np.float32) / np.float32(255.0)
+        probs = predict._softmax(model.predict(x, batch_size=3))
         assert [int(r["class_id"]) for r in rows] == probs.argmax(axis=1).tolist()
         assert [r["probability"] for r in rows] == [f"{p:.6f}" for p in probs.max(axis=1)]

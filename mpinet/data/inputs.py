@@ -88,7 +88,7 @@ def read(item: Item, input_shape: tuple, resize: bool = False) -> np.ndarray:
 
 def _read_image(path: str, input_shape: tuple, resize: bool) -> np.ndarray:
     try:
-        from PIL import Image, UnidentifiedImageError  # noqa: PLC0415 - only for image inputs
+        from PIL import Image, UnidentifiedImageError
     except ImportError:
         raise InputError(path, "reading images needs Pillow: pip install 'mpinet[data]' (or "
                                "pass a .npy array)") from None

@@ -12,9 +12,10 @@ A network records its architecture as plain JSON data in ``network.architecture`
     class TinyNet(mpinet.nn.Module):
         def __init__(self, num_classes=10, width=16): ...
 
-Rebuilding (``build``) calls the same builder with the same arguments. A model file never imports
-code: loading one that names a registered class needs that class registered in the loading
-process, i.e. the module defining it imported first (the error says which name is missing).
+Rebuilding (``build_registered``; the model file builds zoo models itself) calls the same
+builder with the same arguments. A model file never imports code: loading one that names a
+registered class needs that class registered in the loading process, i.e. the module defining
+it imported first (the error says which name is missing).
 Arguments must be JSON data (numbers, strings, bools, None, lists, dicts); tuples come back as
 lists.
 """
@@ -117,26 +118,15 @@ def architecture_of(network) -> dict:
     return json.loads(json.dumps({"kind": arch["kind"], "name": arch["name"], key: arguments}))
 
 
-def build(architecture: dict):
-    """A fresh network for ``architecture`` (weights initialised; the caller loads them).
-    ValueError if this process cannot build it."""
-    kind, name = architecture.get("kind"), architecture.get("name")
-    if kind == "zoo":
-        from mpinet.models import available_models, build_model  # noqa: PLC0415 - the zoo is big
-
-        if name not in available_models():
-            raise ValueError(f"zoo model {name!r} is not in this mpinet's zoo "
-                             f"({', '.join(available_models())})")
-        return build_model(name, **architecture.get("options", {}))
-    if kind == "registered":
-        if name not in _REGISTRY:
-            known = ", ".join(sorted(_REGISTRY)) or "none"
-            raise ValueError(f"the model class {name!r} is not registered in this "
-                             f"process (registered: {known}); import the module that defines it "
-                             f"(decorated with @mpinet.register_model) before loading")
-        return _REGISTRY[name](**architecture.get("arguments", {}))
-    raise ValueError(f"unknown architecture kind {kind!r} (expected 'zoo' or "
-                     f"'registered')")
+def build_registered(name: str, arguments: dict):
+    """A fresh instance of the registered class (or builder) ``name`` with ``arguments``;
+    ValueError if ``name`` is not registered in this process."""
+    if name not in _REGISTRY:
+        known = ", ".join(sorted(_REGISTRY)) or "none"
+        raise ValueError(f"the model class {name!r} is not registered in this process "
+                         f"(registered: {known}); import the module that defines it (decorated "
+                         f"with @mpinet.register_model) before loading")
+    return _REGISTRY[name](**arguments)
 
 
-__all__ = ["register_model", "architecture_of", "build", "record"]
+__all__ = ["architecture_of", "build_registered", "record", "register_model"]

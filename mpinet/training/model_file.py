@@ -16,7 +16,7 @@ are the network's ``state_dict()`` (parameters then buffers, by dotted name). It
 ``metadata`` (format version 1):
 
   * ``architecture``: ``{"kind": "zoo", "name", "options"}`` or ``{"kind": "registered", "name",
-    "arguments"}`` (see ``mpinet.io.registry``);
+    "arguments"}`` (see ``mpinet.nn.registry``);
   * ``preprocess``: ``Preprocess.to_dict()``: ``input_shape`` (C, H, W), ``layout``, ``pixels``
     (the [0, 1] convention), per-channel ``mean``/``std`` or null;
   * ``class_names``: list or null; ``precision``: "fp32" | "bf16" | "fp16" (the forward's);
@@ -43,7 +43,7 @@ import numpy as np
 
 from .. import __version__, backend
 from ..data.preprocess import Preprocess
-from . import registry
+from ..nn import registry
 
 FORMAT = "mpinet-model"
 FORMAT_VERSION = 1
@@ -92,7 +92,7 @@ def save(model, path, *, preprocess: Preprocess | None = None, class_names=None,
             outcome = {"error": e.problem}
         except ValueError as e:  # what cannot be recorded; the message says how to fix it
             outcome = {"error": str(e)}
-        except Exception as e:  # noqa: BLE001 - sent to every rank, raised everywhere
+        except Exception as e:
             outcome = {"error": f"{type(e).__name__}: {e}"}
     if comm.size > 1:
         outcome = comm.bcast_obj(outcome, root=0)
@@ -111,7 +111,8 @@ def _agree_buffers(model, path: str) -> None:
         return
     digest = hashlib.sha256()
     for _, buf in model.network.named_buffers():
-        digest.update(np.require(backend.to_numpy(buf), requirements="C").reshape(-1).view(np.uint8))
+        host = np.require(backend.to_numpy(buf), requirements="C")
+        digest.update(host.reshape(-1).view(np.uint8))
     if len(set(comm.allgather_obj(digest.hexdigest()))) > 1:
         if getattr(model, "dp", None) is None:
             raise ModelFileError(path, "cannot save the model: batch-norm statistics differ "
@@ -192,7 +193,7 @@ def _canonical(meta: dict) -> str:
 
 
 def _serialize(tensors: dict, meta: dict) -> bytes:
-    from safetensors.numpy import save as save_safetensors  # noqa: PLC0415
+    from safetensors.numpy import save as save_safetensors
 
     meta_json = _canonical(meta)
     header = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "metadata": meta_json,
@@ -308,7 +309,7 @@ _DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "I64": np.in
 
 
 def _deserialize(path: str, data: bytes) -> dict:
-    from safetensors import SafetensorError, deserialize  # noqa: PLC0415
+    from safetensors import SafetensorError, deserialize
 
     try:
         views = deserialize(data)
@@ -327,16 +328,32 @@ def _deserialize(path: str, data: bytes) -> dict:
     return out
 
 
+def _build(architecture: dict):
+    """A fresh network (initialised weights) for the file's architecture; ValueError if this
+    mpinet cannot build it."""
+    kind, name = architecture.get("kind"), architecture.get("name")
+    if kind == "zoo":
+        from ..models import available_models, build_model
+
+        if name not in available_models():
+            raise ValueError(f"zoo model {name!r} is not in this mpinet's zoo "
+                             f"({', '.join(available_models())})")
+        return build_model(name, **architecture.get("options", {}))
+    if kind == "registered":
+        return registry.build_registered(name, architecture.get("arguments", {}))
+    raise ValueError(f"unknown architecture kind {kind!r} (expected 'zoo' or 'registered')")
+
+
 def load_network(path):
     """(network on the host with the file's weights, metadata). The global weight-init
     generator is left as it was (building the network draws from it)."""
-    from ..nn import init  # noqa: PLC0415
+    from ..nn import init
 
     path = os.fspath(path)
     tensors, meta = read(path)
     generator_state = init.generator().bit_generator.state
     try:
-        network = registry.build(meta["architecture"])
+        network = _build(meta["architecture"])
     except (TypeError, ValueError) as e:
         raise ModelFileError(path, f"cannot rebuild the architecture: {e}") from None
     finally:
@@ -353,7 +370,7 @@ def load_model(path, comm=None):
     precision, class names and the evaluation loss/metrics restored. Ready for ``predict`` and
     ``evaluate`` without ``compile()``; ``compile()`` it to train further. ``comm``: as for
     ``Model`` (default: all MPI ranks). ``model.metadata`` holds the file's metadata."""
-    from .. import Model  # noqa: PLC0415 - the training package is big
+    from .. import Model
 
     network, meta = load_network(path)
     model = Model(network, comm)
@@ -371,7 +388,8 @@ def load_model(path, comm=None):
 
 
 def describe(path) -> str:
-    """A few lines on what a verified model file holds (``python -m mpinet.io.model_file``)."""
+    """A few lines on what a verified model file holds
+    (``python -m mpinet.training.model_file``)."""
     tensors, meta = read(path)
     arch = meta["architecture"]
     arguments = arch.get("options", arch.get("arguments", {}))
@@ -392,12 +410,12 @@ def describe(path) -> str:
 
 
 def main(argv=None) -> int:
-    """``python -m mpinet.io.model_file FILE...``: check and describe model files (exit 2 if one
-    is missing, damaged or from a newer format; ``--json`` prints the whole metadata)."""
-    import argparse  # noqa: PLC0415
-    import sys  # noqa: PLC0415
+    """``python -m mpinet.training.model_file FILE...``: check and describe model files (exit 2
+    if one is missing, damaged or from a newer format; ``--json`` prints the whole metadata)."""
+    import argparse
+    import sys
 
-    parser = argparse.ArgumentParser(prog="python -m mpinet.io.model_file",
+    parser = argparse.ArgumentParser(prog="python -m mpinet.training.model_file",
                                      description="Verify and describe mpinet model files.")
     parser.add_argument("files", nargs="+", metavar="FILE")
     parser.add_argument("--json", action="store_true", help="print the metadata as JSON")
@@ -406,7 +424,7 @@ def main(argv=None) -> int:
         try:
             print(json.dumps(read(path)[1], indent=1) if args.json else describe(path))
         except ModelFileError as e:
-            print(f"mpinet.io.model_file: error: {e}", file=sys.stderr)
+            print(f"mpinet.training.model_file: error: {e}", file=sys.stderr)
             return 2
     return 0
 

@@ -10,8 +10,8 @@ from model_file_helpers import digits, rewrite_header, run, self_comm, trained_d
 import mpinet
 from mpinet import nn
 from mpinet.data.preprocess import Preprocess
-from mpinet.io import model_file
-from mpinet.io.model_file import ModelFileError
+from mpinet.training import model_file
+from mpinet.training.model_file import ModelFileError
 from mpinet.model import Model
 from mpinet.models import build_model
 
@@ -127,8 +127,9 @@ def tiny_builder(width: int = 5):
 
 def test_registered_class_and_builder_round_trip(tmp_path):
     x = np.random.default_rng(1).random((4, 6), dtype=np.float32)
-    for net, arch in [(TinyNet(width=7), {"kind": "registered", "name": f"{__name__}.TinyNet",
-                                          "arguments": {"num_classes": 3, "width": 7, "scale": None}}),
+    tiny = {"kind": "registered", "name": f"{__name__}.TinyNet",
+            "arguments": {"num_classes": 3, "width": 7, "scale": None}}
+    for net, arch in [(TinyNet(width=7), tiny),
                       (tiny_builder(width=3), {"kind": "registered", "name": "tests.tiny_builder",
                                                "arguments": {"width": 3}})]:
         path = str(tmp_path / "tiny.mpinet")
@@ -156,7 +157,7 @@ def test_what_cannot_be_recorded_is_refused_when_saving(tmp_path):
 def test_a_class_not_registered_in_the_loading_process_is_named(tmp_path):
     path = str(tmp_path / "tiny.mpinet")
     Model(TinyNet(), self_comm()).save(path)
-    from mpinet.io import registry
+    from mpinet.nn import registry
 
     entry = registry._REGISTRY.pop(f"{__name__}.TinyNet")
     try:
@@ -250,12 +251,13 @@ def test_describe_command_verifies_and_summarises(tmp_path, saved, capsys):
     cut = tmp_path / "cut.mpinet"
     cut.write_bytes(open(saved[1], "rb").read()[:-10])
     assert model_file.main([str(cut)]) == 2
-    assert capsys.readouterr().err.startswith(f"mpinet.io.model_file: error: {cut}: truncated")
+    err = capsys.readouterr().err
+    assert err.startswith(f"mpinet.training.model_file: error: {cut}: truncated")
 
 
 def test_importing_mpinet_for_the_model_file_starts_no_mpi():
     proc = run(["-c", "import sys, mpinet; mpinet.load_model; mpinet.register_model; "
-                      "import mpinet.io.model_file; assert 'mpi4py.MPI' not in sys.modules, "
+                      "import mpinet.training.model_file; assert 'mpi4py.MPI' not in sys.modules, "
                       "'MPI imported'; assert not any('cupy' in m for m in sys.modules)"],
                timeout=60)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -278,7 +280,7 @@ if model.comm.rank == 0:
 
 
 def _final_line(stdout: str) -> dict:
-    line = [l for l in stdout.splitlines() if l.startswith("final test:")][0]
+    line = [s for s in stdout.splitlines() if s.startswith("final test:")][0]
     return {k: v for k, v in (part.split() for part in line[len("final test:"):].split(","))}
 
 
@@ -335,7 +337,7 @@ def test_trainer_refuses_an_unwritable_model_path_before_training(tmp_path):
                           (tmp_path, "is a directory; give a file name")]:
         proc = run(["-m", "mpinet.train", "--quiet", "--save-model", str(path)], timeout=120)
         assert proc.returncode == 2
-        errors = [l for l in proc.stderr.splitlines() if l.startswith("mpinet.train: error")]
+        errors = [s for s in proc.stderr.splitlines() if s.startswith("mpinet.train: error")]
         assert len(errors) == 1 and str(path) in errors[0] and problem in errors[0], proc.stderr
         assert "Traceback" not in proc.stderr and "epoch" not in proc.stdout
 
