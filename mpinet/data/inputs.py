@@ -5,7 +5,8 @@
 
 Order: arguments in the order given; a folder's images sorted by their path below it (all
 depths); an ``.npy`` file's samples in array order. Pixels follow the data readers' convention
-(float in [0, 1]; uint8 is divided by 255), so a model sees what it saw in training.
+(float in [0, 1]; uint8 is divided by 255), so a model sees what it saw in training; a model of
+feature vectors (input (F,)) takes an ``.npy`` (N, F) of any finite floats.
 
 Nothing is resized or converted silently: an image whose size or channel count differs from the
 model's input is an ``InputError`` naming the file, what the model expects and what the file
@@ -134,7 +135,9 @@ def _read_npy_row(path: str, row: int, input_shape: tuple) -> np.ndarray:
     if sample.dtype.kind != "f":
         raise InputError(path, f"dtype {sample.dtype}; expected uint8 pixels or floats in [0, 1]")
     sample = sample.astype(np.float32)
-    if not np.isfinite(sample).all() or sample.min() < 0.0 or sample.max() > 1.0:
+    if not np.isfinite(sample).all():
+        raise InputError(path, f"sample {row} holds NaN or infinite values")
+    if len(input_shape) == 3 and (sample.min() < 0.0 or sample.max() > 1.0):  # images only
         raise InputError(path, f"sample {row} spans [{np.nanmin(sample):.4g}, "
                                f"{np.nanmax(sample):.4g}]; expected pixels in [0, 1] "
                                f"(uint8 arrays are divided by 255)")

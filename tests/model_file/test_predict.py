@@ -240,3 +240,28 @@ def test_shares_are_whole_batches_covering_every_input_once(n, batch, size):
     shares = [predict.my_share(n, batch, rank, size) for rank in range(size)]
     assert [i for s in shares for i in s] == list(range(n))  # in order, each once
     assert all(s.start % batch == 0 for s in shares if len(s))  # whole global batches
+
+
+@mpinet.register_model(name="tests.predict.vector_net")
+def vector_net(features: int = 6):
+    net = build_model("mlp", in_features=features, hidden=(8,), num_classes=3)
+    net.input_shape = (features,)
+    return net
+
+
+def test_a_feature_vector_model_takes_any_finite_floats(cli, tmp_path):
+    init.manual_seed(5)
+    model = Model(vector_net(), self_comm())
+    path = model.save(str(tmp_path / "vec.mpinet"))
+    x = np.random.default_rng(2).normal(0.0, 3.0, (5, 6)).astype(np.float32)  # not pixels
+    npy = str(tmp_path / "x.npy")
+    np.save(npy, x)
+    code, _, stderr = cli(path, npy, "--top-k", 3, "--output", tmp_path / "p.json")
+    assert code == 0, stderr
+    got = [[t["probability"] for t in e["top_k"]] for e in json.load(open(tmp_path / "p.json"))]
+    expected = np.sort(predict._softmax(model.predict(x)), axis=1)[:, ::-1]
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+    x[1, 2] = np.nan
+    np.save(npy, x)
+    code, _, stderr = cli(path, npy)
+    assert code == 2 and f"{npy}: sample 1 holds NaN or infinite values" in stderr
