@@ -21,8 +21,10 @@ are the network's ``state_dict()`` (parameters then buffers, by dotted name). It
     (the [0, 1] convention), per-channel ``mean``/``std`` or null;
   * ``class_names``: list or null; ``precision``: "fp32" | "bf16" | "fp16" (the forward's);
   * ``training``: ``loss``, ``label_smoothing``, ``metrics`` (what ``evaluate`` reports), the
-    training ``transform``'s parameters (crop padding, flip, seed) or null, and the trainer's
-    ``config`` (its flags) or null;
+    training ``transform``'s parameters (crop padding, flip, seed; a ``Compose``'s parts) or
+    null, and the trainer's ``config`` (its flags) or null. A loss given as a callable is not
+    stored (``loss`` is null): a loaded model's ``evaluate`` then reports cross-entropy as its
+    loss, its metrics unchanged;
   * ``evaluation``: figures the saving process measured (e.g. the trainer's final test
     ``{"data": "digits/test", "loss": ..., "accuracy": ...}``) or null;
   * ``tensors``: the state's names in order; ``mpinet_version``, ``format_version``, ``created``.
@@ -169,6 +171,8 @@ def _transform_parameters(transform):
     fields = ("crop_padding", "flip", "seed", "labels_too")
     params = {"type": type(transform).__name__}
     params.update({f: getattr(transform, f) for f in fields if hasattr(transform, f)})
+    if isinstance(getattr(transform, "transforms", None), (list, tuple)):  # a Compose
+        params["parts"] = [_transform_parameters(t) for t in transform.transforms]
     return _json_or_none(params)
 
 
