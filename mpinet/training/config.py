@@ -53,9 +53,10 @@ _RULES: dict[str, tuple] = {
     "comm_timeout": ("float", (0, math.inf, False, False)),
     "straggler_warn": ("float", (0, math.inf, True, False)),
     "preflight": ("bool", None),
+    "save_model": ("path", None),
 }
 OPTIONAL = {"data_dir", "grad_dtype", "checkpoint_dir", "resume", "metrics", "train_samples",
-            "save_weights", "model_opt", "comm_timeout", "straggler_warn"}
+            "save_weights", "model_opt", "comm_timeout", "straggler_warn", "save_model"}
 
 
 def check_value(key: str, value, where: str = ""):
@@ -151,6 +152,8 @@ class TrainConfig:
     # Check hosts, GPUs, versions, network and allreduce bandwidth before training
     # (mpinet.comm.check).
     preflight: bool = False
+    # The model file written at the end (None: CHECKPOINT_DIR/model.mpinet if a dir is given).
+    save_model: str | None = None
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
