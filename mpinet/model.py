@@ -59,6 +59,10 @@ class Model:
             from .comm import create_communicator  # noqa: PLC0415 - initialises MPI
 
             comm = create_communicator("auto")
+        # Each rank's BLAS pools sized to its cores (once per process; mpinet.threads).
+        from .threads import apply_thread_budget  # noqa: PLC0415
+
+        apply_thread_budget(getattr(comm, "mpi_comm", None))
         self.network = network.to(backend.current())
         self.comm = comm
         if comm.size > 1:

@@ -26,6 +26,7 @@ DEFAULTS = {
     "keep_checkpoints": 3, "resume": None, "seed": 0, "metrics": None, "log_every": 10,
     "train_samples": None, "quiet": False, "save_weights": None, "model_opt": None,
     "cuda_graph": False, "cudnn_benchmark": False, "deterministic": False,
+    "threads": None,
 }
 
 
@@ -77,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="when gradients are reduced: overlapped with backprop (backward), "
                         "waited per layer before its next forward (forward, cxxnet style), or "
                         "after backprop (sync)")
+    g.add_argument("--threads", type=int,
+                   help="BLAS/OpenMP threads per rank (default: OMP_NUM_THREADS if set, else the "
+                        "cores each rank owns on its node; see mpinet.threads)")
     g.add_argument("--bucket-mb", type=float, help="gradient bucket size in MiB")
     g.add_argument("--grad-dtype", choices=["bf16", "fp16"], help="compress gradients on the wire")
     g.add_argument("--sync-batchnorm", action="store_true", default=None,
@@ -153,6 +157,8 @@ def validate(cfg: dict) -> None:
     for key in ("epochs", "batch_size", "accumulation_steps", "log_every", "base_batch"):
         if int(cfg[key]) <= 0:
             raise ConfigError(f"--{key.replace('_', '-')} must be > 0, got {cfg[key]}")
+    if cfg["threads"] is not None and int(cfg["threads"]) < 1:
+        raise ConfigError(f"--threads must be >= 1, got {cfg['threads']}")
     if cfg["lr"] <= 0:
         raise ConfigError(f"--lr must be > 0, got {cfg['lr']}")
     if cfg["checkpoint_every"] and not cfg["checkpoint_dir"]:
@@ -265,6 +271,9 @@ def main(argv=None) -> int:
     try:
         cfg = load_config(argv)
         validate(cfg)
+        from mpinet.threads import apply_thread_budget  # noqa: PLC0415 - before any compute
+
+        apply_thread_budget(world, cfg["threads"], verbose=not cfg["quiet"])
         topo = topology.build(world)[0]
         backend.select_device(topo.local_rank, cfg["device"])
         apply_device_options(cfg)
