@@ -204,9 +204,13 @@ def setup(cfg: dict, comm):
 
     # uint8 where the reader offers it: a quarter of the host memory and host-to-device copy.
     opts = {"raw": True} if "raw" in dataset_options(cfg["dataset"]) else {}
+    if "stream" in dataset_options(cfg["dataset"]):  # file trees: decode per batch, not up front
+        opts["stream"] = True
     train = get_dataset(cfg["dataset"], "train", data_dir=cfg["data_dir"], **opts)
     test = get_dataset(cfg["dataset"], "test", data_dir=cfg["data_dir"], **opts)
-    if cfg["train_samples"]:
+    if cfg["train_samples"] and hasattr(train, "subset"):  # file-backed (mpinet.data.streaming)
+        train = train.subset(int(cfg["train_samples"]))
+    elif cfg["train_samples"]:
         from mpinet.data.dataset import ArrayDataset  # noqa: PLC0415
 
         n = int(cfg["train_samples"])
@@ -233,7 +237,7 @@ def setup(cfg: dict, comm):
     total_steps = steps_per_epoch * cfg["epochs"]
     model.compile(cfg["optimizer"], loss="cross_entropy", lr=lr, momentum=cfg["momentum"],
                   weight_decay=cfg["weight_decay"], nesterov=cfg["nesterov"],
-                  metrics=("iou", "accuracy") if train.labels.ndim == 3 else ("accuracy",),
+                  metrics=("iou", "accuracy") if train.is_segmentation else ("accuracy",),
                   schedule=lambda opt: build_schedule(
                       cfg["schedule"], opt, total_steps=total_steps,
                       warmup_steps=cfg["warmup_steps"]),
@@ -244,7 +248,9 @@ def setup(cfg: dict, comm):
     transform = eval_transform = None
     if cfg["augment"]:
         h = train.input_shape[1]
-        mean, std = aug.channel_stats(train.images)
+        from mpinet.data.streaming import dataset_channel_stats  # noqa: PLC0415
+
+        mean, std = dataset_channel_stats(train)
         transform = aug.Augment(crop_padding=4 if h >= 32 else 2, flip=True, mean=mean, std=std,
                                 seed=cfg["seed"])
         eval_transform = aug.Augment(mean=mean, std=std)  # same normalization, no randomness

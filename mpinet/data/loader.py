@@ -80,6 +80,8 @@ class DataLoader:
     def _gather(self, batch):
         """Host part: rows of the batch. On GPU into pinned memory so the copy can be async."""
         idx = batch.indices
+        if hasattr(self.dataset, "read_batch"):  # file-backed: decode only this batch's files
+            return self._read_files(idx)
         images, labels = self.dataset.images, self.dataset.labels
         if self.device.is_gpu and len(idx):  # (an empty batch needs no pinned buffer)
             import cupyx  # noqa: PLC0415 - GPU only
@@ -90,6 +92,17 @@ class DataLoader:
             np.take(labels, idx, axis=0, out=y)
             return x, y
         return images[idx], labels[idx]
+
+    def _read_files(self, idx):
+        """A file-backed data set's batch (mpinet.data.streaming), into pinned memory on GPU."""
+        ds = self.dataset
+        if not (self.device.is_gpu and len(idx)):
+            return ds.read_batch(idx)
+        import cupyx  # noqa: PLC0415 - GPU only
+
+        out = (cupyx.empty_pinned((len(idx), *ds.input_shape), dtype=np.uint8),
+               cupyx.empty_pinned((len(idx), *ds.label_shape), dtype=np.int64))
+        return ds.read_batch(idx, out=out)
 
     def _finish(self, x, y, batch):
         """Array-module part: uint8 -> float32 / 255, then the transform (numpy or cupy alike)."""
