@@ -246,8 +246,8 @@ class Model:
             accumulation_steps: int = 1, log_every: int = 10, verbose: bool = True,
             metrics_file: str | None = None, checkpoint_dir: str | None = None,
             checkpoint_every: int = 0, keep_checkpoints: int = 3, resume=None,
-            handle_preemption: bool = True, preemption_flag: "PreemptionFlag | None" = None
-            ) -> History:
+            handle_preemption: bool = True, preemption_flag: "PreemptionFlag | None" = None,
+            workers: int | None = None) -> History:
         """Train for ``epochs`` epochs of ``train`` (an ArrayDataset); ``batch_size`` per rank.
 
         transform: the training transform (augmentation + normalization, on the device);
@@ -263,7 +263,8 @@ class Model:
         check_can_train(train, self.comm.size, batch_size, accumulation_steps)
         self.sampler = DistributedSampler(len(train), batch_size, self.comm.rank, self.comm.size,
                                           seed=seed, shuffle=shuffle)
-        self.loader = DataLoader(train, self.sampler, transform=transform)
+        # workers: decode processes for a file-backed data set (None: from the thread budget)
+        self.loader = DataLoader(train, self.sampler, transform=transform, workers=workers)
         self.transform = transform
         self.eval_transform = eval_transform
         callbacks = list(callbacks)

@@ -96,9 +96,41 @@ def worker_budget(cores: int, workers: int) -> int:
     return max(1, (cores - 1) // workers)
 
 
+MAX_DEFAULT_WORKERS = 16  # beyond this a rank's workers cost more memory than they gain
+
+
 def default_workers(cores: int) -> int:
     """Decode workers when the user gives none: every core of the rank but the training one."""
-    return max(0, cores - 1)
+    return min(MAX_DEFAULT_WORKERS, max(0, cores - 1))
+
+
+def rank_cores() -> int:
+    """Cores this process owns: from the applied budget, else (no MPI, nothing applied yet)
+    its whole affinity mask."""
+    if _applied is not None:
+        return _applied.cores
+    return choose_threads(_local_masks(None)[0], 0, env={}).cores
+
+
+def make_room_for_workers(workers: int, threads_each: int) -> int:
+    """The rank's own BLAS threads once ``workers`` decode processes of ``threads_each`` threads
+    run beside it: what is left of its cores, at least 1, so ranks x (own + workers' threads)
+    stays within the cores. A user's choice (flag, OMP_NUM_THREADS) is kept. Returns the count."""
+    if _applied is not None and _applied.source != "auto":
+        return _applied.threads
+    own = max(1, rank_cores() - workers * threads_each)
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=own)
+    return own
+
+
+def default_loader_workers() -> int:
+    return default_workers(rank_cores())
+
+
+def loader_worker_threads(workers: int) -> int:
+    return worker_budget(rank_cores(), workers)
 
 
 def _local_masks(mpi_comm) -> tuple[list[set[int]], int]:

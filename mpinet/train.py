@@ -26,7 +26,7 @@ DEFAULTS = {
     "keep_checkpoints": 3, "resume": None, "seed": 0, "metrics": None, "log_every": 10,
     "train_samples": None, "quiet": False, "save_weights": None, "model_opt": None,
     "cuda_graph": False, "cudnn_benchmark": False, "deterministic": False,
-    "threads": None,
+    "threads": None, "workers": None,
 }
 
 
@@ -52,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--model-opt", action="append", metavar="KEY=VALUE",
                    help="extra model option, repeatable (e.g. base_width=16 for unet; values "
                         "parsed as JSON when they can be, else kept as strings)")
+    g.add_argument("--workers", type=int,
+                   help="decode processes per rank for image folders (default: the rank's cores "
+                        "minus one, from the thread budget; 0 decodes in the loader thread)")
     g.add_argument("--augment", action="store_true", default=None,
                    help="random crop (padding 4 for 32px, 2 below) + horizontal flip")
     g = p.add_argument_group("optimisation")
@@ -157,6 +160,8 @@ def validate(cfg: dict) -> None:
     for key in ("epochs", "batch_size", "accumulation_steps", "log_every", "base_batch"):
         if int(cfg[key]) <= 0:
             raise ConfigError(f"--{key.replace('_', '-')} must be > 0, got {cfg[key]}")
+    if cfg["workers"] is not None and int(cfg["workers"]) < 0:
+        raise ConfigError(f"--workers must be >= 0, got {cfg['workers']}")
     if cfg["threads"] is not None and int(cfg["threads"]) < 1:
         raise ConfigError(f"--threads must be >= 1, got {cfg['threads']}")
     if cfg["lr"] <= 0:
@@ -217,6 +222,9 @@ def setup(cfg: dict, comm):
         train = ArrayDataset(train.images[:n], train.labels[:n], train.num_classes, train.name,
                              class_names=train.class_names)
     check_can_train(train, comm.size, cfg["batch_size"], cfg["accumulation_steps"])
+    if cfg["workers"] and not hasattr(train, "read_batch"):
+        raise ConfigError(f"--workers {cfg['workers']}: decode workers read image files, but "
+                          f"--dataset {cfg['dataset']} is held in memory; drop --workers")
     init.manual_seed(cfg["seed"])
     net = build_model(cfg["model"], **_pick_model_opts(cfg, train))
     # Same initial weights everywhere (rank 0's are broadcast anyway), but each rank its own
@@ -307,7 +315,7 @@ def main(argv=None) -> int:
               log_every=cfg["log_every"], verbose=not cfg["quiet"], metrics_file=cfg["metrics"],
               checkpoint_dir=cfg["checkpoint_dir"], checkpoint_every=cfg["checkpoint_every"],
               keep_checkpoints=cfg["keep_checkpoints"], resume=cfg["resume"],
-              preemption_flag=preemption)
+              preemption_flag=preemption, workers=cfg["workers"])
     if model.preempted:
         return 0  # checkpoint written; a requeued job resumes with --resume auto
     if world.allreduce(preemption.raised is not None, op=MPI.LOR):

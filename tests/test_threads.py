@@ -72,3 +72,18 @@ def test_cli_rejects_zero_threads():
 
     with pytest.raises(ConfigError, match="--threads must be >= 1"):
         validate(load_config(["--threads", "0"]))
+
+
+def test_rank_gives_its_workers_room(monkeypatch):
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    before = max(i["num_threads"] for i in threadpool_info())
+    monkeypatch.setattr(threads, "_applied", threads.ThreadBudget(8, 8, 1, "auto"))
+    try:
+        assert threads.make_room_for_workers(3, 2) == 2  # 8 cores - 3 workers x 2 threads
+        assert {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"} == {2}
+        assert threads.make_room_for_workers(7, 1) == 1
+        monkeypatch.setattr(threads, "_applied", threads.ThreadBudget(5, 8, 1, "--threads"))
+        assert threads.make_room_for_workers(7, 1) == 5  # the user's count is kept
+    finally:
+        threadpool_limits(limits=before)

@@ -50,11 +50,15 @@ class DataLoader:
 
     prefetch: batches prepared ahead (>= 1); 0 prepares each batch in the consumer's thread, which
     is simpler to debug and gives the same batches.
+    workers: decode processes for a file-backed data set (mpinet.data.workers; same batches);
+    None = one per core this rank owns beyond its first (mpinet.threads), 0 for in-memory data.
     """
 
-    def __init__(self, dataset: ArrayDataset, sampler, transform=None, prefetch: int = 2, device=None):
+    def __init__(self, dataset: ArrayDataset, sampler, transform=None, prefetch: int = 2, device=None,
+                 workers: int | None = None):
         if prefetch < 0:
             raise ValueError(f"prefetch must be >= 0 batches, got {prefetch}")
+        self.workers = _resolve_workers(dataset, workers)
         if getattr(sampler, "num_samples", len(dataset)) != len(dataset):
             raise ValueError(f"sampler covers {sampler.num_samples} samples but the data set has "
                              f"{len(dataset)}; build the sampler with num_samples=len(dataset)")
@@ -84,7 +88,7 @@ class DataLoader:
             return self._read_files(idx)
         images, labels = self.dataset.images, self.dataset.labels
         if self.device.is_gpu and len(idx):  # (an empty batch needs no pinned buffer)
-            import cupyx  # noqa: PLC0415 - GPU only
+            import cupyx
 
             x = cupyx.empty_pinned((len(idx),) + images.shape[1:], dtype=images.dtype)
             y = cupyx.empty_pinned((len(idx),) + labels.shape[1:], dtype=labels.dtype)
@@ -98,7 +102,7 @@ class DataLoader:
         ds = self.dataset
         if not (self.device.is_gpu and len(idx)):
             return ds.read_batch(idx)
-        import cupyx  # noqa: PLC0415 - GPU only
+        import cupyx
 
         out = (cupyx.empty_pinned((len(idx), *ds.input_shape), dtype=np.uint8),
                cupyx.empty_pinned((len(idx), *ds.label_shape), dtype=np.int64))
@@ -119,6 +123,29 @@ class DataLoader:
         if not self.device.is_gpu:
             x, y = self._finish(x, y, batch)
         return x, y, batch
+
+    def _host_items(self):
+        """(x, y, batch) for each batch of the sampler, host part done: in this thread, or by the
+        decode workers (in order) with the rest of the host part here."""
+        if not self.workers:
+            for batch in self.sampler:
+                yield self._prepare_host(batch)
+            return
+        from ..threads import loader_worker_threads, make_room_for_workers
+        from .workers import shared_pool
+
+        threads_each = loader_worker_threads(self.workers)
+        make_room_for_workers(self.workers, threads_each)
+        pool = shared_pool(self.dataset, self.workers, self.sampler.batch_size, threads=threads_each)
+        for batch, (x, y) in pool.imap(self.sampler):
+            if self.device.is_gpu and len(x):
+                import cupyx
+
+                x = _to_pinned(cupyx, x)
+                y = _to_pinned(cupyx, y)
+            elif not self.device.is_gpu:
+                x, y = self._finish(x, y, batch)
+            yield x, y, batch
 
     # ---- iteration -----------------------------------------------------------------------
     def __iter__(self):
@@ -146,7 +173,7 @@ class DataLoader:
     def _iterate(self):
         pending = collections.deque()  # (event, pinned x, pinned y): kept alive until the copy is done
         if self.prefetch == 0:
-            source, stop = (self._prepare_host(b) for b in self.sampler), None
+            source, stop = self._host_items(), None
         else:
             source, stop = self._start_thread()
         try:
@@ -191,9 +218,10 @@ class DataLoader:
                 self.device.xp.cuda.Device(self.device.device_id).use()
             where = "the sampler, before the first batch"
             try:
-                for batch in self.sampler:
+                for item in self._host_items():
+                    batch = item[2]
                     where = f"epoch {batch.epoch}, offset {batch.offset} ({batch.local_count} samples)"
-                    if not put(self._prepare_host(batch)):
+                    if not put(item):
                         return
                     where = f"the sampler, after the batch at {where}"
                 put(_DONE)
@@ -223,3 +251,26 @@ class DataLoader:
             thread.join()
 
         return items(), stop
+
+
+def _to_pinned(cupyx, a):
+    out = cupyx.empty_pinned(a.shape, dtype=a.dtype)
+    out[...] = a
+    return out
+
+
+def _resolve_workers(dataset, workers) -> int:
+    """The decode worker count: the given one, else the default from the thread budget."""
+    file_backed = hasattr(dataset, "read_batch")
+    if workers is None:
+        if not file_backed:
+            return 0
+        from ..threads import default_loader_workers
+
+        return default_loader_workers()
+    if workers < 0:
+        raise ValueError(f"workers must be >= 0, got {workers}")
+    if workers and not file_backed:
+        raise ValueError(f"workers={workers}: decode workers read files, but this data set is in "
+                         "memory already (nothing to decode); use workers=0")
+    return int(workers)

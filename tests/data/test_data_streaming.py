@@ -51,7 +51,7 @@ def test_loader_batches_equal_and_open_only_the_batch_files(tree, opened):
     memory = get_dataset("image-folder", data_dir=tree)
     for rank in range(3):
         opened.clear()
-        got = list(DataLoader(files, DistributedSampler(len(files), 4, rank, 3, seed=7)))
+        got = list(DataLoader(files, DistributedSampler(len(files), 4, rank, 3, seed=7), workers=0))
         want = list(DataLoader(memory, DistributedSampler(len(memory), 4, rank, 3, seed=7)))
         for (xg, yg, cg), (xw, yw, cw) in zip(got, want, strict=True):
             np.testing.assert_array_equal(xg, xw)
@@ -69,7 +69,8 @@ def _images(x) -> list[bytes]:
 def test_resume_at_another_world_size_covers_each_file_once(tree):
     files = ImageFolderFiles(tree, size=(6, 5))
     seen = []
-    loaders = [DataLoader(files, DistributedSampler(len(files), 2, r, 4, seed=3)) for r in range(4)]
+    loaders = [DataLoader(files, DistributedSampler(len(files), 2, r, 4, seed=3), workers=0)
+               for r in range(4)]
     iters = [iter(ld) for ld in loaders]
     for _ in range(2):  # two global steps on 4 ranks, then "save"
         for it in iters:
@@ -81,7 +82,7 @@ def test_resume_at_another_world_size_covers_each_file_once(tree):
     for r in range(2):  # resume on 2 ranks with another batch size
         sampler = DistributedSampler(len(files), 3, r, 2, seed=3)
         sampler.load_state_dict(state)
-        for x, _, _ in DataLoader(files, sampler):
+        for x, _, _ in DataLoader(files, sampler, workers=0):
             seen.extend(_images(x))
     everything = [img.tobytes() for img in files.read_batch(np.arange(len(files)))[0]]
     assert sorted(seen) == sorted(everything)  # each file exactly once over the two world sizes
