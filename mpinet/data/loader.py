@@ -127,10 +127,15 @@ class DataLoader:
     def _host_items(self):
         """(x, y, batch) for each batch of the sampler, host part done: in this thread, or by the
         decode workers (in order) with the rest of the host part here."""
+        self._where = "the sampler, before the first batch"  # for errors raised in this thread
         if not self.workers:
             for batch in self.sampler:
-                yield self._prepare_host(batch)
+                self._where = f"epoch {batch.epoch}, offset {batch.offset} ({batch.local_count} samples)"
+                item = self._prepare_host(batch)
+                self._where = f"the sampler, after the batch at {self._where}"
+                yield item
             return
+        self._where = "the decode workers or the sampler"
         from ..threads import loader_worker_threads, make_room_for_workers
         from .workers import shared_pool
 
@@ -216,17 +221,13 @@ class DataLoader:
         def produce():
             if self.device.is_gpu:  # pinned memory belongs to this rank's GPU context
                 self.device.xp.cuda.Device(self.device.device_id).use()
-            where = "the sampler, before the first batch"
             try:
                 for item in self._host_items():
-                    batch = item[2]
-                    where = f"epoch {batch.epoch}, offset {batch.offset} ({batch.local_count} samples)"
                     if not put(item):
                         return
-                    where = f"the sampler, after the batch at {where}"
                 put(_DONE)
             except BaseException as e:  # noqa: BLE001 - carried to the consumer and re-raised there
-                put(_Failure(e, where))
+                put(_Failure(e, self._where))
 
         thread = threading.Thread(target=produce, name="mpinet-data-loader", daemon=True)
         thread.start()
