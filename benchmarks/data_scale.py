@@ -24,28 +24,30 @@ CLASSES = 10
 
 
 def _write_chunk(args) -> int:
-    folder, start, stop, seed = args
+    folder, start, stop, seed, side = args
     from PIL import Image
 
     rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:32, 0:32]
+    yy, xx = np.mgrid[0:side, 0:side] * (32 / side)
     for i in range(start, stop):
         c = i % CLASSES
         # A class-dependent gradient plus noise: learnable, and compresses like a small photo.
         base = (yy * (c + 1) * 4 + xx * (CLASSES - c) * 4) % 256
-        img = np.clip(base[..., None] + rng.normal(0, 20, (32, 32, 3)), 0, 255).astype(np.uint8)
+        img = np.clip(base[..., None] + rng.normal(0, 20, (side, side, 3)), 0, 255).astype(np.uint8)
         Image.fromarray(img).save(os.path.join(folder, f"c{c}", f"{i:07d}.jpg"), quality=90)
     return stop - start
 
 
-def make_tree(root: str, n: int, n_test: int = 1000) -> str:
+def make_tree(root: str, n: int, n_test: int = 1000, side: int = 32) -> str:
+    """root/{train,test}/c<k>/<i>.jpg: n and n_test side x side JPEGs in 10 classes (once)."""
     done = os.path.join(root, ".complete")
     if os.path.exists(done):
         return root
     for split, count in (("train", n), ("test", n_test)):
         for c in range(CLASSES):
             os.makedirs(os.path.join(root, split, f"c{c}"), exist_ok=True)
-        chunks = [(os.path.join(root, split), s, min(s + 5000, count), s) for s in range(0, count, 5000)]
+        chunks = [(os.path.join(root, split), s, min(s + 5000, count), s, side)
+                  for s in range(0, count, 5000)]
         with ProcessPoolExecutor(max_workers=os.cpu_count()) as pool:
             list(pool.map(_write_chunk, chunks))
     open(done, "w").close()

@@ -26,7 +26,7 @@ DEFAULTS = {
     "keep_checkpoints": 3, "resume": None, "seed": 0, "metrics": None, "log_every": 10,
     "train_samples": None, "quiet": False, "save_weights": None, "model_opt": None,
     "cuda_graph": False, "cudnn_benchmark": False, "deterministic": False,
-    "threads": None, "workers": None,
+    "threads": None, "workers": None, "mask_values": None, "loss": None, "class_weights": None,
 }
 
 
@@ -46,8 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("model and data")
     g.add_argument("--model", help="zoo model name (see mpinet.models.available_models())")
     g.add_argument("--dataset", help="data set name: digits, fashion-mnist, mnist, cifar10, "
-                                     "cifar100, image-folder, synthetic, synthetic-segmentation")
+                                     "cifar100, image-folder, mask-folder, synthetic, "
+                                     "synthetic-segmentation")
     g.add_argument("--data-dir", help="directory of the data set's files")
+    g.add_argument("--mask-values", help="mask-folder: comma-separated mask pixel values, the "
+                                         "k-th is class k (default: 0 background, else foreground)")
     g.add_argument("--train-samples", type=int, help="use only the first N training samples")
     g.add_argument("--model-opt", action="append", metavar="KEY=VALUE",
                    help="extra model option, repeatable (e.g. base_width=16 for unet; values "
@@ -71,6 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="linear scaling rule: lr * global_batch / --base-batch")
     g.add_argument("--base-batch", type=int)
     g.add_argument("--label-smoothing", type=float)
+    g.add_argument("--loss", choices=["cross_entropy", "dice", "bce", "dice+ce"],
+                   help="segmentation data: the loss (default cross_entropy); "
+                        "see mpinet.ops.segmentation_loss")
+    g.add_argument("--class-weights", help="segmentation: comma-separated weight per class")
     g.add_argument("--accumulation-steps", type=int,
                    help="split each rank's batch into this many micro-batches (no comm between)")
     g = p.add_argument_group("parallelism and precision")
@@ -188,6 +195,28 @@ def _pick_model_opts(cfg: dict, train) -> dict:
     return opts
 
 
+def _pick_loss(cfg: dict, train):
+    """cross_entropy, or a segmentation loss (--loss, --class-weights) for per-pixel labels."""
+    if cfg["loss"] is None and cfg["class_weights"] is None:
+        return "cross_entropy"
+    if not train.is_segmentation:
+        raise ConfigError("--loss and --class-weights are for segmentation data (per-pixel "
+                          f"labels); --dataset {cfg['dataset']} has one label per image")
+    from mpinet.ops.segmentation_loss import segmentation_loss  # noqa: PLC0415
+
+    weights = None
+    if cfg["class_weights"] is not None:
+        try:
+            weights = [float(w) for w in str(cfg["class_weights"]).split(",")]
+        except ValueError:
+            raise ConfigError(f"--class-weights {cfg['class_weights']!r} must be numbers "
+                              "separated by commas, one per class") from None
+        if len(weights) != train.num_classes:
+            raise ConfigError(f"--class-weights has {len(weights)} values for "
+                              f"{train.num_classes} classes")
+    return segmentation_loss(cfg["loss"] or "cross_entropy", weights)
+
+
 def apply_device_options(cfg: dict) -> None:
     """Settings of the GPU paths that the config selects (no effect on the CPU)."""
     from mpinet.ops.cuda import cudnn_conv  # noqa: PLC0415 - imports no CUDA module
@@ -211,6 +240,14 @@ def setup(cfg: dict, comm):
     opts = {"raw": True} if "raw" in dataset_options(cfg["dataset"]) else {}
     if "stream" in dataset_options(cfg["dataset"]):  # file trees: decode per batch, not up front
         opts["stream"] = True
+    if cfg["mask_values"] is not None:
+        if "mask_values" not in dataset_options(cfg["dataset"]):
+            raise ConfigError(f"--mask-values is for --dataset mask-folder, not {cfg['dataset']}")
+        try:
+            opts["mask_values"] = [int(v) for v in str(cfg["mask_values"]).split(",")]
+        except ValueError:
+            raise ConfigError(f"--mask-values {cfg['mask_values']!r} must be integers separated "
+                              "by commas, e.g. 0,128,255") from None
     train = get_dataset(cfg["dataset"], "train", data_dir=cfg["data_dir"], **opts)
     test = get_dataset(cfg["dataset"], "test", data_dir=cfg["data_dir"], **opts)
     if cfg["train_samples"] and hasattr(train, "subset"):  # file-backed (mpinet.data.streaming)
@@ -243,7 +280,7 @@ def setup(cfg: dict, comm):
     lr = cfg["lr"] * global_batch / cfg["base_batch"] if cfg["scale_lr"] else cfg["lr"]
     steps_per_epoch = -(-len(train) // global_batch)
     total_steps = steps_per_epoch * cfg["epochs"]
-    model.compile(cfg["optimizer"], loss="cross_entropy", lr=lr, momentum=cfg["momentum"],
+    model.compile(cfg["optimizer"], loss=_pick_loss(cfg, train), lr=lr, momentum=cfg["momentum"],
                   weight_decay=cfg["weight_decay"], nesterov=cfg["nesterov"],
                   metrics=("iou", "accuracy") if train.is_segmentation else ("accuracy",),
                   schedule=lambda opt: build_schedule(
@@ -329,6 +366,12 @@ def main(argv=None) -> int:
     final = model.evaluate(test)
     if rank == 0:
         print("final test: " + ", ".join(f"{k} {v:.4f}" for k, v in final.items()), flush=True)
+    if train.is_segmentation:
+        from mpinet.segmentation_metrics import format_report, segmentation_report  # noqa: PLC0415
+
+        report = segmentation_report(model, test)
+        if rank == 0:
+            print("final test " + format_report(report, test.class_names), flush=True)
     return 0
 
 

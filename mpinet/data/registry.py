@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import builtin, cifar, idx, image_folder, streaming
+from . import builtin, cifar, idx, image_folder, masks, streaming
 from .dataset import ArrayDataset, check_split
 
 
@@ -35,6 +35,7 @@ _DATASETS = {
     "cifar10": (cifar.load_cifar10, True, None),
     "cifar100": (cifar.load_cifar100, True, None),
     "image-folder": (_load_image_folder, True, None),
+    "mask-folder": (masks.load_mask_folder, True, None),
     "synthetic": (builtin.load_synthetic, False, None),
     "synthetic-segmentation": (builtin.load_synthetic_segmentation, False, None),
 }
@@ -50,6 +51,7 @@ _OPTIONS = {
     "cifar10": ("raw",),
     "cifar100": ("raw", "label"),
     "image-folder": ("size", "grayscale", "raw", "stream"),
+    "mask-folder": ("size", "grayscale", "mask_values"),
     "synthetic": ("num_samples", "input_shape", "num_classes", "seed", "raw"),
     "synthetic-segmentation": ("num_samples", "size", "channels", "max_shapes", "noise",
                                "shape_classes", "seed"),
