@@ -6,7 +6,8 @@ Layout::
     data_dir/test/images/...              data_dir/test/masks/...
     (or data_dir/images + data_dir/masks alone: the train split; "test" is then an error)
 
-Images: PNG, JPEG or TIFF, converted to L (``grayscale=True``, the default: microscopy) or RGB.
+Images: PNG, JPEG or TIFF, converted to L (``grayscale=True``) or RGB (``False``); the default
+``None`` follows the first image (grey stays grey: fluorescence; colour stays RGB: stained slides).
 Masks: single-channel PNG or TIFF (8 or 16 bit; a JPEG mask's compression would invent values)
 whose pixel values map to classes through ``mask_values``: a list, value ``mask_values[k]`` is
 class k (``[0, 128, 255]``: three classes); the default ``None`` is binary, 0 background and any
@@ -63,7 +64,7 @@ def _split_dir(data_dir: Path, split: str) -> Path:
 
 def read_mask(path, size_hw=None) -> np.ndarray:
     """A mask file -> (H, W) integer array of its raw values (resized by nearest neighbour)."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, UnidentifiedImageError  # noqa: PLC0415 - optional dependency (pillow)
 
     try:
         with Image.open(path) as im:
@@ -101,7 +102,7 @@ def values_to_classes(raw: np.ndarray, mask_values, path) -> np.ndarray:
 
 def _resize_pair(img: np.ndarray, raw: np.ndarray, size_hw) -> tuple[np.ndarray, np.ndarray]:
     """Image (C, H, W) uint8 bilinear, mask (H, W) nearest, both to size_hw."""
-    from PIL import Image
+    from PIL import Image  # noqa: PLC0415 - optional dependency (pillow)
 
     wh = (size_hw[1], size_hw[0])
     channels = [np.asarray(Image.fromarray(c).resize(wh, Image.BILINEAR)) for c in img]
@@ -109,12 +110,23 @@ def _resize_pair(img: np.ndarray, raw: np.ndarray, size_hw) -> tuple[np.ndarray,
     return np.stack(channels), mask.astype(np.int64)
 
 
+def _probe_mode(path) -> str:
+    """Pillow's mode of an image (header only)."""
+    from PIL import Image, UnidentifiedImageError  # noqa: PLC0415 - optional dependency (pillow)
+
+    try:
+        with Image.open(path) as im:
+            return im.mode
+    except (UnidentifiedImageError, OSError) as e:
+        raise DataFormatError(path, f"cannot read the image header ({e}); remove or replace it") from e
+
+
 class MaskFolderFiles(FileDataset):
     """images/ + masks/ pairs, read per batch: x (C, H, W) uint8, y (H, W) int64 class ids."""
 
     is_segmentation = True
 
-    def __init__(self, data_dir, split: str = "train", size=None, grayscale: bool = True,
+    def __init__(self, data_dir, split: str = "train", size=None, grayscale: bool | None = None,
                  mask_values=None):
         check_split(split)
         data_dir = Path(data_dir)
@@ -145,6 +157,8 @@ class MaskFolderFiles(FileDataset):
         self.root = str(root)
         self._images = np.array([os.fsencode(images[s]) for s in stems])
         self._masks = np.array([os.fsencode(masks[s]) for s in stems])
+        if grayscale is None:
+            grayscale = _probe_mode(self.image_path(0)) in ("1", "L", "I", "I;16", "F", "LA")
         self.mode = "L" if grayscale else "RGB"
         self.size_hw = _parse_size(size)
         self.mask_values = mask_values
@@ -187,7 +201,7 @@ class MaskFolderFiles(FileDataset):
         return part
 
 
-def load_mask_folder(data_dir, split: str = "train", size=None, grayscale: bool = True,
+def load_mask_folder(data_dir, split: str = "train", size=None, grayscale: bool | None = None,
                      mask_values=None) -> MaskFolderFiles:
     """The registry's entry: ``get_dataset("mask-folder", data_dir=..., mask_values=[0, 255])``."""
     return MaskFolderFiles(data_dir, split, size=size, grayscale=grayscale, mask_values=mask_values)
