@@ -58,8 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--workers", type=int,
                    help="decode processes per rank for image folders (default: the rank's cores "
                         "minus one, from the thread budget; 0 decodes in the loader thread)")
-    g.add_argument("--augment", action="store_true", default=None,
-                   help="random crop (padding 4 for 32px, 2 below) + horizontal flip")
+    g.add_argument("--augment", nargs="?", const="auto", default=None,
+                   choices=["auto", "digits", "photo", "microscopy", "none"],
+                   help="augmentation preset (mpinet.data.presets); alone: the data set's kind "
+                        "(digits: normalization only; photo: crop + horizontal flip; "
+                        "microscopy: flips and 90-degree rotations, masks too)")
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int)
     g.add_argument("--batch-size", type=int, help="samples per rank per step")
@@ -230,7 +233,6 @@ def apply_device_options(cfg: dict) -> None:
 def setup(cfg: dict, comm):
     """Data, model, compiled Model; raises ConfigError/ValueError/OSError on bad input."""
     from mpinet.optim.factory import build_schedule  # noqa: PLC0415
-    from mpinet.data import augment as aug  # noqa: PLC0415
     from mpinet.data.registry import dataset_options, get_dataset  # noqa: PLC0415
     from mpinet.model import Model, check_can_train  # noqa: PLC0415
     from mpinet.models import build_model  # noqa: PLC0415
@@ -291,15 +293,31 @@ def setup(cfg: dict, comm):
                   bucket_mb=cfg["bucket_mb"], grad_dtype=cfg["grad_dtype"],
                   cuda_graph=bool(cfg["cuda_graph"]))
     transform = eval_transform = None
-    if cfg["augment"]:
-        h = train.input_shape[1]
+    preset = _augment_preset(cfg)
+    if preset != "none":
+        from mpinet.data.presets import build_augmentation  # noqa: PLC0415
         from mpinet.data.streaming import dataset_channel_stats  # noqa: PLC0415
 
         mean, std = dataset_channel_stats(train)
-        transform = aug.Augment(crop_padding=4 if h >= 32 else 2, flip=True, mean=mean, std=std,
-                                seed=cfg["seed"])
-        eval_transform = aug.Augment(mean=mean, std=std)  # same normalization, no randomness
+        transform, eval_transform = build_augmentation(  # eval: same normalization, no randomness
+            preset, train.input_shape, mean, std, seed=cfg["seed"],
+            segmentation=train.is_segmentation)
     return model, train, test, transform, eval_transform
+
+
+def _augment_preset(cfg: dict) -> str:
+    """--augment: a preset name; alone (or true in a config file) the data set's own kind."""
+    from mpinet.data.presets import PRESETS, preset_for_dataset  # noqa: PLC0415
+
+    value = cfg["augment"]
+    if value is True or value == "auto":
+        return preset_for_dataset(cfg["dataset"])
+    if value is False or value is None:
+        return "none"
+    if value not in PRESETS:
+        raise ConfigError(f"--augment {value!r} is unknown; choose one of: {', '.join(PRESETS)} "
+                          "(or --augment alone for the data set's kind)")
+    return value
 
 
 def main(argv=None) -> int:
