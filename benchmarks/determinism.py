@@ -32,7 +32,7 @@ def train_hash(name, steps, **opts):
     """sha256 (16 hex digits) of all weights after ``steps`` SGD steps from seed 0."""
     import cupy as cp
 
-    from mpinet.model import Model
+    from mpinet.training import Model
     from mpinet.models import build_model
     from mpinet.nn import init
 
@@ -61,10 +61,10 @@ def main():
         compare(*a.compare)
         return
     from mpinet import backend
-    from mpinet.ops.cuda import cudnn_conv
+    from mpinet.kernels import cudnn
 
     backend.select_device(device="gpu")
-    cudnn_conv.deterministic = a.deterministic
+    cudnn.deterministic = a.deterministic
     models = [("mlp", dict(in_features=3 * 32 * 32, hidden=(256,), num_classes=10)),
               ("resnet18", dict(num_classes=10, input_size=32))]
     for name, opts in models:

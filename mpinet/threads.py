@@ -119,7 +119,7 @@ def make_room_for_workers(workers: int, threads_each: int) -> int:
     if _applied is not None and _applied.source != "auto":
         return _applied.threads
     own = max(1, rank_cores() - workers * threads_each)
-    from threadpoolctl import threadpool_limits  # noqa: PLC0415 - loaded when the budget is applied
+    from threadpoolctl import threadpool_limits  # loaded when the budget is applied
 
     threadpool_limits(limits=own)
     return own
@@ -139,7 +139,7 @@ def _local_masks(mpi_comm) -> tuple[list[set[int]], int]:
         else set(range(os.cpu_count() or 1))
     if mpi_comm is None or mpi_comm.Get_size() == 1:
         return [mine], 0
-    from mpi4py import MPI  # noqa: PLC0415 - initialises MPI
+    from mpi4py import MPI  # initialises MPI
 
     node = mpi_comm.Split_type(MPI.COMM_TYPE_SHARED)
     try:
@@ -161,7 +161,7 @@ def apply_thread_budget(mpi_comm=None, threads: int | None = None, verbose: bool
     masks, index = _local_masks(mpi_comm)
     budget = choose_threads(masks, index, env, threads)
     if budget.source != "OMP_NUM_THREADS":  # the user's variable already sized the pools
-        from threadpoolctl import threadpool_limits  # noqa: PLC0415 - loaded when the budget is applied
+        from threadpoolctl import threadpool_limits  # loaded when the budget is applied
 
         threadpool_limits(limits=budget.threads)
     rank = 0 if mpi_comm is None else mpi_comm.Get_rank()

@@ -205,7 +205,7 @@ def _pick_loss(cfg: dict, train):
     if not train.is_segmentation:
         raise ConfigError("--loss and --class-weights are for segmentation data (per-pixel "
                           f"labels); --dataset {cfg['dataset']} has one label per image")
-    from mpinet.ops.segmentation_loss import segmentation_loss  # noqa: PLC0415
+    from mpinet.ops.segmentation_loss import segmentation_loss
 
     weights = None
     if cfg["class_weights"] is not None:
@@ -222,19 +222,19 @@ def _pick_loss(cfg: dict, train):
 
 def apply_device_options(cfg: dict) -> None:
     """Settings of the GPU paths that the config selects (no effect on the CPU)."""
-    from mpinet.ops.cuda import cudnn_conv  # noqa: PLC0415 - imports no CUDA module
+    from mpinet.kernels import cudnn  # noqa: PLC0415 - imports no CUDA module
 
     if cfg["cudnn_benchmark"]:
-        cudnn_conv.benchmark = True
+        cudnn.benchmark = True
     if cfg["deterministic"]:
-        cudnn_conv.deterministic = True
+        cudnn.deterministic = True
 
 
 def setup(cfg: dict, comm):
     """Data, model, compiled Model; raises ConfigError/ValueError/OSError on bad input."""
     from mpinet.optim.factory import build_schedule  # noqa: PLC0415
     from mpinet.data.registry import dataset_options, get_dataset  # noqa: PLC0415
-    from mpinet.model import Model, check_can_train  # noqa: PLC0415
+    from mpinet.training import Model, check_can_train  # noqa: PLC0415
     from mpinet.models import build_model  # noqa: PLC0415
     from mpinet.nn import init  # noqa: PLC0415
 
@@ -295,8 +295,8 @@ def setup(cfg: dict, comm):
     transform = eval_transform = None
     preset = _augment_preset(cfg)
     if preset != "none":
-        from mpinet.data.presets import build_augmentation  # noqa: PLC0415
-        from mpinet.data.streaming import dataset_channel_stats  # noqa: PLC0415
+        from mpinet.data.presets import build_augmentation
+        from mpinet.data.streaming import dataset_channel_stats
 
         mean, std = dataset_channel_stats(train)
         transform, eval_transform = build_augmentation(  # eval: same normalization, no randomness
@@ -307,7 +307,7 @@ def setup(cfg: dict, comm):
 
 def _augment_preset(cfg: dict) -> str:
     """--augment: a preset name; alone (or true in a config file) the data set's own kind."""
-    from mpinet.data.presets import PRESETS, preset_for_dataset  # noqa: PLC0415
+    from mpinet.data.presets import PRESETS, preset_for_dataset
 
     value = cfg["augment"]
     if value is True or value == "auto":
@@ -326,7 +326,7 @@ def main(argv=None) -> int:
     from mpinet.comm.failure import install_abort_handler  # noqa: PLC0415
     from mpi4py import MPI  # noqa: PLC0415
 
-    from mpinet.preemption import PreemptionFlag  # noqa: PLC0415
+    from mpinet.training.preemption import PreemptionFlag  # noqa: PLC0415
 
     world = MPI.COMM_WORLD
     rank = world.Get_rank()
@@ -340,7 +340,7 @@ def main(argv=None) -> int:
     try:
         cfg = load_config(argv)
         validate(cfg)
-        from mpinet.threads import apply_thread_budget  # noqa: PLC0415 - before any compute
+        from mpinet.threads import apply_thread_budget  # before any compute
 
         apply_thread_budget(world, cfg["threads"], verbose=not cfg["quiet"])
         topo = topology.build(world)[0]
@@ -385,7 +385,7 @@ def main(argv=None) -> int:
     if rank == 0:
         print("final test: " + ", ".join(f"{k} {v:.4f}" for k, v in final.items()), flush=True)
     if train.is_segmentation:
-        from mpinet.segmentation_metrics import format_report, segmentation_report  # noqa: PLC0415
+        from mpinet.segmentation_metrics import format_report, segmentation_report
 
         report = segmentation_report(model, test)
         if rank == 0:

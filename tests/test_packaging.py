@@ -4,6 +4,8 @@ import subprocess
 import sys
 import tomllib
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -25,9 +27,20 @@ def test_every_package_directory_is_listed_in_pyproject():
 
 def test_import_never_needs_cuda_or_initialises_mpi():
     code = ("import sys, mpinet, mpinet.nn, mpinet.ops.conv, mpinet.optim, mpinet.models, "
-            "mpinet.data, mpinet.train, mpinet.model; "
+            "mpinet.data, mpinet.train, mpinet.model, mpinet.training, mpinet.checkpoint; "
             "print('cupy' in sys.modules, 'mpi4py.MPI' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                          timeout=120, env=dict(os.environ, PYTHONPATH=ROOT))
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["False", "False"]
+
+
+def test_old_flat_parameters_path_still_works_with_a_deprecation_warning():
+    import importlib
+
+    import mpinet.flat
+
+    sys.modules.pop("mpinet.nn.flat", None)
+    with pytest.warns(DeprecationWarning, match="mpinet.flat"):
+        old = importlib.import_module("mpinet.nn.flat")
+    assert old.FlatParameters is mpinet.flat.FlatParameters

@@ -102,7 +102,7 @@ class DataLoader:
         ds = self.dataset
         if not (self.device.is_gpu and len(idx)):
             return ds.read_batch(idx)
-        import cupyx  # noqa: PLC0415 - GPU only
+        import cupyx  # GPU only
 
         out = (cupyx.empty_pinned((len(idx), *ds.input_shape), dtype=np.uint8),
                cupyx.empty_pinned((len(idx), *ds.label_shape), dtype=np.int64))
@@ -136,15 +136,15 @@ class DataLoader:
                 yield item
             return
         self._where = "the decode workers or the sampler"
-        from ..threads import loader_worker_threads, make_room_for_workers  # noqa: PLC0415 - lazy
-        from .workers import shared_pool  # noqa: PLC0415 - lazy
+        from ..threads import loader_worker_threads, make_room_for_workers  # lazy
+        from .workers import shared_pool  # lazy
 
         threads_each = loader_worker_threads(self.workers)
         make_room_for_workers(self.workers, threads_each)
         pool = shared_pool(self.dataset, self.workers, self.sampler.batch_size, threads=threads_each)
         for batch, (x, y) in pool.imap(self.sampler):
             if self.device.is_gpu and len(x):
-                import cupyx  # noqa: PLC0415 - GPU only
+                import cupyx  # GPU only
 
                 x = _to_pinned(cupyx, x)
                 y = _to_pinned(cupyx, y)
@@ -266,7 +266,7 @@ def _resolve_workers(dataset, workers) -> int:
     if workers is None:
         if not file_backed:
             return 0
-        from ..threads import default_loader_workers  # noqa: PLC0415 - lazy
+        from ..threads import default_loader_workers  # lazy
 
         return default_loader_workers()
     if workers < 0:

@@ -64,7 +64,7 @@ def _split_dir(data_dir: Path, split: str) -> Path:
 
 def read_mask(path, size_hw=None) -> np.ndarray:
     """A mask file -> (H, W) integer array of its raw values (resized by nearest neighbour)."""
-    from PIL import Image, UnidentifiedImageError  # noqa: PLC0415 - optional dependency (pillow)
+    from PIL import Image, UnidentifiedImageError  # optional dependency (pillow)
 
     try:
         with Image.open(path) as im:
@@ -102,7 +102,7 @@ def values_to_classes(raw: np.ndarray, mask_values, path) -> np.ndarray:
 
 def _resize_pair(img: np.ndarray, raw: np.ndarray, size_hw) -> tuple[np.ndarray, np.ndarray]:
     """Image (C, H, W) uint8 bilinear, mask (H, W) nearest, both to size_hw."""
-    from PIL import Image  # noqa: PLC0415 - optional dependency (pillow)
+    from PIL import Image  # optional dependency (pillow)
 
     wh = (size_hw[1], size_hw[0])
     channels = [np.asarray(Image.fromarray(c).resize(wh, Image.BILINEAR)) for c in img]
@@ -112,7 +112,7 @@ def _resize_pair(img: np.ndarray, raw: np.ndarray, size_hw) -> tuple[np.ndarray,
 
 def _probe_mode(path) -> str:
     """Pillow's mode of an image (header only)."""
-    from PIL import Image, UnidentifiedImageError  # noqa: PLC0415 - optional dependency (pillow)
+    from PIL import Image, UnidentifiedImageError  # optional dependency (pillow)
 
     try:
         with Image.open(path) as im:

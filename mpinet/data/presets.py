@@ -19,11 +19,10 @@ from __future__ import annotations
 import numpy as np
 
 from .. import backend
-from ..keyed_random import keyed_bits
+from ..random import DIHEDRAL_STREAM, keyed_bits
 from .augment import Augment
 
 PRESETS = ("digits", "photo", "microscopy", "none")
-DIHEDRAL_STREAM = 0x44494845  # "DIHE": apart from Augment's crop/flip draws of the same seed
 
 _KIND_OF_DATASET = {
     "digits": "digits", "mnist": "digits", "fashion-mnist": "digits",

@@ -79,7 +79,7 @@ def _list_images(folder: Path) -> list[str]:
 
 def _probe_size(path: Path, what: str) -> tuple[int, int]:
     """(H, W) from an image's header (Pillow reads a few bytes, decodes nothing)."""
-    from PIL import Image, UnidentifiedImageError  # noqa: PLC0415 - optional dependency (pillow)
+    from PIL import Image, UnidentifiedImageError  # optional dependency (pillow)
 
     try:
         with Image.open(path) as im:
@@ -160,7 +160,7 @@ def dataset_channel_stats(dataset, max_samples: int = 2048) -> tuple[np.ndarray,
     """Per-channel mean and std in [0, 1] for normalization: over all images of an in-memory data
     set, over ``max_samples`` evenly spaced samples of a file-backed one (every rank reads the
     same ones, so every rank normalizes alike)."""
-    from .augment import channel_stats  # noqa: PLC0415 - lazy
+    from .augment import channel_stats  # lazy
 
     if not isinstance(dataset, FileDataset):
         return channel_stats(dataset.images)

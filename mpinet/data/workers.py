@@ -64,7 +64,7 @@ def _worker_main(index, dataset, shm_name, max_batch, tasks, results, parent_pid
             try:
                 dataset.read_batch(indices, out=(x[:n], y[:n]))
                 results.put((seq, index, None))
-            except BaseException:  # noqa: BLE001 - carried to the consumer with the traceback
+            except BaseException:  # carried to the consumer with the traceback
                 results.put((seq, index, traceback.format_exc()))
             del x, y  # views of the shared block must go before it closes
     finally:

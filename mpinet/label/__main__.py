@@ -50,27 +50,27 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "bootstrap":
-            from .bootstrap import bootstrap_folder  # noqa: PLC0415 - lazy
+            from .bootstrap import bootstrap_folder  # lazy
 
             n = bootstrap_folder(args.src, args.out, args.tile, args.stain, args.min_size,
                                  args.min_distance, args.polarity)
             print(f"wrote {n} image/mask pairs to {args.out}/images and {args.out}/masks (mask "
                   "255 = cell); correct them (e.g. in LabelMe), then train with --dataset mask-folder")
         elif args.command == "labelme":
-            from .imports import import_labelme  # noqa: PLC0415 - lazy
+            from .imports import import_labelme  # lazy
 
             classes = import_labelme(args.src, args.out,
                                      args.classes.split(",") if args.classes else None)
             print(f"classes (mask value k+1): {classes}; train with --dataset mask-folder "
                   f"--mask-values {','.join(str(v) for v in range(len(classes) + 1))}")
         elif args.command == "coco":
-            from .imports import import_coco  # noqa: PLC0415 - lazy
+            from .imports import import_coco  # lazy
 
             classes = import_coco(args.annotations, args.images, args.out)
             print(f"classes (mask value k+1): {classes}; train with --dataset mask-folder "
                   f"--mask-values {','.join(str(v) for v in range(len(classes) + 1))}")
         else:
-            from .predict import predict_folder  # noqa: PLC0415 - lazy
+            from .predict import predict_folder  # lazy
 
             opts = {}
             for item in args.model_opt:

@@ -28,7 +28,7 @@ def _skimage():
 
 def foreground_signal(image: np.ndarray, stain: str = "gray") -> np.ndarray:
     """(H, W) float in [0, 1] where cells are high. image: (H, W) grey or (H, W, 3) RGB uint8."""
-    from skimage.color import rgb2gray, rgb2hed  # noqa: PLC0415 - label extra
+    from skimage.color import rgb2gray, rgb2hed  # label extra
 
     if stain == "hematoxylin":
         if image.ndim != 3:
@@ -44,11 +44,11 @@ def foreground_signal(image: np.ndarray, stain: str = "gray") -> np.ndarray:
 def segment_cells(signal: np.ndarray, min_size: int = 20, min_distance: int = 4,
                   polarity: str = "auto") -> tuple[np.ndarray, np.ndarray]:
     """(binary mask (H, W) bool with watershed lines cut out, instance labels (H, W) int32)."""
-    from scipy import ndimage  # noqa: PLC0415 - label extra
-    from skimage.feature import peak_local_max  # noqa: PLC0415 - label extra
-    from skimage.filters import gaussian, threshold_otsu  # noqa: PLC0415 - label extra
-    from skimage.morphology import remove_small_objects  # noqa: PLC0415 - label extra
-    from skimage.segmentation import watershed  # noqa: PLC0415 - label extra
+    from scipy import ndimage  # label extra
+    from skimage.feature import peak_local_max  # label extra
+    from skimage.filters import gaussian, threshold_otsu  # label extra
+    from skimage.morphology import remove_small_objects  # label extra
+    from skimage.segmentation import watershed  # label extra
 
     smooth = gaussian(signal, sigma=1.0)
     fg = smooth > threshold_otsu(smooth)
@@ -79,7 +79,7 @@ def bootstrap_folder(src, out, tile: int | None = None, stain: str = "gray", min
     """Every image in ``src`` (a folder, or one image file) -> out/images + out/masks pairs,
     tiled when ``tile``. Returns the number of pairs written."""
     _skimage()
-    from PIL import Image  # noqa: PLC0415 - optional dependency (pillow)
+    from PIL import Image  # optional dependency (pillow)
 
     src, out = Path(src), Path(out)
     files = [src] if src.is_file() else sorted(p for p in src.iterdir()

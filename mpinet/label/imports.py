@@ -24,7 +24,7 @@ from ..data.dataset import DataFormatError
 
 
 def _paint_polygon(mask: np.ndarray, points, value: int) -> None:
-    from PIL import Image, ImageDraw  # noqa: PLC0415 - optional dependency (pillow)
+    from PIL import Image, ImageDraw  # optional dependency (pillow)
 
     canvas = Image.fromarray(mask)
     ImageDraw.Draw(canvas).polygon([(float(x), float(y)) for x, y in points], fill=int(value))
@@ -32,7 +32,7 @@ def _paint_polygon(mask: np.ndarray, points, value: int) -> None:
 
 
 def _write_pair(out: Path, stem: str, image, mask: np.ndarray) -> None:
-    from PIL import Image  # noqa: PLC0415 - optional dependency (pillow)
+    from PIL import Image  # optional dependency (pillow)
 
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "masks").mkdir(parents=True, exist_ok=True)
@@ -70,7 +70,7 @@ def labelme_shapes_to_mask(doc: dict, classes: list[str], path) -> np.ndarray:
 
 def import_labelme(json_dir, out, classes: list[str] | None = None) -> list[str]:
     """Every *.json in json_dir -> out/images + out/masks. Returns the class list (value k+1)."""
-    from PIL import Image  # noqa: PLC0415 - optional dependency (pillow)
+    from PIL import Image  # optional dependency (pillow)
 
     json_dir, out = Path(json_dir), Path(out)
     files = sorted(json_dir.glob("*.json"))
@@ -143,7 +143,7 @@ def _rle_string_to_counts(s: str) -> list[int]:
 
 def import_coco(annotations, image_dir, out) -> list[str]:
     """A COCO instances JSON + its image folder -> out/images + out/masks; returns class names."""
-    from PIL import Image  # noqa: PLC0415 - optional dependency (pillow)
+    from PIL import Image  # optional dependency (pillow)
 
     annotations, image_dir, out = Path(annotations), Path(image_dir), Path(out)
     try:

@@ -17,12 +17,12 @@ from ..data.masks import IMAGE_SUFFIXES
 
 def predict_folder(weights, src, out, model: str = "unet", num_classes: int = 2,
                    in_channels: int = 1, model_opts: dict | None = None, multiple: int = 16) -> int:
-    from PIL import Image  # noqa: PLC0415 - optional dependency (pillow)
+    from PIL import Image  # optional dependency (pillow)
 
-    from .. import backend  # noqa: PLC0415 - lazy
-    from ..autograd import Variable, no_grad  # noqa: PLC0415 - lazy
-    from ..checkpoint import load_weights  # noqa: PLC0415 - lazy
-    from ..models import build_model  # noqa: PLC0415 - lazy
+    from .. import backend  # lazy
+    from ..autograd import Variable, no_grad  # lazy
+    from ..checkpoint import load_weights  # lazy
+    from ..models import build_model  # lazy
 
     src, out = Path(src), Path(out)
     files = sorted(p for p in src.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
