@@ -48,7 +48,7 @@ def segmentation_report(model, data, batch_size: int = 64) -> dict:
                                   transform=getattr(model, "eval_transform", None)):
             if int(x.shape[0]) == 0:
                 continue
-            pred = backend.to_numpy(model._forward(x).data.argmax(axis=1))
+            pred = backend.to_numpy(model._predict_forward(x).data.argmax(axis=1))
             cm += confusion_matrix(pred, backend.to_numpy(y), k)
     model.network.train()
     if comm.size > 1:  # float64 holds exact integers to 2**53 pixels
