@@ -9,6 +9,7 @@ CLI streams image folders: an index in memory, files decoded per batch) and prin
 peak resident memory (getrusage ru_maxrss) and the wall time. Flat means: the same per-rank
 peak for 50k and for 200k files.
 """
+
 import argparse
 import os
 import resource
@@ -46,8 +47,10 @@ def make_tree(root: str, n: int, n_test: int = 1000, side: int = 32) -> str:
     for split, count in (("train", n), ("test", n_test)):
         for c in range(CLASSES):
             os.makedirs(os.path.join(root, split, f"c{c}"), exist_ok=True)
-        chunks = [(os.path.join(root, split), s, min(s + 5000, count), s, side)
-                  for s in range(0, count, 5000)]
+        chunks = [
+            (os.path.join(root, split), s, min(s + 5000, count), s, side)
+            for s in range(0, count, 5000)
+        ]
         with ProcessPoolExecutor(max_workers=os.cpu_count()) as pool:
             list(pool.map(_write_chunk, chunks))
     open(done, "w").close()
@@ -65,8 +68,11 @@ def rank_main(argv) -> None:
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     peaks = MPI.COMM_WORLD.gather(peak_mib)
     if MPI.COMM_WORLD.rank == 0:
-        print(f"RESULT rc={rc} wall={time.perf_counter() - t:.1f}s peak_rss_mib_per_rank="
-              + ",".join(f"{p:.0f}" for p in peaks), flush=True)
+        print(
+            f"RESULT rc={rc} wall={time.perf_counter() - t:.1f}s peak_rss_mib_per_rank="
+            + ",".join(f"{p:.0f}" for p in peaks),
+            flush=True,
+        )
 
 
 def main() -> None:
@@ -84,13 +90,34 @@ def main() -> None:
     for n in args.files:
         t = time.perf_counter()
         tree = make_tree(f"{args.root}-{n}", n)
-        print(f"{n} files: tree at {tree} ({time.perf_counter() - t:.0f} s to make or find)", flush=True)
-        train_args = ["--dataset", "image-folder", "--data-dir", tree, "--model", "mlp",
-                      "--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--quiet"]
+        print(
+            f"{n} files: tree at {tree} ({time.perf_counter() - t:.0f} s to make or find)",
+            flush=True,
+        )
+        train_args = [
+            "--dataset",
+            "image-folder",
+            "--data-dir",
+            tree,
+            "--model",
+            "mlp",
+            "--epochs",
+            str(args.epochs),
+            "--batch-size",
+            str(args.batch_size),
+            "--quiet",
+        ]
         if args.workers is not None:
             train_args += ["--workers", str(args.workers)]
-        cmd = ["mpiexec", "-n", str(args.ranks), sys.executable, os.path.abspath(__file__),
-               "--rank-run", *train_args]
+        cmd = [
+            "mpiexec",
+            "-n",
+            str(args.ranks),
+            sys.executable,
+            os.path.abspath(__file__),
+            "--rank-run",
+            *train_args,
+        ]
         env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
         out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
         lines = [ln for ln in out.stdout.splitlines() if ln.startswith(("RESULT", "final"))]

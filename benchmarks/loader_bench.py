@@ -9,6 +9,7 @@ count times full passes of DataLoader over it (decode, resize to --size, uint8 -
 CPU backend; no training), after one warm-up batch (workers started). Prints img/s per count:
 compare with the training rate the loader must feed (ResNet-50 on one H100: ~2,000-3,000 img/s).
 """
+
 import argparse
 import os
 import sys
@@ -17,10 +18,10 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from data_scale import make_tree  # noqa: E402
+from data_scale import make_tree
 
-from mpinet.data import DataLoader, DistributedSampler  # noqa: E402
-from mpinet.data.streaming import ImageFolderFiles  # noqa: E402
+from mpinet.data import DataLoader, DistributedSampler
+from mpinet.data.streaming import ImageFolderFiles
 
 
 def main() -> None:
@@ -33,11 +34,15 @@ def main() -> None:
     p.add_argument("--passes", type=int, default=2)
     p.add_argument("--root", default="/tmp/mpinet-loader-bench")
     args = p.parse_args()
-    tree = make_tree(f"{args.root}-{args.files}-{args.image_side}", args.files, n_test=10,
-                     side=args.image_side)
+    tree = make_tree(
+        f"{args.root}-{args.files}-{args.image_side}", args.files, n_test=10, side=args.image_side
+    )
     files = ImageFolderFiles(tree, size=args.size)
-    print(f"{len(files)} JPEGs of {args.image_side}px -> {files.input_shape}, batch {args.batch}, "
-          f"{os.cpu_count()} cores", flush=True)
+    print(
+        f"{len(files)} JPEGs of {args.image_side}px -> {files.input_shape}, batch {args.batch}, "
+        f"{os.cpu_count()} cores",
+        flush=True,
+    )
     for workers in args.workers:
         sampler = DistributedSampler(len(files), args.batch, 0, 1, seed=0)
         loader = DataLoader(files, sampler, workers=workers, prefetch=4)
@@ -52,8 +57,10 @@ def main() -> None:
                 count += len(x)
         seconds = time.perf_counter() - t
         loader.close()
-        print(f"workers {workers}: {count / seconds:,.0f} img/s ({count} images in {seconds:.1f} s)",
-              flush=True)
+        print(
+            f"workers {workers}: {count / seconds:,.0f} img/s ({count} images in {seconds:.1f} s)",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ confusion matrix, one allreduce sums them, and the scores come from the total.
     report["iou"], report["dice"]                     # (K,) per class; NaN for a class absent
                                                       # from both truth and prediction
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -31,8 +32,13 @@ def scores_from_confusion(cm: np.ndarray) -> dict:
     with np.errstate(invalid="ignore", divide="ignore"):
         iou = np.where(tp + fp + fn > 0, tp / (tp + fp + fn), np.nan)
         dice = np.where(tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn), np.nan)
-    return {"iou": iou, "dice": dice, "mean_iou": float(np.nanmean(iou)),
-            "mean_dice": float(np.nanmean(dice)), "pixel_accuracy": float(tp.sum() / max(cm.sum(), 1))}
+    return {
+        "iou": iou,
+        "dice": dice,
+        "mean_iou": float(np.nanmean(iou)),
+        "mean_dice": float(np.nanmean(dice)),
+        "pixel_accuracy": float(tp.sum() / max(cm.sum(), 1)),
+    }
 
 
 def segmentation_report(model, data, batch_size: int = 64) -> dict:
@@ -44,21 +50,26 @@ def segmentation_report(model, data, batch_size: int = 64) -> dict:
     cm = np.zeros((k, k), dtype=np.int64)
     model.network.eval()
     with no_grad():
-        for x, y, _ in DataLoader(data, sampler, prefetch=1,
-                                  transform=getattr(model, "eval_transform", None)):
+        for x, y, _ in DataLoader(
+            data, sampler, prefetch=1, transform=getattr(model, "eval_transform", None)
+        ):
             if int(x.shape[0]) == 0:
                 continue
             pred = backend.to_numpy(model._predict_forward(x).data.argmax(axis=1))
             cm += confusion_matrix(pred, backend.to_numpy(y), k)
     model.network.train()
     if comm.size > 1:  # float64 holds exact integers to 2**53 pixels
-        cm = np.rint(np.asarray(comm.allreduce_obj(cm.astype(np.float64), op="sum"))).astype(np.int64)
+        cm = np.rint(np.asarray(comm.allreduce_obj(cm.astype(np.float64), op="sum"))).astype(
+            np.int64
+        )
     return {"confusion": cm, **scores_from_confusion(cm)}
 
 
 def format_report(report: dict, class_names=None) -> str:
     names = class_names or [str(i) for i in range(len(report["iou"]))]
-    per = ", ".join(f"{n}: IoU {i:.4f} Dice {d:.4f}" for n, i, d in
-                    zip(names, report["iou"], report["dice"]))
-    return (f"per class: {per}; mean IoU {report['mean_iou']:.4f}, mean Dice "
-            f"{report['mean_dice']:.4f}, pixel accuracy {report['pixel_accuracy']:.4f}")
+    rows = zip(names, report["iou"], report["dice"], strict=True)
+    per = ", ".join(f"{n}: IoU {i:.4f} Dice {d:.4f}" for n, i, d in rows)
+    return (
+        f"per class: {per}; mean IoU {report['mean_iou']:.4f}, mean Dice "
+        f"{report['mean_dice']:.4f}, pixel accuracy {report['pixel_accuracy']:.4f}"
+    )

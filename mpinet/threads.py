@@ -19,6 +19,7 @@ ranks x (1 + workers) x threads never exceeds the cores. The pools are set throu
 process the rank starts would take it for the user's choice; decode workers get their count
 explicitly.
 """
+
 from __future__ import annotations
 
 import os
@@ -42,9 +43,11 @@ class ThreadBudget:
 
     def describe(self) -> str:
         if self.source == "auto":
-            return (f"threads: {self.threads} per rank ({self.cores} core(s) per rank, "
-                    f"{self.local_ranks} rank(s) on this node; set OMP_NUM_THREADS or --threads "
-                    "to override)")
+            return (
+                f"threads: {self.threads} per rank ({self.cores} core(s) per rank, "
+                f"{self.local_ranks} rank(s) on this node; set OMP_NUM_THREADS or --threads "
+                "to override)"
+            )
         return f"threads: {self.threads} per rank (from {self.source})"
 
 
@@ -67,15 +70,18 @@ def user_threads(env=None, flag: int | None = None) -> tuple[int, str] | None:
         try:  # OpenMP allows a list ("4,2") for nested levels; the first level is ours
             value = int(raw.split(",")[0])
         except ValueError:
-            raise ValueError(f"OMP_NUM_THREADS={raw!r} is not a positive integer; unset it or set "
-                             "a number of threads, e.g. OMP_NUM_THREADS=4") from None
+            raise ValueError(
+                f"OMP_NUM_THREADS={raw!r} is not a positive integer; unset it or set "
+                "a number of threads, e.g. OMP_NUM_THREADS=4"
+            ) from None
         if value >= 1:
             return value, "OMP_NUM_THREADS"
     return None
 
 
-def choose_threads(masks: list[set[int]], index: int, env=None, flag: int | None = None
-                   ) -> ThreadBudget:
+def choose_threads(
+    masks: list[set[int]], index: int, env=None, flag: int | None = None
+) -> ThreadBudget:
     """The pure decision (no MPI, no libraries touched): see the module docstring."""
     env = os.environ if env is None else env
     cores = max(1, int(share_of_cores(masks, index) + 1e-9))
@@ -135,8 +141,11 @@ def loader_worker_threads(workers: int) -> int:
 
 def _local_masks(mpi_comm) -> tuple[list[set[int]], int]:
     """Affinity masks of the ranks on this node (gathered over a shared-memory split)."""
-    mine = set(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
+    mine = (
+        set(os.sched_getaffinity(0))
+        if hasattr(os, "sched_getaffinity")
         else set(range(os.cpu_count() or 1))
+    )
     if mpi_comm is None or mpi_comm.Get_size() == 1:
         return [mine], 0
     from mpi4py import MPI  # initialises MPI
@@ -149,8 +158,9 @@ def _local_masks(mpi_comm) -> tuple[list[set[int]], int]:
         node.Free()
 
 
-def apply_thread_budget(mpi_comm=None, threads: int | None = None, verbose: bool = True,
-                        env=None) -> ThreadBudget:
+def apply_thread_budget(
+    mpi_comm=None, threads: int | None = None, verbose: bool = True, env=None
+) -> ThreadBudget:
     """Decide and set this rank's thread count; collective over ``mpi_comm`` (an mpi4py comm,
     default none = a single process). Rank 0 prints the choice once per process. A later call
     returns the first budget unless ``threads`` asks for another count."""

@@ -1,5 +1,6 @@
 """python -m mpinet.label: classical bootstrap on a drawn cell image, LabelMe and COCO imports
 (polygons; RLE both uncompressed and in COCO's compressed string), and clear errors."""
+
 import json
 
 import numpy as np
@@ -42,14 +43,24 @@ def test_bootstrap_finds_the_cells_and_splits_touching_ones(tmp_path):
 
 def test_labelme_polygons_and_rectangles(tmp_path):
     Image.fromarray(np.zeros((10, 12, 3), np.uint8)).save(tmp_path / "a.png")
-    doc = {"imagePath": "a.png", "imageHeight": 10, "imageWidth": 12, "shapes": [
-        {"label": "nucleus", "shape_type": "rectangle", "points": [[1, 1], [4, 3]]},
-        {"label": "cell", "shape_type": "polygon", "points": [[6, 5], [10, 5], [10, 8], [6, 8]]}]}
+    doc = {
+        "imagePath": "a.png",
+        "imageHeight": 10,
+        "imageWidth": 12,
+        "shapes": [
+            {"label": "nucleus", "shape_type": "rectangle", "points": [[1, 1], [4, 3]]},
+            {
+                "label": "cell",
+                "shape_type": "polygon",
+                "points": [[6, 5], [10, 5], [10, 8], [6, 8]],
+            },
+        ],
+    }
     (tmp_path / "a.json").write_text(json.dumps(doc))
     assert main(["labelme", str(tmp_path), str(tmp_path / "out")]) == 0
     mask = np.asarray(Image.open(tmp_path / "out" / "masks" / "a.png"))
     want = np.zeros((10, 12), np.uint8)
-    want[1:4, 1:5] = 2   # nucleus: the second of the sorted labels (cell, nucleus)
+    want[1:4, 1:5] = 2  # nucleus: the second of the sorted labels (cell, nucleus)
     want[5:9, 6:11] = 1
     np.testing.assert_array_equal(mask, want)
     data = get_dataset("mask-folder", data_dir=tmp_path / "out", mask_values=[0, 1, 2])
@@ -90,18 +101,25 @@ def test_coco_rle_and_polygons(tmp_path):
     np.testing.assert_array_equal(rle_decode(runs, (7, 9)), truth)
     np.testing.assert_array_equal(rle_decode(_rle_string(runs), (7, 9)), truth)
     Image.fromarray(np.zeros((7, 9), np.uint8)).save(tmp_path / "im.png")
-    coco = {"images": [{"id": 5, "file_name": "im.png", "height": 7, "width": 9}],
-            "categories": [{"id": 3, "name": "nucleus"}, {"id": 1, "name": "cell"}],
-            "annotations": [
-                {"id": 1, "image_id": 5, "category_id": 1, "iscrowd": 1,
-                 "segmentation": {"counts": _rle_string(runs), "size": [7, 9]}},
-                {"id": 2, "image_id": 5, "category_id": 3,
-                 "segmentation": [[0, 0, 2, 0, 2, 2, 0, 2]]}]}
+    coco = {
+        "images": [{"id": 5, "file_name": "im.png", "height": 7, "width": 9}],
+        "categories": [{"id": 3, "name": "nucleus"}, {"id": 1, "name": "cell"}],
+        "annotations": [
+            {
+                "id": 1,
+                "image_id": 5,
+                "category_id": 1,
+                "iscrowd": 1,
+                "segmentation": {"counts": _rle_string(runs), "size": [7, 9]},
+            },
+            {"id": 2, "image_id": 5, "category_id": 3, "segmentation": [[0, 0, 2, 0, 2, 2, 0, 2]]},
+        ],
+    }
     (tmp_path / "inst.json").write_text(json.dumps(coco))
     assert main(["coco", str(tmp_path / "inst.json"), str(tmp_path), str(tmp_path / "out")]) == 0
     mask = np.asarray(Image.open(tmp_path / "out" / "masks" / "im.png"))
     want = truth.astype(np.uint8)  # cell (id 1) -> value 1
-    want[0:3, 0:3] = 2             # nucleus (id 3) -> value 2, painted after
+    want[0:3, 0:3] = 2  # nucleus (id 3) -> value 2, painted after
     np.testing.assert_array_equal(mask, want)
     coco["images"][0]["file_name"] = "missing.png"
     (tmp_path / "inst.json").write_text(json.dumps(coco))

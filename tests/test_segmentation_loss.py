@@ -1,4 +1,5 @@
 """Segmentation losses against float64 NumPy references and numerical gradients."""
+
 import numpy as np
 import pytest
 
@@ -20,7 +21,9 @@ def softmax(x):
 def dice_ref(x, labels, w=None, smooth=1.0):
     p = softmax(x)
     t = np.eye(x.shape[1])[labels].transpose(0, 3, 1, 2)
-    dice = (2 * (p * t).sum(axis=(2, 3)) + smooth) / (p.sum(axis=(2, 3)) + t.sum(axis=(2, 3)) + smooth)
+    dice = (2 * (p * t).sum(axis=(2, 3)) + smooth) / (
+        p.sum(axis=(2, 3)) + t.sum(axis=(2, 3)) + smooth
+    )
     w = np.ones(x.shape[1]) if w is None else w
     return np.mean(1 - (dice * w).sum(axis=1) / w.sum())
 
@@ -40,11 +43,15 @@ def bce_ref(x, t, pos=None):
 
 @pytest.mark.parametrize("w", [None, WEIGHTS])
 def test_dice_and_weighted_ce_forward_and_backward(w):
-    check_forward(lambda x: sl.dice_loss(x, LABELS, w), lambda x: np.asarray(dice_ref(x, LABELS, w)),
-                  [LOGITS])
+    check_forward(
+        lambda x: sl.dice_loss(x, LABELS, w), lambda x: np.asarray(dice_ref(x, LABELS, w)), [LOGITS]
+    )
     check_backward(lambda x: sl.dice_loss(x, LABELS, w), [LOGITS])
-    check_forward(lambda x: sl.weighted_cross_entropy(x, LABELS, w),
-                  lambda x: np.asarray(ce_ref(x, LABELS, w)), [LOGITS])
+    check_forward(
+        lambda x: sl.weighted_cross_entropy(x, LABELS, w),
+        lambda x: np.asarray(ce_ref(x, LABELS, w)),
+        [LOGITS],
+    )
     check_backward(lambda x: sl.weighted_cross_entropy(x, LABELS, w), [LOGITS])
 
 
@@ -53,7 +60,9 @@ def test_bce_with_logits_is_stable_and_correct(pos):
     x = RNG.standard_normal((2, 4, 5)) * 5
     x[0, 0, 0], x[0, 0, 1] = 80.0, -80.0  # exp(80) would overflow float32 in the naive form
     t = (RNG.random((2, 4, 5)) < 0.5).astype(np.float64)
-    check_forward(lambda v: sl.bce_with_logits(v, t, pos), lambda v: np.asarray(bce_ref(v, t, pos)), [x])
+    check_forward(
+        lambda v: sl.bce_with_logits(v, t, pos), lambda v: np.asarray(bce_ref(v, t, pos)), [x]
+    )
     check_backward(lambda v: sl.bce_with_logits(v, t, pos), [x])
     big = sl.bce_with_logits(Variable(np.array([80.0, -80.0], np.float32)), np.array([0.0, 1.0]))
     assert np.isfinite(big.data) and abs(float(big.data) - 80.0) < 1e-3
@@ -65,7 +74,9 @@ def test_named_losses_and_bad_inputs():
     got = sl.segmentation_loss("bce")(Variable(two), binary).data
     np.testing.assert_allclose(got, bce_ref(two[:, 1] - two[:, 0], binary.astype(float)), rtol=1e-7)
     got = sl.segmentation_loss("dice+ce", WEIGHTS)(Variable(LOGITS), LABELS).data
-    np.testing.assert_allclose(got, dice_ref(LOGITS, LABELS, WEIGHTS) + ce_ref(LOGITS, LABELS, WEIGHTS))
+    np.testing.assert_allclose(
+        got, dice_ref(LOGITS, LABELS, WEIGHTS) + ce_ref(LOGITS, LABELS, WEIGHTS)
+    )
     with pytest.raises(ValueError, match="choose one of"):
         sl.segmentation_loss("focal")
     with pytest.raises(ValueError, match="3 non-negative numbers"):

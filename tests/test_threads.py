@@ -1,5 +1,6 @@
 """The thread budget's decision (mpinet.threads.choose_threads) with fake cores and environments,
-and the CLI's override flag. The MPI side (real threadpoolctl settings) is tests/test_threads_mpi.py."""
+and the CLI's override flag. The MPI side (threadpoolctl's real settings): test_threads_mpi.py."""
+
 import pytest
 
 from mpinet import threads
@@ -16,8 +17,12 @@ def shared(ranks: int, cpus=NODE_16):
 def test_ranks_sharing_a_node_split_its_cores(ranks, expected):
     for index in range(ranks):
         budget = threads.choose_threads(shared(ranks), index, env={})
-        assert (budget.threads, budget.cores, budget.local_ranks, budget.source) == \
-            (expected, expected, ranks, "auto")
+        assert (budget.threads, budget.cores, budget.local_ranks, budget.source) == (
+            expected,
+            expected,
+            ranks,
+            "auto",
+        )
 
 
 @pytest.mark.parametrize("ranks", [1, 2, 4])

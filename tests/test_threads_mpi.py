@@ -1,5 +1,6 @@
 """Under mpiexec -n 2 / -n 4: each rank's BLAS pool really holds the budget's thread count
 (read back with threadpoolctl), computed here from the node's cores and the ranks on it."""
+
 import os
 
 import pytest

@@ -1,5 +1,6 @@
 """python -m mpinet.train on a mask-folder tree (images/ + masks/), as a user runs it: U-Net on
 2 ranks with a Dice loss and per-class scores; image-folder refuses the same tree."""
+
 import subprocess
 import sys
 
@@ -30,13 +31,38 @@ def run(n, *flags):
 
 def test_unet_on_a_mask_folder_reports_per_class_scores(tmp_path):
     tree = write_tree(tmp_path)
-    proc = run(2, "--model", "unet", "--model-opt", "base_width=4", "--model-opt", "depth=2",
-               "--dataset", "mask-folder", "--data-dir", str(tree), "--epochs", "2",
-               "--batch-size", "3", "--optimizer", "adam", "--lr", "0.01", "--loss", "dice",
-               "--class-weights", "1,2", "--mask-values", "0,255")
+    proc = run(
+        2,
+        "--model",
+        "unet",
+        "--model-opt",
+        "base_width=4",
+        "--model-opt",
+        "depth=2",
+        "--dataset",
+        "mask-folder",
+        "--data-dir",
+        str(tree),
+        "--epochs",
+        "2",
+        "--batch-size",
+        "3",
+        "--optimizer",
+        "adam",
+        "--lr",
+        "0.01",
+        "--loss",
+        "dice",
+        "--class-weights",
+        "1,2",
+        "--mask-values",
+        "0,255",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("final test per class:")]
-    assert len(lines) == 1 and "value 0: IoU" in lines[0] and "value 255: IoU" in lines[0], proc.stdout
+    assert len(lines) == 1 and "value 0: IoU" in lines[0] and "value 255: IoU" in lines[0], (
+        proc.stdout
+    )
     refused = run(1, "--dataset", "image-folder", "--data-dir", str(tree))
     assert refused.returncode == 2 and "--dataset mask-folder" in refused.stderr, refused.stderr
     wrong = run(1, "--loss", "dice")  # digits: one label per image

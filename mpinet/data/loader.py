@@ -54,8 +54,8 @@ class DataLoader:
     None = one per core this rank owns beyond its first (mpinet.threads), 0 for in-memory data.
     """
 
-    def __init__(self, dataset: ArrayDataset, sampler, transform=None, prefetch: int = 2, device=None,
-                 workers: int | None = None):
+    def __init__(self, dataset: ArrayDataset, sampler, transform=None, prefetch: int = 2,
+                 device=None, workers: int | None = None):
         if prefetch < 0:
             raise ValueError(f"prefetch must be >= 0 batches, got {prefetch}")
         self.workers = _resolve_workers(dataset, workers)
@@ -130,7 +130,8 @@ class DataLoader:
         self._where = "the sampler, before the first batch"  # for errors raised in this thread
         if not self.workers:
             for batch in self.sampler:
-                self._where = f"epoch {batch.epoch}, offset {batch.offset} ({batch.local_count} samples)"
+                self._where = (f"epoch {batch.epoch}, offset {batch.offset} "
+                               f"({batch.local_count} samples)")
                 item = self._prepare_host(batch)
                 self._where = f"the sampler, after the batch at {self._where}"
                 yield item
@@ -141,7 +142,8 @@ class DataLoader:
 
         threads_each = loader_worker_threads(self.workers)
         make_room_for_workers(self.workers, threads_each)
-        pool = shared_pool(self.dataset, self.workers, self.sampler.batch_size, threads=threads_each)
+        pool = shared_pool(self.dataset, self.workers, self.sampler.batch_size,
+                           threads=threads_each)
         for batch, (x, y) in pool.imap(self.sampler):
             if self.device.is_gpu and len(x):
                 import cupyx  # GPU only

@@ -19,6 +19,7 @@ image without a mask (or a mask without an image), an empty folder, a corrupt fi
 every image must have the first image's size. File-backed like ``ImageFolderFiles``: an index in
 memory, pairs decoded per batch, each rank opening only its shard's files.
 """
+
 from __future__ import annotations
 
 import os
@@ -44,8 +45,10 @@ def _files_by_stem(folder: Path, suffixes) -> dict[str, str]:
             stem, suffix = os.path.splitext(e.name)
             if suffix.lower() in suffixes and not e.name.startswith("."):
                 if stem in found:
-                    raise DataFormatError(folder / e.name, f"two files share the stem {stem!r} "
-                                          f"({found[stem]} and {e.name}); keep one")
+                    raise DataFormatError(
+                        folder / e.name,
+                        f"two files share the stem {stem!r} ({found[stem]} and {e.name}); keep one",
+                    )
                 found[stem] = e.name
     return found
 
@@ -56,10 +59,12 @@ def _split_dir(data_dir: Path, split: str) -> Path:
             return data_dir / name
     if split == "train" and (data_dir / "images").is_dir():
         return data_dir
-    raise FileNotFoundError(f"mask-folder: no {' or '.join(n + '/images' for n in _SPLIT_DIRS[split])}"
-                            f" folder under {data_dir} for split {split!r}; expected "
-                            f"{data_dir}/{_SPLIT_DIRS[split][0]}/images/<name>.png and "
-                            f"{data_dir}/{_SPLIT_DIRS[split][0]}/masks/<name>.png")
+    raise FileNotFoundError(
+        f"mask-folder: no {' or '.join(n + '/images' for n in _SPLIT_DIRS[split])}"
+        f" folder under {data_dir} for split {split!r}; expected "
+        f"{data_dir}/{_SPLIT_DIRS[split][0]}/images/<name>.png and "
+        f"{data_dir}/{_SPLIT_DIRS[split][0]}/masks/<name>.png"
+    )
 
 
 def read_mask(path, size_hw=None) -> np.ndarray:
@@ -73,12 +78,16 @@ def read_mask(path, size_hw=None) -> np.ndarray:
                 im = im.resize((size_hw[1], size_hw[0]), Image.NEAREST)
             arr = np.asarray(im)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise DataFormatError(path, f"cannot decode mask ({type(e).__name__}: {e}); remove or "
-                                    "replace the file") from e
+        raise DataFormatError(
+            path, f"cannot decode mask ({type(e).__name__}: {e}); remove or replace the file"
+        ) from e
     if arr.ndim == 3:  # RGB(A) written by a tool: fine if it is grey
         if not (arr[..., :3] == arr[..., :1]).all():
-            raise DataFormatError(path, "mask has colours; save masks as one channel of class "
-                                        "values (e.g. 0 and 255, or 0, 1, 2, ...)")
+            raise DataFormatError(
+                path,
+                "mask has colours; save masks as one channel of class "
+                "values (e.g. 0 and 255, or 0, 1, 2, ...)",
+            )
         arr = arr[..., 0]
     return arr.astype(np.int64)
 
@@ -91,9 +100,12 @@ def values_to_classes(raw: np.ndarray, mask_values, path) -> np.ndarray:
     values = np.unique(raw)
     stray = [int(v) for v in values if int(v) not in lookup]
     if stray:
-        raise DataFormatError(path, f"mask values {stray[:8]} are not in the class map "
-                                    f"{list(mask_values)} (value k -> class k); fix the mask or "
-                                    "pass mask_values listing every value")
+        raise DataFormatError(
+            path,
+            f"mask values {stray[:8]} are not in the class map "
+            f"{list(mask_values)} (value k -> class k); fix the mask or "
+            "pass mask_values listing every value",
+        )
     out = np.empty(raw.shape, dtype=np.int64)
     for v in values:
         out[raw == v] = lookup[int(v)]
@@ -118,7 +130,9 @@ def _probe_mode(path) -> str:
         with Image.open(path) as im:
             return im.mode
     except (UnidentifiedImageError, OSError) as e:
-        raise DataFormatError(path, f"cannot read the image header ({e}); remove or replace it") from e
+        raise DataFormatError(
+            path, f"cannot read the image header ({e}); remove or replace it"
+        ) from e
 
 
 class MaskFolderFiles(FileDataset):
@@ -126,33 +140,48 @@ class MaskFolderFiles(FileDataset):
 
     is_segmentation = True
 
-    def __init__(self, data_dir, split: str = "train", size=None, grayscale: bool | None = None,
-                 mask_values=None):
+    def __init__(
+        self,
+        data_dir,
+        split: str = "train",
+        size=None,
+        grayscale: bool | None = None,
+        mask_values=None,
+    ):
         check_split(split)
         data_dir = Path(data_dir)
         if not data_dir.is_dir():
-            raise FileNotFoundError(f"mask-folder data dir {data_dir} does not exist; point "
-                                    "data_dir (--data-dir) at a folder with images/ and masks/")
+            raise FileNotFoundError(
+                f"mask-folder data dir {data_dir} does not exist; point "
+                "data_dir (--data-dir) at a folder with images/ and masks/"
+            )
         root = _split_dir(data_dir, split)
         images = _files_by_stem(root / "images", IMAGE_SUFFIXES)
         masks = _files_by_stem(root / "masks", MASK_SUFFIXES)
         if not images:
-            raise FileNotFoundError(f"mask-folder: no {'/'.join(IMAGE_SUFFIXES)} files in "
-                                    f"{root / 'images'}")
+            raise FileNotFoundError(
+                f"mask-folder: no {'/'.join(IMAGE_SUFFIXES)} files in {root / 'images'}"
+            )
         lonely = sorted(set(images) - set(masks))
         if lonely:
-            raise FileNotFoundError(f"mask-folder: {root / 'images' / images[lonely[0]]} has no "
-                                    f"mask {root / 'masks'}/{lonely[0]}.png (or .tif)"
-                                    + (f", nor do {len(lonely) - 1} more" if len(lonely) > 1 else ""))
+            raise FileNotFoundError(
+                f"mask-folder: {root / 'images' / images[lonely[0]]} has no "
+                f"mask {root / 'masks'}/{lonely[0]}.png (or .tif)"
+                + (f", nor do {len(lonely) - 1} more" if len(lonely) > 1 else "")
+            )
         orphans = sorted(set(masks) - set(images))
         if orphans:
-            raise FileNotFoundError(f"mask-folder: mask {root / 'masks' / masks[orphans[0]]} has no "
-                                    f"image of the same name in {root / 'images'}")
+            raise FileNotFoundError(
+                f"mask-folder: mask {root / 'masks' / masks[orphans[0]]} has no "
+                f"image of the same name in {root / 'images'}"
+            )
         if mask_values is not None:
             mask_values = [int(v) for v in mask_values]
             if len(set(mask_values)) != len(mask_values) or len(mask_values) < 2:
-                raise ValueError(f"mask_values must list >= 2 distinct pixel values (value k -> "
-                                 f"class k), got {mask_values}")
+                raise ValueError(
+                    f"mask_values must list >= 2 distinct pixel values (value k -> "
+                    f"class k), got {mask_values}"
+                )
         stems = sorted(images)
         self.root = str(root)
         self._images = np.array([os.fsencode(images[s]) for s in stems])
@@ -165,8 +194,11 @@ class MaskFolderFiles(FileDataset):
         hw = self.size_hw or _probe_size(self.image_path(0), "first image's")
         self._shape = (1 if grayscale else 3, *hw)
         self.num_classes = 2 if mask_values is None else len(mask_values)
-        self.class_names = (["background", "foreground"] if mask_values is None
-                            else [f"value {v}" for v in mask_values])
+        self.class_names = (
+            ["background", "foreground"]
+            if mask_values is None
+            else [f"value {v}" for v in mask_values]
+        )
         self.name = "mask-folder"
 
     def __len__(self) -> int:
@@ -183,15 +215,21 @@ class MaskFolderFiles(FileDataset):
         img = _decode(Path(image_path), self.mode, None)
         raw = read_mask(mask_path)
         if raw.shape != img.shape[1:]:
-            raise DataFormatError(mask_path, f"mask is {raw.shape[0]}x{raw.shape[1]} but its image "
-                                             f"{image_path} is {img.shape[1]}x{img.shape[2]}; "
-                                             "masks must match their images pixel for pixel")
+            raise DataFormatError(
+                mask_path,
+                f"mask is {raw.shape[0]}x{raw.shape[1]} but its image "
+                f"{image_path} is {img.shape[1]}x{img.shape[2]}; "
+                "masks must match their images pixel for pixel",
+            )
         if self.size_hw is not None and img.shape[1:] != self.size_hw:
             img, raw = _resize_pair(img, raw, self.size_hw)
         if img.shape != self._shape:
-            raise DataFormatError(image_path, f"image is {img.shape[1]}x{img.shape[2]} but the data "
-                                              f"set's images are {self._shape[1]}x{self._shape[2]} "
-                                              "(from the first file); pass size=(H, W) to resize")
+            raise DataFormatError(
+                image_path,
+                f"image is {img.shape[1]}x{img.shape[2]} but the data "
+                f"set's images are {self._shape[1]}x{self._shape[2]} "
+                "(from the first file); pass size=(H, W) to resize",
+            )
         return img, values_to_classes(raw, self.mask_values, mask_path)
 
     def subset(self, n: int) -> MaskFolderFiles:
@@ -201,7 +239,8 @@ class MaskFolderFiles(FileDataset):
         return part
 
 
-def load_mask_folder(data_dir, split: str = "train", size=None, grayscale: bool | None = None,
-                     mask_values=None) -> MaskFolderFiles:
+def load_mask_folder(
+    data_dir, split: str = "train", size=None, grayscale: bool | None = None, mask_values=None
+) -> MaskFolderFiles:
     """The registry's entry: ``get_dataset("mask-folder", data_dir=..., mask_values=[0, 255])``."""
     return MaskFolderFiles(data_dir, split, size=size, grayscale=grayscale, mask_values=mask_values)

@@ -14,6 +14,7 @@ Every preset but none normalizes with the training set's channel statistics; seg
 preset ``--augment`` alone picks for a data set. Random choices are keyed by (seed, epoch,
 sample index) like ``Augment``'s, so workers, resumes and world sizes see the same ones.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -25,9 +26,15 @@ from .augment import Augment
 PRESETS = ("digits", "photo", "microscopy", "none")
 
 _KIND_OF_DATASET = {
-    "digits": "digits", "mnist": "digits", "fashion-mnist": "digits",
-    "cifar10": "photo", "cifar100": "photo", "image-folder": "photo", "synthetic": "photo",
-    "mask-folder": "microscopy", "synthetic-segmentation": "microscopy",
+    "digits": "digits",
+    "mnist": "digits",
+    "fashion-mnist": "digits",
+    "cifar10": "photo",
+    "cifar100": "photo",
+    "image-folder": "photo",
+    "synthetic": "photo",
+    "mask-folder": "microscopy",
+    "synthetic-segmentation": "microscopy",
 }
 
 
@@ -55,8 +62,10 @@ class Dihedral:
         """a: (N, ..., H, W); code: (N,) -> each sample transformed by its code."""
         xp = backend.xp_of(a)
         if a.shape[-1] != a.shape[-2]:
-            raise ValueError(f"the microscopy preset rotates by 90 degrees and needs square images, "
-                             f"got {a.shape[-2]}x{a.shape[-1]}; use --augment photo or resize")
+            raise ValueError(
+                f"the microscopy preset rotates by 90 degrees and needs square images, "
+                f"got {a.shape[-2]}x{a.shape[-1]}; use --augment photo or resize"
+            )
         shape = (-1,) + (1,) * (a.ndim - 1)
         bit = [xp.asarray((code >> k) & 1, dtype=bool).reshape(shape) for k in range(3)]
         a = xp.where(bit[0], a[..., ::-1, :], a)
@@ -92,16 +101,18 @@ class Compose:
         return {"parts": [t.state_dict() for t in self.transforms]}
 
     def load_state_dict(self, state: dict) -> None:
-        for t, s in zip(self.transforms, state["parts"]):
+        for t, s in zip(self.transforms, state["parts"], strict=True):
             t.load_state_dict(s)
 
 
-def build_augmentation(preset: str, input_shape, mean=None, std=None, seed: int = 0,
-                       segmentation: bool = False):
+def build_augmentation(
+    preset: str, input_shape, mean=None, std=None, seed: int = 0, segmentation: bool = False
+):
     """(training transform, evaluation transform) of a preset; (None, None) for none."""
     if preset not in PRESETS:
-        raise ValueError(f"augmentation preset {preset!r} is unknown; choose one of: "
-                         f"{', '.join(PRESETS)}")
+        raise ValueError(
+            f"augmentation preset {preset!r} is unknown; choose one of: {', '.join(PRESETS)}"
+        )
     if preset == "none":
         return None, None
     evaluation = Augment(mean=mean, std=std) if mean is not None else None
@@ -109,9 +120,17 @@ def build_augmentation(preset: str, input_shape, mean=None, std=None, seed: int 
         train = Augment(mean=mean, std=std, seed=seed, labels_too=segmentation)
     elif preset == "photo":
         h = int(input_shape[1])
-        train = Augment(crop_padding=4 if h >= 32 else 2, flip=True, mean=mean, std=std, seed=seed,
-                        labels_too=segmentation)
+        train = Augment(
+            crop_padding=4 if h >= 32 else 2,
+            flip=True,
+            mean=mean,
+            std=std,
+            seed=seed,
+            labels_too=segmentation,
+        )
     else:  # microscopy: the dihedral group; normalization last
-        train = Compose(Dihedral(seed, labels_too=segmentation),
-                        Augment(mean=mean, std=std, seed=seed, labels_too=segmentation))
+        train = Compose(
+            Dihedral(seed, labels_too=segmentation),
+            Augment(mean=mean, std=std, seed=seed, labels_too=segmentation),
+        )
     return train, evaluation

@@ -15,6 +15,7 @@ A ``FileDataset`` looks like an ``ArrayDataset`` to the loader and the trainer (
 ``read_batch(indices)`` instead of ``images``; it is picklable (plain arrays and strings), so
 decode worker processes (``mpinet.data.workers``) can each hold a copy of the index.
 """
+
 from __future__ import annotations
 
 import os
@@ -56,16 +57,20 @@ class FileDataset:
         indices = np.asarray(indices, dtype=np.int64)
         n = len(indices)
         if out is None:
-            out = (np.empty((n, *self._shape), dtype=np.uint8),
-                   np.empty((n, *self.label_shape), dtype=np.int64))
+            out = (
+                np.empty((n, *self._shape), dtype=np.uint8),
+                np.empty((n, *self.label_shape), dtype=np.int64),
+            )
         x, y = out
         for k, i in enumerate(indices):
             x[k], y[k] = self.read(int(i))
         return x, y
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}({self.name!r}, n={len(self)}, input_shape={self.input_shape}, "
-                f"num_classes={self.num_classes}, files read on demand)")
+        return (
+            f"{type(self).__name__}({self.name!r}, n={len(self)}, input_shape={self.input_shape}, "
+            f"num_classes={self.num_classes}, files read on demand)"
+        )
 
 
 def _list_images(folder: Path) -> list[str]:
@@ -73,8 +78,11 @@ def _list_images(folder: Path) -> list[str]:
     if not folder.is_dir():
         return []
     with os.scandir(folder) as entries:
-        return sorted(e.name for e in entries
-                      if e.name.lower().endswith(IMAGE_SUFFIXES) and not e.name.startswith("."))
+        return sorted(
+            e.name
+            for e in entries
+            if e.name.lower().endswith(IMAGE_SUFFIXES) and not e.name.startswith(".")
+        )
 
 
 def _probe_size(path: Path, what: str) -> tuple[int, int]:
@@ -85,8 +93,10 @@ def _probe_size(path: Path, what: str) -> tuple[int, int]:
         with Image.open(path) as im:
             return im.size[1], im.size[0]
     except (UnidentifiedImageError, OSError) as e:
-        raise DataFormatError(path, f"cannot read the {what} header ({type(e).__name__}: {e}); "
-                                    "remove or replace the file") from e
+        raise DataFormatError(
+            path,
+            f"cannot read the {what} header ({type(e).__name__}: {e}); remove or replace the file",
+        ) from e
 
 
 class ImageFolderFiles(FileDataset):
@@ -102,25 +112,32 @@ class ImageFolderFiles(FileDataset):
         check_split(split)
         data_dir = Path(data_dir)
         if not data_dir.is_dir():
-            raise FileNotFoundError(f"image-folder data dir {data_dir} does not exist; point "
-                                    "data_dir (--data-dir) at a folder of <class>/ subfolders")
+            raise FileNotFoundError(
+                f"image-folder data dir {data_dir} does not exist; point "
+                "data_dir (--data-dir) at a folder of <class>/ subfolders"
+            )
         root, class_root = _split_root(data_dir, split)
         classes = _class_dirs(class_root)
         if not classes:
-            raise FileNotFoundError(f"image-folder: {class_root} has no class subfolders; expected "
-                                    f"{class_root}/<class name>/<image>{IMAGE_SUFFIXES[0]}")
+            raise FileNotFoundError(
+                f"image-folder: {class_root} has no class subfolders; expected "
+                f"{class_root}/<class name>/<image>{IMAGE_SUFFIXES[0]}"
+            )
         unknown = sorted(set(_class_dirs(root)) - set(classes))
         if unknown:
-            raise ValueError(f"image-folder: {root} has classes {unknown} that {class_root} lacks; "
-                             "the splits must use the same class folders")
+            raise ValueError(
+                f"image-folder: {root} has classes {unknown} that {class_root} lacks; "
+                "the splits must use the same class folders"
+            )
         names, labels = [], []
         for label, cls in enumerate(classes):
             files = _list_images(root / cls)
             names.extend(f"{cls}/{f}" for f in files)
             labels.extend([label] * len(files))
         if not names:
-            raise FileNotFoundError(f"image-folder: no {'/'.join(IMAGE_SUFFIXES)} files under "
-                                    f"{root}/<class>/")
+            raise FileNotFoundError(
+                f"image-folder: no {'/'.join(IMAGE_SUFFIXES)} files under {root}/<class>/"
+            )
         self.root = str(root)
         # One bytes array, not N Python strings: ~1 byte per character of the relative path.
         self._names = np.array([os.fsencode(n) for n in names])
@@ -143,9 +160,12 @@ class ImageFolderFiles(FileDataset):
         path = self.path(i)
         img = _decode(Path(path), self.mode, self.size_hw)
         if img.shape != self._shape:
-            raise DataFormatError(path, f"image is {img.shape[1]}x{img.shape[2]} but the data set's "
-                                        f"images are {self._shape[1]}x{self._shape[2]} (from the first "
-                                        "file); pass size=(H, W) to resize all images")
+            raise DataFormatError(
+                path,
+                f"image is {img.shape[1]}x{img.shape[2]} but the data set's "
+                f"images are {self._shape[1]}x{self._shape[2]} (from the first "
+                "file); pass size=(H, W) to resize all images",
+            )
         return img, int(self.labels[i])
 
     def subset(self, n: int) -> ImageFolderFiles:
@@ -164,5 +184,7 @@ def dataset_channel_stats(dataset, max_samples: int = 2048) -> tuple[np.ndarray,
 
     if not isinstance(dataset, FileDataset):
         return channel_stats(dataset.images)
-    picks = np.unique(np.linspace(0, len(dataset) - 1, min(max_samples, len(dataset))).astype(np.int64))
+    picks = np.unique(
+        np.linspace(0, len(dataset) - 1, min(max_samples, len(dataset))).astype(np.int64)
+    )
     return channel_stats(dataset.read_batch(picks)[0])

@@ -18,6 +18,7 @@ the worker, the batch (epoch, offset) and that traceback; a worker that dies (ki
 is noticed within ``_POLL_S`` and raises naming the worker and its exit signal or code. Workers
 exit by themselves when the parent process is gone. Nothing waits forever.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -104,8 +105,9 @@ class WorkerPool:
     max_batch: the largest batch a sampler yields (its batch_size); slots: batches in flight
     (default 2 per worker)."""
 
-    def __init__(self, dataset, workers: int, max_batch: int, slots: int | None = None,
-                 threads: int = 1):
+    def __init__(
+        self, dataset, workers: int, max_batch: int, slots: int | None = None, threads: int = 1
+    ):
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
         self.dataset, self.workers, self.max_batch = dataset, int(workers), int(max_batch)
@@ -119,9 +121,20 @@ class WorkerPool:
         self.busy = False
         with _child_environment(threads):
             for i in range(self.workers):
-                proc = ctx.Process(target=_worker_main, name=f"mpinet-decode-{i}", daemon=True,
-                                   args=(i, dataset, self._shm.name, self.max_batch, self._tasks,
-                                         self._results, os.getpid()))
+                proc = ctx.Process(
+                    target=_worker_main,
+                    name=f"mpinet-decode-{i}",
+                    daemon=True,
+                    args=(
+                        i,
+                        dataset,
+                        self._shm.name,
+                        self.max_batch,
+                        self._tasks,
+                        self._results,
+                        os.getpid(),
+                    ),
+                )
                 proc.start()
                 self._procs.append(proc)
 
@@ -130,9 +143,11 @@ class WorkerPool:
             if not proc.is_alive():
                 code = proc.exitcode
                 self.close()
-                raise RuntimeError(f"data loader worker {i} (pid {proc.pid}) {_exit_reason(code)} "
-                                   f"while decoding; the batch at epoch {batch.epoch}, offset "
-                                   f"{batch.offset} was not delivered")
+                raise RuntimeError(
+                    f"data loader worker {i} (pid {proc.pid}) {_exit_reason(code)} "
+                    f"while decoding; the batch at epoch {batch.epoch}, offset "
+                    f"{batch.offset} was not delivered"
+                )
 
     def imap(self, batches):
         """Yield (batch, (x, y)) for each sampler ``Batch``, in order, decoded by the workers.
@@ -155,8 +170,10 @@ class WorkerPool:
                         exhausted = True
                         break
                     if len(batch.indices) > self.max_batch:
-                        raise ValueError(f"batch of {len(batch.indices)} samples > the pool's "
-                                         f"max_batch {self.max_batch}")
+                        raise ValueError(
+                            f"batch of {len(batch.indices)} samples > the pool's "
+                            f"max_batch {self.max_batch}"
+                        )
                     slot = free.pop()
                     slot_of[next_seq], pending[next_seq] = slot, batch
                     self._tasks.put((next_seq, slot, np.asarray(batch.indices, dtype=np.int64)))
@@ -173,11 +190,18 @@ class WorkerPool:
                     done[seq] = error if error is None else f"worker {worker}:\n{error}"
                 error = done.pop(next_yield)
                 if error is not None:
-                    raise RuntimeError(f"data loader worker failed on the batch at epoch "
-                                       f"{batch.epoch}, offset {batch.offset}: {error}")
+                    raise RuntimeError(
+                        f"data loader worker failed on the batch at epoch "
+                        f"{batch.epoch}, offset {batch.offset}: {error}"
+                    )
                 slot = slot_of.pop(next_yield)
-                x, y = _slot_views(self._shm.buf, slot, self.max_batch, self.dataset.input_shape,
-                                   self.dataset.label_shape)
+                x, y = _slot_views(
+                    self._shm.buf,
+                    slot,
+                    self.max_batch,
+                    self.dataset.input_shape,
+                    self.dataset.label_shape,
+                )
                 n = len(batch.indices)
                 out = (x[:n].copy(), y[:n].copy())
                 del x, y

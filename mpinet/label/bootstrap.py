@@ -9,6 +9,7 @@ hematoxylin channel from colour deconvolution (``stain="hematoxylin"``): nuclei.
 are cut into tiles (``tile``) so the pairs suit a U-Net's fixed input. Needs scikit-image
 (``pip install mpinet[label]``).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -22,8 +23,9 @@ def _skimage():
     try:
         import skimage  # noqa: F401 - optional dependency (extra "label")
     except ImportError:
-        raise SystemExit("mpinet.label bootstrap needs scikit-image: pip install 'mpinet[label]'") \
-            from None
+        raise SystemExit(
+            "mpinet.label bootstrap needs scikit-image: pip install 'mpinet[label]'"
+        ) from None
 
 
 def foreground_signal(image: np.ndarray, stain: str = "gray") -> np.ndarray:
@@ -37,12 +39,15 @@ def foreground_signal(image: np.ndarray, stain: str = "gray") -> np.ndarray:
         return (h - h.min()) / max(float(np.ptp(h)), 1e-12)
     if stain != "gray":
         raise ValueError(f"stain must be 'gray' or 'hematoxylin', got {stain!r}")
-    grey = rgb2gray(image) if image.ndim == 3 else image.astype(np.float64) / np.iinfo(image.dtype).max
+    grey = (
+        rgb2gray(image) if image.ndim == 3 else image.astype(np.float64) / np.iinfo(image.dtype).max
+    )
     return grey
 
 
-def segment_cells(signal: np.ndarray, min_size: int = 20, min_distance: int = 4,
-                  polarity: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+def segment_cells(
+    signal: np.ndarray, min_size: int = 20, min_distance: int = 4, polarity: str = "auto"
+) -> tuple[np.ndarray, np.ndarray]:
     """(binary mask (H, W) bool with watershed lines cut out, instance labels (H, W) int32)."""
     from scipy import ndimage  # label extra
     from skimage.feature import peak_local_max  # label extra
@@ -71,19 +76,29 @@ def tiles(array: np.ndarray, tile: int | None):
     h, w = array.shape[:2]
     for r in range(0, h - tile + 1, tile):
         for c in range(0, w - tile + 1, tile):
-            yield (r, c), array[r:r + tile, c:c + tile]
+            yield (r, c), array[r : r + tile, c : c + tile]
 
 
-def bootstrap_folder(src, out, tile: int | None = None, stain: str = "gray", min_size: int = 20,
-                     min_distance: int = 4, polarity: str = "auto") -> int:
+def bootstrap_folder(
+    src,
+    out,
+    tile: int | None = None,
+    stain: str = "gray",
+    min_size: int = 20,
+    min_distance: int = 4,
+    polarity: str = "auto",
+) -> int:
     """Every image in ``src`` (a folder, or one image file) -> out/images + out/masks pairs,
     tiled when ``tile``. Returns the number of pairs written."""
     _skimage()
     from PIL import Image  # optional dependency (pillow)
 
     src, out = Path(src), Path(out)
-    files = [src] if src.is_file() else sorted(p for p in src.iterdir()
-                                               if p.suffix.lower() in IMAGE_SUFFIXES)
+    files = (
+        [src]
+        if src.is_file()
+        else sorted(p for p in src.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    )
     if not files:
         raise FileNotFoundError(f"no {'/'.join(IMAGE_SUFFIXES)} images in {src}")
     (out / "images").mkdir(parents=True, exist_ok=True)
@@ -93,9 +108,8 @@ def bootstrap_folder(src, out, tile: int | None = None, stain: str = "gray", min
         with Image.open(path) as im:
             image = np.asarray(im.convert("RGB" if im.mode not in ("L", "I;16") else im.mode))
         mask, _ = segment_cells(foreground_signal(image, stain), min_size, min_distance, polarity)
-        for (r, c), (img_tile, mask_tile) in zip(
-                (rc for rc, _ in tiles(image, tile)),
-                zip((t for _, t in tiles(image, tile)), (t for _, t in tiles(mask, tile)))):
+        pieces = zip(tiles(image, tile), tiles(mask, tile), strict=True)
+        for ((r, c), img_tile), (_, mask_tile) in pieces:
             stem = f"{path.stem}_r{r:04d}_c{c:04d}" if tile else path.stem
             Image.fromarray(img_tile).save(out / "images" / f"{stem}.png")
             Image.fromarray(mask_tile.astype(np.uint8) * 255).save(out / "masks" / f"{stem}.png")

@@ -11,6 +11,7 @@ value is the class: 0 background, k for the k-th class of ``classes`` (LabelMe: 
 found, unless given; COCO: categories sorted by id). Train with ``--mask-values 0,1,...,K``.
 Shapes are painted in file order, a later one over an earlier one.
 """
+
 from __future__ import annotations
 
 import base64
@@ -37,8 +38,11 @@ def _write_pair(out: Path, stem: str, image, mask: np.ndarray) -> None:
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "masks").mkdir(parents=True, exist_ok=True)
     if image.size != (mask.shape[1], mask.shape[0]):
-        raise DataFormatError(stem, f"image is {image.size[1]}x{image.size[0]} but the annotation "
-                                    f"says {mask.shape[0]}x{mask.shape[1]}")
+        raise DataFormatError(
+            stem,
+            f"image is {image.size[1]}x{image.size[0]} but the annotation "
+            f"says {mask.shape[0]}x{mask.shape[1]}",
+        )
     image.save(out / "images" / f"{stem}.png")
     Image.fromarray(mask).save(out / "masks" / f"{stem}.png")
 
@@ -60,10 +64,11 @@ def labelme_shapes_to_mask(doc: dict, classes: list[str], path) -> np.ndarray:
             (cx, cy), (px, py) = pts
             r = float(np.hypot(px - cx, py - cy))
             a = np.linspace(0, 2 * np.pi, 64, endpoint=False)
-            pts = list(zip(cx + r * np.cos(a), cy + r * np.sin(a)))
+            pts = list(zip(cx + r * np.cos(a), cy + r * np.sin(a), strict=True))
         elif kind != "polygon":
-            raise DataFormatError(path, f"shape_type {kind!r} is not supported (polygon, "
-                                        "rectangle, circle)")
+            raise DataFormatError(
+                path, f"shape_type {kind!r} is not supported (polygon, rectangle, circle)"
+            )
         _paint_polygon(mask, pts, value)
     return mask
 
@@ -94,8 +99,9 @@ def import_labelme(json_dir, out, classes: list[str] | None = None) -> list[str]
         else:
             image_path = (f.parent / doc["imagePath"]).resolve()
             if not image_path.is_file():
-                raise FileNotFoundError(f"{f}: its image {image_path} does not exist and the file "
-                                        "has no imageData")
+                raise FileNotFoundError(
+                    f"{f}: its image {image_path} does not exist and the file has no imageData"
+                )
             image = Image.open(image_path)
         _write_pair(out, f.stem, image, mask)
     return classes
@@ -112,7 +118,7 @@ def rle_decode(counts, size) -> np.ndarray:
     pos, value = 0, False
     for run in counts:
         if value:
-            flat[pos:pos + run] = True
+            flat[pos : pos + run] = True
         pos += run
         value = not value
     if pos != h * w:
@@ -163,17 +169,21 @@ def import_coco(annotations, image_dir, out) -> list[str]:
         mask = np.zeros((h, w), dtype=np.uint8)
         for a in by_image.get(info["id"], []):
             if a["category_id"] not in value_of:
-                raise DataFormatError(annotations, f"annotation {a.get('id')} has category "
-                                      f"{a['category_id']}, not among the categories")
+                raise DataFormatError(
+                    annotations,
+                    f"annotation {a.get('id')} has category "
+                    f"{a['category_id']}, not among the categories",
+                )
             seg, value = a["segmentation"], value_of[a["category_id"]]
             if isinstance(seg, dict):
                 mask[rle_decode(seg["counts"], seg["size"])] = value
             else:
                 for poly in seg:
-                    _paint_polygon(mask, list(zip(poly[0::2], poly[1::2])), value)
+                    _paint_polygon(mask, list(zip(poly[0::2], poly[1::2], strict=False)), value)
         path = image_dir / info["file_name"]
         if not path.is_file():
-            raise FileNotFoundError(f"{annotations}: image {path} (file_name of image "
-                                    f"{info['id']}) does not exist")
+            raise FileNotFoundError(
+                f"{annotations}: image {path} (file_name of image {info['id']}) does not exist"
+            )
         _write_pair(out, Path(info["file_name"]).stem, Image.open(path), mask)
     return [c["name"] for c in cats]

@@ -6,6 +6,7 @@ as the mask-folder reader reads them ([0, 1], grey or RGB by the network's input
 with zeros to a multiple of ``2**depth`` for a U-Net and cropped back; each mask pixel is the
 arg-max class, written as 0/255 for two classes and as the class id otherwise.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -15,8 +16,16 @@ import numpy as np
 from ..data.masks import IMAGE_SUFFIXES
 
 
-def predict_folder(weights, src, out, model: str = "unet", num_classes: int = 2,
-                   in_channels: int = 1, model_opts: dict | None = None, multiple: int = 16) -> int:
+def predict_folder(
+    weights,
+    src,
+    out,
+    model: str = "unet",
+    num_classes: int = 2,
+    in_channels: int = 1,
+    model_opts: dict | None = None,
+    multiple: int = 16,
+) -> int:
     from PIL import Image  # optional dependency (pillow)
 
     from .. import backend  # lazy
@@ -28,8 +37,13 @@ def predict_folder(weights, src, out, model: str = "unet", num_classes: int = 2,
     files = sorted(p for p in src.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise FileNotFoundError(f"no {'/'.join(IMAGE_SUFFIXES)} images in {src}")
-    net = build_model(model, num_classes=num_classes, in_channels=in_channels, input_size=multiple,
-                      **(model_opts or {}))
+    net = build_model(
+        model,
+        num_classes=num_classes,
+        in_channels=in_channels,
+        input_size=multiple,
+        **(model_opts or {}),
+    )
     net.load_state_dict(load_weights(weights))
     net = net.to(backend.current())
     net.eval()

@@ -11,6 +11,7 @@ Cross-entropy: pixel losses weighted by their true class's weight (not renormali
 of a sample stays a plain mean over its pixels, so ranks add up exactly).
 (Helper f-sequence may add a general ``bce_with_logits`` to mpinet.ops.loss; the lead keeps one.)
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -36,14 +37,18 @@ def _labels_array(labels):
 def _check(logits, labels, class_weights):
     labels = _labels_array(labels)
     if logits.ndim != 4 or labels.shape != (logits.shape[0], *logits.shape[2:]):
-        raise ValueError(f"segmentation losses need logits (N, K, H, W) and labels (N, H, W); got "
-                         f"{tuple(logits.shape)} and {tuple(labels.shape)}")
+        raise ValueError(
+            f"segmentation losses need logits (N, K, H, W) and labels (N, H, W); got "
+            f"{tuple(logits.shape)} and {tuple(labels.shape)}"
+        )
     k = logits.shape[1]
     if class_weights is not None:
         w = np.asarray(class_weights, dtype=np.float64).reshape(-1)
         if w.shape != (k,) or (w < 0).any() or w.sum() <= 0:
-            raise ValueError(f"class_weights must be {k} non-negative numbers (one per class), "
-                             f"not all zero; got {list(w)}")
+            raise ValueError(
+                f"class_weights must be {k} non-negative numbers (one per class), "
+                f"not all zero; got {list(w)}"
+            )
         return labels, w
     return labels, None
 
@@ -59,8 +64,9 @@ def dice_loss(logits, labels, class_weights=None, smooth: float = 1.0):
     inter = arith.sum(probs * target, axis=(2, 3))  # (N, K)
     denom = arith.sum(probs, axis=(2, 3)) + xp.asarray(target.sum(axis=(2, 3)))
     dice = (inter * 2.0 + smooth) / (denom + smooth)  # (N, K)
-    weights = xp.asarray((w if w is not None else np.ones(k)) / (w.sum() if w is not None else k),
-                         dtype=logits.dtype)
+    weights = xp.asarray(
+        (w if w is not None else np.ones(k)) / (w.sum() if w is not None else k), dtype=logits.dtype
+    )
     per_sample = arith.sum(dice * weights.reshape(1, k), axis=1)  # (N,)
     return arith.mean(1.0 - per_sample)
 
@@ -70,8 +76,9 @@ def bce_with_logits(logits, targets, pos_weight=None):
     positive term weighted by pos_weight. logits and float targets: the same shape."""
     t = _labels_array(targets)
     if tuple(t.shape) != tuple(logits.shape):
-        raise ValueError(f"bce_with_logits: targets {tuple(t.shape)} must match logits "
-                         f"{tuple(logits.shape)}")
+        raise ValueError(
+            f"bce_with_logits: targets {tuple(t.shape)} must match logits {tuple(logits.shape)}"
+        )
     t = t.astype(logits.dtype)
     abs_x = activation.relu(logits) + activation.relu(-logits)
     log_term = arith.log(arith.exp(-abs_x) + 1.0)  # log(1 + exp(-|x|)) in (0, log 2]
@@ -101,8 +108,10 @@ def segmentation_loss(name: str, class_weights=None):
     (class-weighted), dice, bce (binary: K = 1 logit against labels in {0, 1}, or K = 2 with
     the foreground logit minus the background one), dice+ce (the sum)."""
     if name not in SEGMENTATION_LOSSES:
-        raise ValueError(f"segmentation loss {name!r} is unknown; choose one of: "
-                         f"{', '.join(SEGMENTATION_LOSSES)}")
+        raise ValueError(
+            f"segmentation loss {name!r} is unknown; choose one of: "
+            f"{', '.join(SEGMENTATION_LOSSES)}"
+        )
 
     def loss(logits, labels):
         labels = _labels_array(labels)
@@ -111,8 +120,9 @@ def segmentation_loss(name: str, class_weights=None):
         if name == "dice":
             return dice_loss(logits, labels, class_weights)
         if name == "dice+ce":
-            return dice_loss(logits, labels, class_weights) + \
-                weighted_cross_entropy(logits, labels, class_weights)
+            return dice_loss(logits, labels, class_weights) + weighted_cross_entropy(
+                logits, labels, class_weights
+            )
         k = logits.shape[1]
         if k not in (1, 2):
             raise ValueError(f"bce is for binary masks (1 or 2 output channels), the model has {k}")

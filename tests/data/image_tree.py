@@ -1,4 +1,5 @@
 """Small image trees written for the streaming and worker tests (lossless PNG: exact pixels)."""
+
 from pathlib import Path
 
 import numpy as np

@@ -1,5 +1,6 @@
 """mask-folder (mpinet.data.masks): pairs matched by stem, PNG/JPEG/TIFF images, a value->class
 map, resize with nearest-neighbour masks, per-class metrics, and every bad input named."""
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -49,7 +50,9 @@ def test_pairs_values_and_binary_default(tree):
 
 def test_bad_inputs_name_the_file(tree, tmp_path_factory):
     root, _ = tree
-    with pytest.raises(DataFormatError, match=r"s1\.tif: mask values \[255\] are not in the class map"):
+    with pytest.raises(
+        DataFormatError, match=r"s1\.tif: mask values \[255\] are not in the class map"
+    ):
         get_dataset("mask-folder", data_dir=root, mask_values=[0, 128]).read_batch([1])
     Image.fromarray(np.zeros((5, 5), np.uint8)).save(root / "train" / "masks" / "s0.png")
     with pytest.raises(DataFormatError, match=r"s0\.png: mask is 5x5 but its image .* 8x12"):

@@ -1,6 +1,7 @@
 """Augmentation presets (mpinet.data.presets): the dihedral transform against NumPy's rot90/flip,
 masks moved with their images, keyed choices (same for a resumed or re-sharded batch), the
 preset each data set gets, and the CLI's --augment values."""
+
 import numpy as np
 import pytest
 
@@ -41,8 +42,9 @@ def test_masks_follow_their_images_and_choices_are_keyed():
 
 
 def test_presets_by_data_set_and_their_transforms():
-    assert [preset_for_dataset(n) for n in ("digits", "cifar10", "mask-folder", "fashion-mnist")] \
-        == ["digits", "photo", "microscopy", "digits"]
+    assert [
+        preset_for_dataset(n) for n in ("digits", "cifar10", "mask-folder", "fashion-mnist")
+    ] == ["digits", "photo", "microscopy", "digits"]
     mean, std = np.array([0.5]), np.array([0.25])
     assert build_augmentation("none", (1, 8, 8)) == (None, None)
     train, evaluation = build_augmentation("digits", (1, 8, 8), mean, std)

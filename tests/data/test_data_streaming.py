@@ -1,6 +1,7 @@
 """File-backed data sets (mpinet.data.streaming): an index in memory, files decoded per batch.
 Same samples as the in-memory reader, the loader's batches unchanged, only the batch's files
 opened, and exact resume at another world size (simulated: the sampler takes rank and size)."""
+
 import numpy as np
 import pytest
 from image_tree import write_image_tree
@@ -37,8 +38,12 @@ def test_same_samples_as_the_in_memory_reader(tree, opened):
     memory = get_dataset("image-folder", data_dir=tree, raw=True)
     assert opened == []  # listing decodes nothing
     assert isinstance(files, ImageFolderFiles) and len(files) == len(memory) == 24
-    assert (files.input_shape, files.num_classes, files.class_names, files.is_raw) == \
-        (memory.input_shape, memory.num_classes, memory.class_names, True)
+    assert (files.input_shape, files.num_classes, files.class_names, files.is_raw) == (
+        memory.input_shape,
+        memory.num_classes,
+        memory.class_names,
+        True,
+    )
     x, y = files.read_batch(np.arange(len(files)))
     np.testing.assert_array_equal(x, memory.images)
     np.testing.assert_array_equal(y, memory.labels)
@@ -57,7 +62,9 @@ def test_loader_batches_equal_and_open_only_the_batch_files(tree, opened):
             np.testing.assert_array_equal(xg, xw)
             np.testing.assert_array_equal(yg, yw)
             assert cg == cw
-        mine = np.concatenate([b.indices for b in DistributedSampler(len(files), 4, rank, 3, seed=7)])
+        mine = np.concatenate(
+            [b.indices for b in DistributedSampler(len(files), 4, rank, 3, seed=7)]
+        )
         assert sorted(opened) == sorted(files.path(int(i)) for i in mine)  # its shard, once each
 
 
@@ -69,8 +76,10 @@ def _images(x) -> list[bytes]:
 def test_resume_at_another_world_size_covers_each_file_once(tree):
     files = ImageFolderFiles(tree, size=(6, 5))
     seen = []
-    loaders = [DataLoader(files, DistributedSampler(len(files), 2, r, 4, seed=3), workers=0)
-               for r in range(4)]
+    loaders = [
+        DataLoader(files, DistributedSampler(len(files), 2, r, 4, seed=3), workers=0)
+        for r in range(4)
+    ]
     iters = [iter(ld) for ld in loaders]
     for _ in range(2):  # two global steps on 4 ranks, then "save"
         for it in iters:
@@ -97,7 +106,9 @@ def test_errors_name_the_file(tmp_path):
     write_image_tree(tmp_path / "odd", per_class=(1,), size=(6, 5))
     from PIL import Image
 
-    Image.fromarray(np.zeros((3, 3, 3), np.uint8)).save(tmp_path / "odd" / "train" / "c0" / "002.png")
+    Image.fromarray(np.zeros((3, 3, 3), np.uint8)).save(
+        tmp_path / "odd" / "train" / "c0" / "002.png"
+    )
     odd = ImageFolderFiles(tmp_path / "odd")
     with pytest.raises(DataFormatError, match="002.png: image is 3x3 but .* 6x5"):
         odd.read_batch([1])

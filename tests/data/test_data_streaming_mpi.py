@@ -1,5 +1,6 @@
 """File-backed data under real MPI: each rank opens only the files of its shard, the shards of
 an epoch are disjoint and cover every file once, and the batches equal the in-memory reader's."""
+
 import shutil
 import tempfile
 from pathlib import Path
@@ -38,15 +39,19 @@ def test_each_rank_opens_only_its_shard(shared_tree, monkeypatch, workers):
     comm = MPI.COMM_WORLD
     opened = []
     decode = image_folder_mod._decode
-    monkeypatch.setattr("mpinet.data.streaming._decode",
-                        lambda path, *a: (opened.append(str(path)), decode(path, *a))[1])
+    monkeypatch.setattr(
+        "mpinet.data.streaming._decode",
+        lambda path, *a: (opened.append(str(path)), decode(path, *a))[1],
+    )
     files = get_dataset("image-folder", data_dir=shared_tree, stream=True, size=(6, 5))
     memory = get_dataset("image-folder", data_dir=shared_tree)
     sampler = DistributedSampler(len(files), 3, comm.rank, comm.size, seed=11)
     mine = []
-    for (x, y, _), batch in zip(DataLoader(files, sampler, workers=workers),
-                                DistributedSampler(len(files), 3, comm.rank, comm.size, seed=11),
-                                strict=True):
+    for (x, y, _), batch in zip(
+        DataLoader(files, sampler, workers=workers),
+        DistributedSampler(len(files), 3, comm.rank, comm.size, seed=11),
+        strict=True,
+    ):
         np.testing.assert_array_equal(x, memory.images[batch.indices])
         np.testing.assert_array_equal(y, memory.labels[batch.indices])
         mine.extend(files.path(int(i)) for i in batch.indices)

@@ -1,5 +1,6 @@
 """Decode workers (mpinet.data.workers): the same batches as without workers, across epochs and a
 resume; a worker's exception or death ends the epoch with an error naming it, within seconds."""
+
 import os
 import signal
 import time
@@ -32,7 +33,7 @@ def test_workers_give_the_same_batches_over_epochs_and_resume(tree):
             loader.sampler.set_epoch(epoch)
             want, got = batches(plain), batches(loader)
             assert len(got) == len(want) > 0
-            for (xg, yg, ng), (xw, yw, nw) in zip(got, want):
+            for (xg, yg, ng), (xw, yw, nw) in zip(got, want, strict=True):
                 np.testing.assert_array_equal(xg, xw)
                 np.testing.assert_array_equal(yg, yw)
                 assert ng == nw
@@ -67,7 +68,9 @@ def test_worker_exception_names_the_worker_and_file(tmp_path):
     files = ImageFolderFiles(root)
     (root / "train" / "c1" / "002.png").write_bytes(b"garbage")
     with pytest.raises(RuntimeError, match=r"(?s)worker \d.*002.png.*cannot decode"):
-        batches(DataLoader(files, DistributedSampler(len(files), 2, 0, 1, shuffle=False), workers=2))
+        batches(
+            DataLoader(files, DistributedSampler(len(files), 2, 0, 1, shuffle=False), workers=2)
+        )
 
 
 def test_killed_worker_ends_the_epoch_within_seconds(tree):
