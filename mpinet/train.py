@@ -385,7 +385,7 @@ def main(argv=None) -> int:
     if rank == 0:
         print("final test: " + ", ".join(f"{k} {v:.4f}" for k, v in final.items()), flush=True)
     if train.is_segmentation:
-        from mpinet.segmentation_metrics import format_report, segmentation_report
+        from mpinet.training.segmentation_metrics import format_report, segmentation_report
 
         report = segmentation_report(model, test)
         if rank == 0:

@@ -7,7 +7,7 @@ from PIL import Image
 
 from mpinet.data import get_dataset
 from mpinet.data.dataset import DataFormatError
-from mpinet.segmentation_metrics import confusion_matrix, scores_from_confusion
+from mpinet.training.segmentation_metrics import confusion_matrix, scores_from_confusion
 
 RNG = np.random.default_rng(3)
 

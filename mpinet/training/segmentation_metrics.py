@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import backend
-from .autograd import no_grad
-from .data.loader import DataLoader
-from .data.sampler import ShardSampler
+from .. import backend
+from ..autograd import no_grad
+from ..data.loader import DataLoader
+from ..data.sampler import ShardSampler
 
 
 def confusion_matrix(pred: np.ndarray, truth: np.ndarray, num_classes: int) -> np.ndarray:
