@@ -298,7 +298,7 @@ def setup(cfg: dict, comm):
         from mpinet.data.presets import build_augmentation
         from mpinet.data.streaming import dataset_channel_stats
 
-        mean, std = dataset_channel_stats(train)
+        mean, std = dataset_channel_stats(train, comm=comm)
         transform, eval_transform = build_augmentation(  # eval: same normalization, no randomness
             preset, train.input_shape, mean, std, seed=cfg["seed"],
             segmentation=train.is_segmentation)

@@ -176,15 +176,30 @@ class ImageFolderFiles(FileDataset):
         return part
 
 
-def dataset_channel_stats(dataset, max_samples: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+def dataset_channel_stats(
+    dataset, max_samples: int = 2048, comm=None
+) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel mean and std in [0, 1] for normalization: over all images of an in-memory data
-    set, over ``max_samples`` evenly spaced samples of a file-backed one (every rank reads the
-    same ones, so every rank normalizes alike)."""
-    from .augment import channel_stats  # lazy
+    set; over ``max_samples`` evenly spaced samples of a file-backed one. With ``comm`` (an
+    mpinet communicator) each rank decodes every size-th of those samples and one allreduce adds
+    the sums, so no file is read twice and every rank gets the same statistics."""
+    from .augment import channel_stats  # lazy: augment's home may move
 
     if not isinstance(dataset, FileDataset):
         return channel_stats(dataset.images)
     picks = np.unique(
         np.linspace(0, len(dataset) - 1, min(max_samples, len(dataset))).astype(np.int64)
     )
-    return channel_stats(dataset.read_batch(picks)[0])
+    if comm is None or comm.size == 1:
+        return channel_stats(dataset.read_batch(picks)[0])
+    mine = picks[comm.rank :: comm.size]
+    c = dataset.input_shape[0]
+    sums = np.zeros(2 * c + 1)  # per channel: sum, sum of squares; then the pixel count
+    if len(mine):
+        x = dataset.read_batch(mine)[0].astype(np.float64) / 255.0  # (n, C, H, W)
+        sums[:c] = x.sum(axis=(0, 2, 3))
+        sums[c : 2 * c] = np.square(x).sum(axis=(0, 2, 3))
+        sums[-1] = x.shape[0] * x.shape[2] * x.shape[3]
+    total = np.asarray(comm.allreduce_obj(sums, op="sum"), dtype=np.float64)
+    mean = total[:c] / total[-1]
+    return mean, np.sqrt(np.maximum(total[c : 2 * c] / total[-1] - mean * mean, 0.0))

@@ -61,3 +61,25 @@ def test_each_rank_opens_only_its_shard(shared_tree, monkeypatch, workers):
     everyone = comm.allgather(opened)
     union = [p for part in everyone for p in part]
     assert len(union) == len(set(union)) == len(files)  # disjoint shards covering the epoch
+
+
+def test_channel_stats_split_over_ranks_equal_one_process(shared_tree, monkeypatch):
+    from mpi4py import MPI
+
+    from mpinet.comm import create_communicator
+    from mpinet.data.streaming import dataset_channel_stats
+
+    files = get_dataset("image-folder", data_dir=shared_tree, stream=True)
+    want = dataset_channel_stats(files)  # this process reads every sampled file
+    opened = []
+    decode = image_folder_mod._decode
+    monkeypatch.setattr(
+        "mpinet.data.streaming._decode",
+        lambda path, *a: (opened.append(str(path)), decode(path, *a))[1],
+    )
+    comm = create_communicator("mpi", MPI.COMM_WORLD)
+    mean, std = dataset_channel_stats(files, comm=comm)
+    np.testing.assert_allclose(mean, want[0], rtol=1e-9)
+    np.testing.assert_allclose(std, want[1], rtol=1e-9)
+    everyone = [p for part in MPI.COMM_WORLD.allgather(opened) for p in part]
+    assert len(everyone) == len(set(everyone)) == len(files)  # each sampled file read once
