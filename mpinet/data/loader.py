@@ -24,6 +24,7 @@ position, so ``sampler.state_dict()`` is also right between epochs and after a b
 from __future__ import annotations
 
 import collections
+import pickle
 import queue
 import threading
 import weakref
@@ -142,15 +143,19 @@ class DataLoader:
 
         threads_each = loader_worker_threads(self.workers)
         make_room_for_workers(self.workers, threads_each)
+        # On the CPU the workers do the whole host part (decode, float, augment) when the
+        # transform can travel to them; on the GPU they decode and the device does the rest.
+        finish = not self.device.is_gpu and _picklable(self.transform)
         pool = shared_pool(self.dataset, self.workers, self.sampler.batch_size,
-                           threads=threads_each)
+                           threads=threads_each, transform=self.transform if finish else None,
+                           finish=finish)
         for batch, (x, y) in pool.imap(self.sampler):
             if self.device.is_gpu and len(x):
-                import cupyx  # GPU only
+                import cupyx  # GPU only: pinned, so the copy to the device can be async
 
                 x = _to_pinned(cupyx, x)
                 y = _to_pinned(cupyx, y)
-            elif not self.device.is_gpu:
+            elif not self.device.is_gpu and not finish:
                 x, y = self._finish(x, y, batch)
             yield x, y, batch
 
@@ -254,6 +259,15 @@ class DataLoader:
             thread.join()
 
         return items(), stop
+
+
+def _picklable(transform) -> bool:
+    """Can the transform be sent to a spawned worker? (A lambda or a closure cannot.)"""
+    try:
+        pickle.dumps(transform)
+        return True
+    except (pickle.PicklingError, AttributeError, TypeError):
+        return False
 
 
 def _to_pinned(cupyx, a):

@@ -1,5 +1,7 @@
 """Decode worker processes for file-backed data sets: N processes decode batches into a ring of
-batch slots in shared memory, running ahead of training.
+batch slots in shared memory, running ahead of training. On the CPU backend they also do the
+rest of the host part (uint8 -> float32, the augmentation transform: ``finish``); on the GPU
+they decode and the device converts and augments.
 
     pool = WorkerPool(dataset, workers=4, max_batch=128)
     for batch, (x, y) in pool.imap(sampler):   # in the sampler's order; x, y: private copies
@@ -36,18 +38,31 @@ _POLL_S = 0.1
 _HIDDEN_ENV_PREFIXES = ("PMI_", "PMIX_", "HYDRA_", "OMPI_", "MPIR_", "I_MPI_", "SLURM_STEP")
 
 
-def _slot_views(buf, slot: int, max_batch: int, x_shape, y_shape):
-    """(x, y) views of one slot: x (max_batch, C, H, W) uint8, y (max_batch, ...) int64."""
-    x_bytes = max_batch * int(np.prod(x_shape))
+def _slot_views(buf, slot: int, max_batch: int, x_shape, y_shape, x_dtype=np.uint8):
+    """(x, y) views of one slot: x (max_batch, C, H, W) uint8 (decoded) or float32 (finished),
+    y (max_batch, ...) int64."""
+    x_bytes = max_batch * int(np.prod(x_shape)) * np.dtype(x_dtype).itemsize
     y_bytes = max_batch * int(np.prod(y_shape, dtype=np.int64)) * 8
     start = slot * (x_bytes + y_bytes)
-    x = np.ndarray((max_batch, *x_shape), np.uint8, buffer=buf, offset=start)
+    x = np.ndarray((max_batch, *x_shape), x_dtype, buffer=buf, offset=start)
     y = np.ndarray((max_batch, *y_shape), np.int64, buffer=buf, offset=start + x_bytes)
     return x, y
 
 
-def _worker_main(index, dataset, shm_name, max_batch, tasks, results, parent_pid):
-    """One worker: take (seq, slot, indices), decode into the slot, report (seq, index, error)."""
+def finish_on_cpu(x_u8, y, batch, transform):
+    """What the loader does after decoding on the CPU backend: uint8 -> float32 / 255 (the
+    readers' rule), then the transform. The same code in a worker and in the loader thread, so
+    the batches are the same bit for bit."""
+    x = x_u8.astype(np.float32) / np.float32(255.0)
+    if transform is not None:
+        x, y = transform(x, y, batch)
+    return x, y
+
+
+def _worker_main(index, dataset, shm_name, max_batch, tasks, results, parent_pid,
+                 transform=None, finish=False):
+    """One worker: take (seq, slot, batch), decode (and with ``finish`` convert and transform)
+    into the slot, report (seq, index, error)."""
     shm = shared_memory.SharedMemory(name=shm_name)
     try:
         while True:
@@ -59,11 +74,16 @@ def _worker_main(index, dataset, shm_name, max_batch, tasks, results, parent_pid
                 continue
             if task is None:
                 return
-            seq, slot, indices = task
-            x, y = _slot_views(shm.buf, slot, max_batch, dataset.input_shape, dataset.label_shape)
-            n = len(indices)
+            seq, slot, batch = task
+            x, y = _slot_views(shm.buf, slot, max_batch, dataset.input_shape, dataset.label_shape,
+                               np.float32 if finish else np.uint8)
+            n = len(batch.indices)
             try:
-                dataset.read_batch(indices, out=(x[:n], y[:n]))
+                if finish:
+                    xf, yf = finish_on_cpu(*dataset.read_batch(batch.indices), batch, transform)
+                    x[:n], y[:n] = xf, yf
+                else:
+                    dataset.read_batch(batch.indices, out=(x[:n], y[:n]))
                 results.put((seq, index, None))
             except BaseException:  # carried to the consumer with the traceback
                 results.put((seq, index, traceback.format_exc()))
@@ -103,17 +123,21 @@ class WorkerPool:
     """``workers`` spawned processes decoding ``dataset`` (a FileDataset) into shared memory.
 
     max_batch: the largest batch a sampler yields (its batch_size); slots: batches in flight
-    (default 2 per worker)."""
+    (default 2 per worker). finish: the workers also convert to float32 and apply ``transform``
+    (the CPU backend's whole host part; the transform must be picklable, e.g. ``Augment``)."""
 
-    def __init__(
-        self, dataset, workers: int, max_batch: int, slots: int | None = None, threads: int = 1
-    ):
+    def __init__(self, dataset, workers: int, max_batch: int, slots: int | None = None,
+                 threads: int = 1, transform=None, finish: bool = False):
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
         self.dataset, self.workers, self.max_batch = dataset, int(workers), int(max_batch)
         self.slots = int(slots or 2 * workers)
         x_shape, y_shape = dataset.input_shape, dataset.label_shape
-        slot_bytes = max_batch * (int(np.prod(x_shape)) + 8 * int(np.prod(y_shape, dtype=np.int64)))
+        self.finish, self.transform = bool(finish), transform
+        self.x_dtype = np.float32 if finish else np.uint8
+        x_item = np.dtype(self.x_dtype).itemsize
+        slot_bytes = max_batch * (x_item * int(np.prod(x_shape))
+                                  + 8 * int(np.prod(y_shape, dtype=np.int64)))
         self._shm = shared_memory.SharedMemory(create=True, size=max(1, slot_bytes * self.slots))
         ctx = mp.get_context("spawn")
         self._tasks, self._results = ctx.Queue(), ctx.Queue()
@@ -133,6 +157,8 @@ class WorkerPool:
                         self._tasks,
                         self._results,
                         os.getpid(),
+                        transform,
+                        self.finish,
                     ),
                 )
                 proc.start()
@@ -176,7 +202,7 @@ class WorkerPool:
                         )
                     slot = free.pop()
                     slot_of[next_seq], pending[next_seq] = slot, batch
-                    self._tasks.put((next_seq, slot, np.asarray(batch.indices, dtype=np.int64)))
+                    self._tasks.put((next_seq, slot, batch))
                     next_seq += 1
                 if next_yield == next_seq:
                     return
@@ -201,6 +227,7 @@ class WorkerPool:
                     self.max_batch,
                     self.dataset.input_shape,
                     self.dataset.label_shape,
+                    self.x_dtype,
                 )
                 n = len(batch.indices)
                 out = (x[:n].copy(), y[:n].copy())
@@ -242,13 +269,16 @@ class WorkerPool:
 _pools: dict[tuple, WorkerPool] = {}
 
 
-def shared_pool(dataset, workers: int, max_batch: int, threads: int = 1) -> WorkerPool:
+def shared_pool(dataset, workers: int, max_batch: int, threads: int = 1, transform=None,
+                finish: bool = False) -> WorkerPool:
     """A pool for this data set kept across loaders (an epoch's loop, each evaluation), so the
     workers start once per run; a new one if the cached one is closed or in use."""
-    key = (id(dataset), workers, max_batch)
+    key = (id(dataset), workers, max_batch, id(transform), finish)
     pool = _pools.get(key)
-    if pool is None or pool.closed or pool.busy or pool.dataset is not dataset:
-        pool = WorkerPool(dataset, workers, max_batch, threads=threads)
+    if (pool is None or pool.closed or pool.busy or pool.dataset is not dataset
+            or pool.transform is not transform):
+        pool = WorkerPool(dataset, workers, max_batch, threads=threads, transform=transform,
+                          finish=finish)
         _pools[key] = pool
     return pool
 

@@ -87,3 +87,21 @@ def test_killed_worker_ends_the_epoch_within_seconds(tree):
         assert time.monotonic() - start < 10
     finally:
         pool.close()
+
+
+def test_cpu_workers_augment_too_and_give_the_same_batches(tree):
+    from mpinet.data import Augment
+    from mpinet.data.presets import Compose, Dihedral
+
+    files = ImageFolderFiles(tree, size=(6, 6))
+    for transform in (Augment(crop_padding=2, flip=True, mean=[0.5] * 3, std=[0.2] * 3, seed=4),
+                      Compose(Dihedral(seed=2), Augment(flip=True, seed=2)),
+                      lambda x, y, b: (x * 2, y)):  # a lambda cannot travel: done in the thread
+        plain = DataLoader(files, DistributedSampler(len(files), 4, 1, 2, seed=5),
+                           transform=transform, workers=0)
+        loader = DataLoader(files, DistributedSampler(len(files), 4, 1, 2, seed=5),
+                            transform=transform, workers=2)
+        for (xg, yg, _), (xw, yw, _) in zip(batches(loader), batches(plain), strict=True):
+            assert xg.dtype == np.float32
+            np.testing.assert_array_equal(xg, xw)  # bit for bit
+            np.testing.assert_array_equal(yg, yw)
