@@ -56,8 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="extra model option, repeatable (e.g. base_width=16 for unet; values "
                         "parsed as JSON when they can be, else kept as strings)")
     g.add_argument("--workers", type=int,
-                   help="decode processes per rank for image folders (default: the rank's cores "
-                        "minus one, from the thread budget; 0 decodes in the loader thread)")
+                   help="decode processes per rank for image and mask folders (default: the "
+                        "rank's cores minus one, from the thread budget; 0 decodes in the loader "
+                        "thread)")
     g.add_argument("--augment", nargs="?", const="auto", default=None,
                    choices=["auto", "digits", "photo", "microscopy", "none"],
                    help="augmentation preset (mpinet.data.presets); alone: the data set's kind "
