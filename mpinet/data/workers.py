@@ -176,8 +176,9 @@ class WorkerPool:
                 )
 
     def imap(self, batches):
-        """Yield (batch, (x, y)) for each sampler ``Batch``, in order, decoded by the workers.
-        x (n, C, H, W) uint8 and y are copies: the slot is free again once yielded."""
+        """Yield (batch, (x, y)) for each sampler ``Batch``, in order, prepared by the workers.
+        x (n, C, H, W) uint8 (float32 with ``finish``) and y are copies: the slot is free again
+        once yielded."""
         if self._shm is None:
             raise RuntimeError("WorkerPool is closed")
         self.busy = True
