@@ -158,7 +158,9 @@ class Model:
             checkpoint_every: int = 0, keep_checkpoints: int = 3, resume=None,
             handle_preemption: bool = True, preemption_flag: "PreemptionFlag | None" = None,
             workers: int | None = None) -> History:
-        """Train for ``epochs`` epochs of ``train`` (an ArrayDataset); ``batch_size`` per rank.
+        """Train for ``epochs`` epochs of ``train`` (an ArrayDataset, or a file-backed data set
+        of mpinet.data.streaming / masks); ``batch_size`` per rank. ``workers``: decode
+        processes for a file-backed set (None: the rank's cores minus one; mpinet.data.workers).
 
         transform: the training transform (augmentation + normalization, on the device);
         eval_transform: what evaluate/predict apply instead (the same normalization, no random
