@@ -124,3 +124,28 @@ def test_coco_rle_and_polygons(tmp_path):
     coco["images"][0]["file_name"] = "missing.png"
     (tmp_path / "inst.json").write_text(json.dumps(coco))
     assert main(["coco", str(tmp_path / "inst.json"), str(tmp_path), str(tmp_path / "o2")]) == 2
+
+
+def test_predict_writes_a_mask_per_image(tmp_path):
+    from mpinet.checkpoint.store import write_weights_file
+    from mpinet.models import build_model
+
+    net = build_model("unet", num_classes=2, in_channels=1, input_size=16, base_width=4, depth=2)
+    write_weights_file(str(tmp_path / "w.safetensors"), net.state_dict())  # as --save-weights
+    rng = np.random.default_rng(0)
+    (tmp_path / "new").mkdir()
+    for i in range(2):  # 20 x 24: padded to 32 x 32 for the U-Net, cropped back
+        Image.fromarray(rng.integers(0, 256, (20, 24), dtype=np.uint8)).save(tmp_path / "new" / f"{i}.png")
+    img, cells = cells_image(16)
+    for sub, arr in (("images", img), ("masks", cells.astype(np.uint8) * 255)):
+        (tmp_path / "data" / "train" / sub).mkdir(parents=True)
+        Image.fromarray(arr).save(tmp_path / "data" / "train" / sub / "a.png")
+    for extra in ([], ["--normalize-like", str(tmp_path / "data")]):
+        out = tmp_path / f"out{len(extra)}"
+        args = ["predict", "--weights", str(tmp_path / "w.safetensors"), "--model-opt",
+                "base_width=4", "--model-opt", "depth=2", *extra, str(tmp_path / "new"), str(out)]
+        assert main(args) == 0
+        masks = [np.asarray(Image.open(out / f"{i}.png")) for i in range(2)]
+        assert all(m.shape == (20, 24) and set(np.unique(m)) <= {0, 255} for m in masks)
+    assert main(["predict", "--weights", str(tmp_path / "missing"), str(tmp_path / "new"),
+                 str(tmp_path / "o")]) == 2

@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--num-classes", type=int, default=2)
     pr.add_argument("--in-channels", type=int, default=1)
     pr.add_argument("--multiple", type=int, default=16, help="pad images to a multiple of this")
+    pr.add_argument("--normalize-like", metavar="DATA_DIR",
+                    help="the --data-dir the model was trained on, when it was trained with "
+                         "--augment (inputs normalized with that training split's statistics)")
     return p
 
 
@@ -127,6 +130,7 @@ def main(argv=None) -> int:
                 args.in_channels,
                 opts,
                 args.multiple,
+                args.normalize_like,
             )
             print(f"wrote {n} predicted masks to {args.out}")
     except (FileNotFoundError, DataFormatError, ValueError, OSError) as e:

@@ -13,7 +13,17 @@ from pathlib import Path
 
 import numpy as np
 
+from ..data.augment import normalize
 from ..data.masks import IMAGE_SUFFIXES
+
+
+def training_normalization(data_dir) -> tuple[np.ndarray, np.ndarray]:
+    """The (mean, std) the trainer's ``--augment`` normalized with, recomputed from the same
+    mask-folder training split the same way (mpinet.data.streaming.dataset_channel_stats)."""
+    from ..data.registry import get_dataset  # lazy
+    from ..data.streaming import dataset_channel_stats  # lazy
+
+    return dataset_channel_stats(get_dataset("mask-folder", "train", data_dir=data_dir))
 
 
 def predict_folder(
@@ -25,7 +35,10 @@ def predict_folder(
     in_channels: int = 1,
     model_opts: dict | None = None,
     multiple: int = 16,
+    normalize_like=None,
 ) -> int:
+    """normalize_like: the training data dir of a model trained with ``--augment`` (its inputs
+    were normalized with that split's channel statistics; predictions need the same)."""
     from PIL import Image  # optional dependency (pillow)
 
     from .. import backend  # lazy
@@ -48,12 +61,15 @@ def predict_folder(
     net = net.to(backend.current())
     net.eval()
     out.mkdir(parents=True, exist_ok=True)
+    norm = training_normalization(normalize_like) if normalize_like else None
     for path in files:
         with Image.open(path) as im:
             arr = np.asarray(im.convert("L" if in_channels == 1 else "RGB"), dtype=np.float32) / 255
         chw = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
         h, w = chw.shape[1:]
         ph, pw = -h % multiple, -w % multiple
+        if norm is not None:  # the trainer's eval transform: (x - mean[c]) / std[c]
+            chw = normalize(chw[None], *norm)[0]
         x = np.pad(chw, ((0, 0), (0, ph), (0, pw)))[None]  # (1, C, H', W')
         with no_grad():
             logits = net(Variable(backend.to_device(x))).data
