@@ -135,7 +135,8 @@ def test_predict_writes_a_mask_per_image(tmp_path):
     rng = np.random.default_rng(0)
     (tmp_path / "new").mkdir()
     for i in range(2):  # 20 x 24: padded to 32 x 32 for the U-Net, cropped back
-        Image.fromarray(rng.integers(0, 256, (20, 24), dtype=np.uint8)).save(tmp_path / "new" / f"{i}.png")
+        pixels = rng.integers(0, 256, (20, 24), dtype=np.uint8)
+        Image.fromarray(pixels).save(tmp_path / "new" / f"{i}.png")
     img, cells = cells_image(16)
     for sub, arr in (("images", img), ("masks", cells.astype(np.uint8) * 255)):
         (tmp_path / "data" / "train" / sub).mkdir(parents=True)
