@@ -24,7 +24,6 @@ position, so ``sampler.state_dict()`` is also right between epochs and after a b
 from __future__ import annotations
 
 import collections
-import pickle
 import queue
 import threading
 import weakref
@@ -145,7 +144,7 @@ class DataLoader:
         make_room_for_workers(self.workers, threads_each)
         # On the CPU the workers do the whole host part (decode, float, augment) when the
         # transform can travel to them; on the GPU they decode and the device does the rest.
-        finish = not self.device.is_gpu and _picklable(self.transform)
+        finish = not self.device.is_gpu and _runs_in_workers(self.transform)
         pool = shared_pool(self.dataset, self.workers, self.sampler.batch_size,
                            threads=threads_each, transform=self.transform if finish else None,
                            finish=finish)
@@ -261,13 +260,18 @@ class DataLoader:
         return items(), stop
 
 
-def _picklable(transform) -> bool:
-    """Can the transform be sent to a spawned worker? (A lambda or a closure cannot.)"""
-    try:
-        pickle.dumps(transform)
+def _runs_in_workers(transform) -> bool:
+    """Can the workers apply this transform? mpinet's own (Augment, the presets' Dihedral and
+    Compose: plain data, sent to the spawned workers) yes; any other callable (a lambda, a
+    closure, a user's class) stays in the loader thread."""
+    from .augment import Augment  # lazy: augment's home may move
+    from .presets import Compose, Dihedral
+
+    if transform is None or type(transform) in (Augment, Dihedral):
         return True
-    except (pickle.PicklingError, AttributeError, TypeError):
-        return False
+    if type(transform) is Compose:
+        return all(_runs_in_workers(t) for t in transform.transforms)
+    return False
 
 
 def _to_pinned(cupyx, a):

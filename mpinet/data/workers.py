@@ -124,7 +124,7 @@ class WorkerPool:
 
     max_batch: the largest batch a sampler yields (its batch_size); slots: batches in flight
     (default 2 per worker). finish: the workers also convert to float32 and apply ``transform``
-    (the CPU backend's whole host part; the transform must be picklable, e.g. ``Augment``)."""
+    (the CPU backend's whole host part; mpinet's own transforms: Augment, the presets)."""
 
     def __init__(self, dataset, workers: int, max_batch: int, slots: int | None = None,
                  threads: int = 1, transform=None, finish: bool = False):

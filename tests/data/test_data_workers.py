@@ -96,7 +96,7 @@ def test_cpu_workers_augment_too_and_give_the_same_batches(tree):
     files = ImageFolderFiles(tree, size=(6, 6))
     for transform in (Augment(crop_padding=2, flip=True, mean=[0.5] * 3, std=[0.2] * 3, seed=4),
                       Compose(Dihedral(seed=2), Augment(flip=True, seed=2)),
-                      lambda x, y, b: (x * 2, y)):  # a lambda cannot travel: done in the thread
+                      lambda x, y, b: (x * 2, y)):  # not one of mpinet's: stays in the thread
         plain = DataLoader(files, DistributedSampler(len(files), 4, 1, 2, seed=5),
                            transform=transform, workers=0)
         loader = DataLoader(files, DistributedSampler(len(files), 4, 1, 2, seed=5),
