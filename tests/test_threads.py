@@ -92,3 +92,26 @@ def test_rank_gives_its_workers_room(monkeypatch):
         assert threads.make_room_for_workers(7, 1) == 5  # the user's count is kept
     finally:
         threadpool_limits(limits=before)
+
+
+@pytest.mark.parametrize("env, want", [({}, "auto"), ({"OMP_NUM_THREADS": "3"}, "user")])
+def test_cli_prints_its_choice_once(env, want):
+    """python -m mpinet.train under mpiexec -n 2 in a user's environment: rank 0 says once how
+    many threads each rank uses; OMP_NUM_THREADS wins when set."""
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    clean = {k: v for k, v in os.environ.items() if k not in threads.THREAD_ENV_VARS}
+    full = dict(clean, MPIR_CVAR_ENABLE_HEAVY_YIELD="1", PYTHONPATH=root, **env)
+    proc = subprocess.run(["mpiexec", "-n", "2", sys.executable, "-m", "mpinet.train",
+                           "--epochs", "1"], cwd=root, env=full, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("[mpinet] threads:")]
+    assert len(lines) == 1, proc.stderr[-2000:]
+    if want == "user":
+        assert lines[0] == "[mpinet] threads: 3 per rank (from OMP_NUM_THREADS)"
+    else:
+        assert "rank(s) on this node; set OMP_NUM_THREADS or --threads to override" in lines[0]
