@@ -75,8 +75,10 @@ def test_worker_threads_fit_in_the_rank_share(cores, workers, expected):
 def test_cli_rejects_zero_threads():
     from mpinet.train import ConfigError, load_config, validate
 
-    with pytest.raises(ConfigError, match="--threads must be >= 1"):
+    with pytest.raises(ConfigError, match="--threads must be > 0, got 0"):
         validate(load_config(["--threads", "0"]))
+    with pytest.raises(ConfigError, match="--workers must be >= 0, got -1"):
+        validate(load_config(["--workers", "-1"]))
 
 
 def test_rank_gives_its_workers_room(monkeypatch):

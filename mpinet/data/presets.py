@@ -3,7 +3,7 @@ crop + flip (which, tuned for 32 px photos, cost the 8x8 digits 40 points of acc
 
     digits      small grey glyphs: normalization only. No flips (a mirrored 2 is no 2), and on
                 the 8x8 digits even 1-pixel shifts cost accuracy (94.2% -> 88.9% after 4 epochs;
-                benchmarks/RESULTS.md section 7), while normalizing alone gained (95.8%)
+                benchmarks/RESULTS.md section 8), while normalizing alone gained (95.8%)
     photo       natural images: random crop (padding 4 at >= 32 px, else 2), horizontal flip
     microscopy  cells have no up, down, left or right: the 8 flips/rotations of the square
                 (images and their masks alike), no crop

@@ -5,11 +5,12 @@ from .activation import GELU, LeakyReLU, LogSoftmax, PReLU, ReLU, Sigmoid, Softm
 from .basic import Flatten, Identity
 from .dropout import Dropout
 from .linear import Linear
-from .normalization import BatchNorm1d, BatchNorm2d
+from .normalization import BatchNorm1d, BatchNorm2d, LocalResponseNorm
 from .pooling import AdaptiveAvgPool2d, AvgPool2d, GlobalAvgPool2d, MaxPool2d, Upsample
 
 __all__ = ["Module", "Sequential"]
 __all__ += ["Linear", "ReLU", "LeakyReLU", "PReLU", "Sigmoid", "Tanh", "GELU", "Softmax",
-            "LogSoftmax", "Dropout", "BatchNorm1d", "BatchNorm2d", "Flatten", "Identity"]
+            "LogSoftmax", "Dropout", "BatchNorm1d", "BatchNorm2d", "LocalResponseNorm", "Flatten",
+            "Identity"]
 __all__ += ["Conv2d", "ConvTranspose2d", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d",
             "GlobalAvgPool2d", "Upsample"]
