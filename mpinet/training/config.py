@@ -55,12 +55,13 @@ _RULES: dict[str, tuple] = {
     "deterministic": ("bool", None),
     "comm_timeout": ("float", (0, math.inf, False, False)),
     "straggler_warn": ("float", (0, math.inf, True, False)),
+    "save_model": ("path", None),
     "threads": ("int", 1), "workers": ("int", 0),
     "mask_values": ("str", None), "class_weights": ("str", None),
     "loss": ("choice", ("cross_entropy", "dice", "bce", "dice+ce")),
 }
 OPTIONAL = {"data_dir", "grad_dtype", "checkpoint_dir", "resume", "metrics", "train_samples",
-            "save_weights", "model_opt", "comm_timeout", "straggler_warn",
+            "save_weights", "model_opt", "comm_timeout", "straggler_warn", "save_model",
             "threads", "workers", "mask_values", "class_weights", "loss"}
 
 
@@ -159,6 +160,8 @@ class TrainConfig:
     comm_timeout: float | None = None
     # Warn when the slowest rank runs this many seconds per logging window behind the others.
     straggler_warn: float | None = None
+    # The model file written at the end (None: CHECKPOINT_DIR/model.mpinet if a dir is given).
+    save_model: str | None = None
     # BLAS threads per rank (None: mpinet.threads decides) and decode workers per rank.
     threads: int | None = None
     workers: int | None = None

@@ -21,7 +21,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .. import backend, checkpoint
-from ..amp import Precision
+from ..amp import Precision, autocast
 from ..autograd import Variable, no_grad
 from ..data.loader import DataLoader
 from ..data.sampler import DistributedSampler, ShardSampler
@@ -31,7 +31,8 @@ from ..parallel.data_parallel import DataParallel
 from ..parallel.straggler import StragglerWatch
 from . import state as training_states
 from .callbacks import Callback, MetricsLogger, ModelCheckpoint
-from .metrics import LOSSES, METRICS, check_names, logs_from_sums, reduce_sums  # noqa: F401
+from .metrics import (LOSSES, METRICS, check_names, compute_loss,  # noqa: F401
+                      logs_from_sums, metric_sums, reduce_sums)
 from .preemption import PreemptionFlag
 from .step import TrainStep
 
@@ -91,6 +92,8 @@ class Model:
         self.config = None  # the CLI's flags, recorded in each checkpoint's meta.json
         self.transform = None  # fit's training transform and the one evaluate/predict apply
         self.eval_transform = None
+        self.preprocess = None  # mpinet.data.preprocess.Preprocess: input shape, normalisation
+        self.class_names = None  # what the model file records (mpinet.training.model_file)
         self.checkpoint_dir = None
         self.keep_checkpoints = 3
         self.stop_training = False
@@ -292,26 +295,29 @@ class Model:
     def evaluate(self, data, batch_size: int = 256, transform=None) -> dict:
         """Loss and metrics over ``data``, each sample counted exactly once across ranks.
 
-        ``transform`` defaults to the ``eval_transform`` given to ``fit`` (normalization)."""
-        self._require_compiled("evaluate")
-        self.dp.synchronize()
-        if self.comm.size > 1:
-            self.dp.average_buffers()
+        ``transform`` defaults to the ``eval_transform`` given to ``fit`` (normalization), else
+        ``preprocess``. Without compile() (a loaded model): its recorded loss and metrics."""
+        if self.dp is not None:
+            self.dp.synchronize()
+            if self.comm.size > 1:
+                self.dp.average_buffers()
+        loss_fn = self.loss_name or "cross_entropy"
+        metrics = self.metrics or ("accuracy",)
         sampler = ShardSampler(len(data), batch_size, self.comm.rank, self.comm.size)
         self.network.eval()
         sums: dict = {}
         count = 0
         with no_grad():
             loader = DataLoader(data, sampler, prefetch=1,
-                                transform=transform or self.eval_transform)
+                                transform=transform or self.eval_transform or self.preprocess)
             for x, y, _ in loader:
                 n = int(x.shape[0])
                 if n == 0:
                     continue
-                out = self.trainstep.forward(x)
-                loss = self.trainstep.loss(out, y)
+                out = self._predict_forward(x)
+                loss = compute_loss(loss_fn, out, y, self.label_smoothing)
                 sums["loss"] = sums.get("loss", 0) + loss.data * n
-                for k, v in self.trainstep.metric_sums(out.data, y).items():
+                for k, v in metric_sums(metrics, out.data, y).items():
                     sums[k] = sums.get(k, 0) + v
                 count += n
         self.network.train()
@@ -322,8 +328,8 @@ class Model:
 
     def predict(self, x, batch_size: int = 256) -> np.ndarray:
         """Network outputs for host array ``x`` (N, ...) in [0, 1] (the eval_transform given to
-        ``fit`` is applied), computed in shards over the ranks and gathered so every rank
-        returns the full (N, ...) NumPy array."""
+        ``fit``, else ``preprocess``, is applied), computed in shards over the ranks and
+        gathered so every rank returns the full (N, ...) NumPy array. No compile() needed."""
         if self._compiled:
             self.dp.synchronize()
         n = len(x)
@@ -333,8 +339,9 @@ class Model:
         with no_grad():
             for start in range(lo, hi, batch_size):
                 xb = backend.to_device(np.asarray(x[start:min(start + batch_size, hi)], np.float32))
-                if self.eval_transform is not None:
-                    xb, _ = self.eval_transform(xb, None, None)
+                transform = self.eval_transform or self.preprocess
+                if transform is not None:
+                    xb, _ = transform(xb, None, None)
                 outs.append(backend.to_numpy(self._predict_forward(xb).data))
         self.network.train()
         mine = np.concatenate(outs) if outs else None
@@ -342,8 +349,15 @@ class Model:
         return np.concatenate([p for p in parts if p is not None])
 
     def _predict_forward(self, x) -> Variable:
-        """The compiled step's forward (its precision), or the plain network before compile."""
-        return self.trainstep.forward(x) if self.trainstep is not None else self.network(Variable(x))
+        """The compiled step's forward (its precision); before compile, the network under
+        ``self.precision`` (a loaded model's, from its file), each layer casting its weight."""
+        if self.trainstep is not None:
+            return self.trainstep.forward(x)
+        precision = Precision.parse(self.precision)
+        if precision.compute_dtype is None:
+            return self.network(Variable(x))
+        with autocast(precision):
+            return self.network(Variable(x))
 
     # ---- checkpoints ----------------------------------------------------------------------
     def training_state(self) -> dict:
@@ -370,6 +384,13 @@ class Model:
         if self._compiled:
             self.dp.synchronize()
         checkpoint.save_weights(path, self.network, self.comm)
+
+    def save(self, path: str, **options) -> str:
+        """The model file: architecture, weights, preprocessing, class names, precision (see
+        mpinet.training.model_file; ``mpinet.load_model`` reads it). Collective: every rank calls."""
+        from . import model_file  # loaded when first saving
+
+        return model_file.save(self, path, **options)
 
     def load_weights(self, path: str) -> None:
         if self.trainstep is not None:
