@@ -21,6 +21,7 @@ import numpy as np
 from . import amp, backend
 from .autograd import Variable, no_grad
 from .callbacks import Callback, MetricsLogger, ModelCheckpoint
+from .data import arrays as data_arrays
 from .data.loader import DataLoader
 from .data.sampler import DistributedSampler, ShardSampler
 from .nn.module import Module
@@ -28,7 +29,7 @@ from .ops import loss as loss_ops
 from .parallel.data_parallel import DataParallel
 from .preemption import PreemptionFlag
 
-LOSSES = ("cross_entropy", "mse")
+LOSSES = tuple(loss_ops.LOSS_FUNCTIONS)  # names compile() accepts (mpinet.ops.loss)
 METRICS = ("accuracy", "iou", "mae")
 
 
@@ -129,13 +130,18 @@ class Model:
 
     # ---- one step -------------------------------------------------------------------------
     def _forward(self, x):
+        if isinstance(x, tuple):  # (padded sequences, lengths, ...): see mpinet.data.arrays
+            return self._forward_with(x[0], *x[1:])
+        return self._forward_with(x)
+
+    def _forward_with(self, x, *extra):
         if self.precision in ("bf16", "fp16"):
             # All weights cast in one pass per forward, unless the "forward" data-parallel mode
             # updates layers during the forward pass (then each layer casts its own weight).
             flat = self.dp.flat if self.dp.mode != "forward" else None
             with amp.autocast(self.precision, params=flat):
-                return self.network(Variable(x))
-        return self.network(Variable(x))
+                return self.network(Variable(x), *extra)
+        return self.network(Variable(x), *extra)
 
     def _loss(self, out: Variable, y):
         if out.dtype != np.float32 and out.dtype.kind == "f":
@@ -143,8 +149,12 @@ class Model:
         if callable(self.loss_name):
             return self.loss_name(out, y)
         if self.loss_name == "cross_entropy":
-            return loss_ops.cross_entropy(out, y, label_smoothing=self.label_smoothing)
-        return loss_ops.mse(out, Variable(y.reshape(out.shape).astype(out.dtype)))
+            return loss_ops.cross_entropy(out, y, label_smoothing=self.label_smoothing,
+                                          ignore_index=data_arrays.PAD_TARGET)
+        if self.loss_name in data_arrays.CLASS_LABEL_LOSSES:
+            return loss_ops.LOSS_FUNCTIONS[self.loss_name](out, y)
+        return loss_ops.LOSS_FUNCTIONS[self.loss_name](
+            out, Variable(data_arrays.regression_target(out, y, self.loss_name)))
 
     def _metric_sums(self, out, y) -> dict:
         """Per-batch sums (not means) as device scalars: reduced over ranks, divided by counts."""
@@ -158,14 +168,15 @@ class Model:
             pred_fg, true_fg = out.argmax(axis=1) > 0, y > 0
             sums["intersection"] = (pred_fg & true_fg).sum()
             sums["union"] = (pred_fg | true_fg).sum()
-        if "mae" in self.metrics:
-            sums["abs_err"] = xp.abs(out.reshape(y.shape) - y).sum()
+        if "mae" in self.metrics:  # in samples' worth: the mean over each sample's elements
+            per_sample = max(int(np.prod(y.shape[1:])), 1)
+            sums["abs_err"] = xp.abs(out.reshape(y.shape) - y).sum() / per_sample
         return sums
 
     def train_step(self, x, y, global_count: int, accumulation_steps: int = 1) -> dict:
         """One optimizer step on this rank's share ``x, y`` of a global batch of
         ``global_count`` samples; returns device sums (loss*n, metric sums) for logging."""
-        n_local = int(x.shape[0])
+        n_local = _num_samples(x)
         if self._step_graphs is not None and accumulation_steps == 1 and n_local > 0:
             # Eager for the first steps of each batch shape, then one graph replay per step.
             sums = self._step_graphs.run(x, y, global_count)
@@ -177,7 +188,8 @@ class Model:
         else:
             chunks = np.array_split(np.arange(n_local), min(accumulation_steps, n_local))
             for i, idx in enumerate(chunks):
-                xs, ys = (x, y) if len(chunks) == 1 else (x[idx[0]:idx[-1] + 1], y[idx[0]:idx[-1] + 1])
+                xs, ys = (x, y) if len(chunks) == 1 else (_rows(x, idx[0], idx[-1] + 1),
+                                                          y[idx[0]:idx[-1] + 1])
                 out = self._forward(xs)
                 loss = self._loss(out, ys)
                 weight = len(idx) / global_count
@@ -204,8 +216,8 @@ class Model:
         hooks), update. What a CUDA graph captures (``cuda_graph``): no host reads in here."""
         out = self._forward(x)
         loss = self._loss(out, y)
-        self.dp.backward(loss, weight=int(x.shape[0]) / global_count)
-        sums = {"loss": loss.data * int(x.shape[0]), **self._metric_sums(out.data, y)}
+        self.dp.backward(loss, weight=_num_samples(x) / global_count)
+        sums = {"loss": loss.data * _num_samples(x), **self._metric_sums(out.data, y)}
         self.dp.step(self.optimizer)
         return sums
 
@@ -237,14 +249,18 @@ class Model:
         self.scaler.update(found_inf)
 
     # ---- fit ------------------------------------------------------------------------------
-    def fit(self, train, epochs: int = 1, batch_size: int = 32, validation_data=None,
+    def fit(self, train, y=None, epochs: int = 1, batch_size: int = 32, validation_data=None,
             callbacks=(), seed: int = 0, shuffle: bool = True, transform=None, eval_transform=None,
             accumulation_steps: int = 1, log_every: int = 10, verbose: bool = True,
             metrics_file: str | None = None, checkpoint_dir: str | None = None,
             checkpoint_every: int = 0, keep_checkpoints: int = 3, resume=None,
             handle_preemption: bool = True, preemption_flag: "PreemptionFlag | None" = None
             ) -> History:
-        """Train for ``epochs`` epochs of ``train`` (an ArrayDataset); ``batch_size`` per rank.
+        """Train for ``epochs`` epochs of ``train``; ``batch_size`` per rank.
+
+        ``train``: a dataset (ArrayDataset, TensorDataset, SequenceDataset, or anything with the
+        protocol of mpinet.data.arrays), or NumPy inputs x of any rank with targets ``y``
+        (Keras' ``fit(x, y, ...)``); ``validation_data`` likewise a dataset or a tuple (x, y).
 
         transform: the training transform (augmentation + normalization, on the device);
         eval_transform: what evaluate/predict apply instead (the same normalization, no random
@@ -256,6 +272,12 @@ class Model:
         is not lost); otherwise fit installs its own for its duration.
         """
         self._require_compiled("fit")
+        train = data_arrays.as_dataset(train, y, "fit")
+        data_arrays.check_targets(self.loss_name, train, "fit")
+        if validation_data is not None:
+            validation_data = data_arrays.as_dataset(validation_data, None,
+                                                     "fit(validation_data=...)")
+            data_arrays.check_targets(self.loss_name, validation_data, "fit(validation_data=...)")
         check_can_train(train, self.comm.size, batch_size, accumulation_steps)
         self.sampler = DistributedSampler(len(train), batch_size, self.comm.rank, self.comm.size,
                                           seed=seed, shuffle=shuffle)
@@ -384,11 +406,13 @@ class Model:
         return logs
 
     # ---- evaluate / predict ---------------------------------------------------------------
-    def evaluate(self, data, batch_size: int = 256, transform=None) -> dict:
+    def evaluate(self, data, y=None, batch_size: int = 256, transform=None) -> dict:
         """Loss and metrics over ``data``, each sample counted exactly once across ranks.
 
         ``transform`` defaults to the ``eval_transform`` given to ``fit`` (normalization)."""
         self._require_compiled("evaluate")
+        data = data_arrays.as_dataset(data, y, "evaluate")
+        data_arrays.check_targets(self.loss_name, data, "evaluate")
         self.dp.synchronize()
         if self.comm.size > 1:
             self.dp.average_buffers()
@@ -400,7 +424,7 @@ class Model:
             loader = DataLoader(data, sampler, prefetch=1,
                                 transform=transform or getattr(self, "eval_transform", None))
             for x, y, _ in loader:
-                n = int(x.shape[0])
+                n = _num_samples(x)
                 if n == 0:
                     continue
                 out = self._forward(x)
@@ -427,7 +451,7 @@ class Model:
         outs = []
         with no_grad():
             for start in range(lo, hi, batch_size):
-                xb = backend.to_device(np.asarray(x[start:min(start + batch_size, hi)], np.float32))
+                xb = backend.to_device(data_arrays.model_input(x[start:min(start + batch_size, hi)]))
                 if getattr(self, "eval_transform", None) is not None:
                     xb, _ = self.eval_transform(xb, None, None)
                 outs.append(backend.to_numpy(self._forward(xb).data))
@@ -504,6 +528,16 @@ class Model:
 
         self._forget_step_graphs()
         self.network.load_state_dict(checkpoint.load_weights(path))
+
+
+def _num_samples(x) -> int:
+    """Samples in a batch: x is an array (N, ...) or a tuple (padded (N, ...), lengths, ...)."""
+    return int((x[0] if isinstance(x, tuple) else x).shape[0])
+
+
+def _rows(x, start: int, stop: int):
+    """Samples start..stop of a batch (each array of a tuple batch)."""
+    return tuple(a[start:stop] for a in x) if isinstance(x, tuple) else x[start:stop]
 
 
 def _rng_states() -> dict:
