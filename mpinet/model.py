@@ -22,6 +22,7 @@ from . import amp, backend
 from .autograd import Variable, no_grad
 from .callbacks import Callback, MetricsLogger, ModelCheckpoint
 from .data import arrays as data_arrays
+from .optim.clip import build_clipper
 from .data.loader import DataLoader
 from .data.sampler import DistributedSampler, ShardSampler
 from .nn.module import Module
@@ -85,12 +86,15 @@ class Model:
                 lr: float = 0.1, momentum: float = 0.9, weight_decay: float = 0.0,
                 nesterov: bool = False, schedule=None, precision: str = "fp32",
                 label_smoothing: float = 0.0, dp_mode: str = "backward", bucket_mb: float = 25.0,
-                grad_dtype=None, cuda_graph: bool = False) -> "Model":
+                grad_dtype=None, cuda_graph: bool = False, clip_norm: float | None = None,
+                clip_value: float | None = None) -> "Model":
         """Choose loss, metrics, optimizer (name or instance over ``model.parameters``), LR
         schedule (an mpinet.optim schedule, stepped once per optimizer step), precision
         ('fp32', 'bf16', 'fp16' with dynamic loss scaling) and the data-parallel mode.
         ``cuda_graph``: on GPU, replay each training step as one CUDA graph after a few eager
-        steps (see mpinet.cuda_graph; refused with the reason where it would be wrong)."""
+        steps (see mpinet.cuda_graph; refused with the reason where it would be wrong).
+        ``clip_norm``/``clip_value``: clip the gradient by global norm / by value after the
+        allreduce, before each update (mpinet.optim.clip; the same on every rank)."""
         from .optim.factory import build_optimizer  # noqa: PLC0415
         from .optim.loss_scaler import LossScaler  # noqa: PLC0415
 
@@ -105,6 +109,7 @@ class Model:
         amp.resolve_dtype(precision)  # validates the name
         self.dp = DataParallel(self.network, self.comm, bucket_mb=bucket_mb, mode=dp_mode,
                                grad_dtype=grad_dtype)
+        self.dp.grad_clipper = build_clipper(clip_norm, clip_value, dp_mode)
         if isinstance(optimizer, str):
             optimizer = build_optimizer(optimizer, self.dp.flat, lr=lr, momentum=momentum,
                                               weight_decay=weight_decay, nesterov=nesterov)
@@ -244,6 +249,8 @@ class Model:
         found_inf = self.scaler.unscale_(self.dp.flat.grad)
         found_inf = bool(self.comm.allreduce_obj(bool(found_inf), op="lor"))
         if not found_inf:
+            if self.dp.grad_clipper:  # on the unscaled global gradient
+                self.dp.grad_clipper(self.dp.flat.grad)
             self.optimizer.step()
         self.dp.flat.zero_grad()
         self.scaler.update(found_inf)
@@ -316,6 +323,8 @@ class Model:
                 if validation_data is not None:
                     logs.update({f"val_{k}": v for k, v in
                                  self.evaluate(validation_data, batch_size=max(batch_size, 256)).items()})
+                if hasattr(self.schedule, "on_epoch_end"):  # ReduceLROnPlateau
+                    self.schedule.on_epoch_end(logs)
                 history.append(logs)
                 if verbose and self.comm.rank == 0:
                     print(f"epoch {epoch + 1}/{epochs}: " +

@@ -27,6 +27,9 @@ DEFAULTS = {
     "train_samples": None, "quiet": False, "save_weights": None, "model_opt": None,
     "cuda_graph": False, "cudnn_benchmark": False, "deterministic": False,
 }
+# Sequence models and gradient clipping (issue 18): flags of their own block, defaults here.
+DEFAULTS.update({"clip_norm": None, "clip_value": None, "seq_len": 128, "sample": 0,
+                 "temperature": 0.8, "sample_prompt": "def "})
 
 
 class ConfigError(ValueError):
@@ -61,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--momentum", type=float)
     g.add_argument("--weight-decay", type=float)
     g.add_argument("--nesterov", action="store_true", default=None)
-    g.add_argument("--schedule", choices=["constant", "step", "cosine"])
+    g.add_argument("--schedule", choices=["constant", "step", "cosine", "exponential",
+                                          "multistep", "onecycle", "polynomial", "plateau"])
     g.add_argument("--warmup-steps", type=int, help="linear LR warmup steps")
     g.add_argument("--scale-lr", action="store_true", default=None,
                    help="linear scaling rule: lr * global_batch / --base-batch")
@@ -69,6 +73,17 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--label-smoothing", type=float)
     g.add_argument("--accumulation-steps", type=int,
                    help="split each rank's batch into this many micro-batches (no comm between)")
+    g = p.add_argument_group("gradient clipping and sequence models")
+    g.add_argument("--clip-norm", type=float, help="clip the reduced gradient to this global "
+                                                   "L2 norm before each update")
+    g.add_argument("--clip-value", type=float, help="clamp each reduced gradient element to "
+                                                    "[-v, v] before each update")
+    g.add_argument("--seq-len", type=int, help="characters per training sequence (text data "
+                                               "sets, e.g. --dataset python-source)")
+    g.add_argument("--sample", type=int, help="after training, print this many characters "
+                                              "sampled from a language model (rank 0)")
+    g.add_argument("--temperature", type=float, help="sampling temperature for --sample")
+    g.add_argument("--sample-prompt", help="text the --sample continues")
     g = p.add_argument_group("parallelism and precision")
     g.add_argument("--comm", choices=["auto", "mpi", "nccl", "hierarchical"])
     g.add_argument("--device", choices=["auto", "cpu", "gpu"])
@@ -234,7 +249,8 @@ def setup(cfg: dict, comm):
                   precision=cfg["precision"],
                   label_smoothing=cfg["label_smoothing"], dp_mode=cfg["dp_mode"],
                   bucket_mb=cfg["bucket_mb"], grad_dtype=cfg["grad_dtype"],
-                  cuda_graph=bool(cfg["cuda_graph"]))
+                  cuda_graph=bool(cfg["cuda_graph"]),
+                  clip_norm=cfg["clip_norm"], clip_value=cfg["clip_value"])
     transform = eval_transform = None
     if cfg["augment"]:
         h = train.input_shape[1]

@@ -2,6 +2,8 @@
 from .conv import Conv2d, ConvTranspose2d
 from .module import Module, Sequential
 from .activation import GELU, LeakyReLU, LogSoftmax, PReLU, ReLU, Sigmoid, Softmax, Tanh
+from .activation import (ACTIVATIONS, ELU, GELUTanh, Hardswish, Mish, ReLU6, SiLU, Softplus,
+                         get_activation)
 from .basic import Flatten, Identity
 from .dropout import Dropout
 from .linear import Linear
@@ -11,5 +13,7 @@ from .pooling import AdaptiveAvgPool2d, AvgPool2d, GlobalAvgPool2d, MaxPool2d, U
 __all__ = ["Module", "Sequential"]
 __all__ += ["Linear", "ReLU", "LeakyReLU", "PReLU", "Sigmoid", "Tanh", "GELU", "Softmax",
             "LogSoftmax", "Dropout", "BatchNorm1d", "BatchNorm2d", "Flatten", "Identity"]
+__all__ += ["ELU", "SiLU", "Softplus", "Hardswish", "ReLU6", "Mish", "GELUTanh", "ACTIVATIONS",
+            "get_activation"]
 __all__ += ["Conv2d", "ConvTranspose2d", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d",
             "GlobalAvgPool2d", "Upsample"]

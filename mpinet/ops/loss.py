@@ -248,7 +248,7 @@ class BCEWithLogits(_PointwiseLoss):
     def pointwise(self, x, t):
         xp = backend.xp_of(x)
         softplus_neg = xp.log1p(xp.exp(-xp.abs(x))) + xp.maximum(-x, 0)  # log(1 + e^-x)
-        sig_neg = xp.exp(-softplus_neg)  # sigmoid(-x) = 1 / (1 + e^x)
+        sig_neg = xp.exp(-(softplus_neg + x))  # sigmoid(-x) = exp(-softplus(x)), softplus(x) >= 0
         if self.pos_weight is None:
             log_weight = 1
         else:

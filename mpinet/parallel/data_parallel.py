@@ -77,6 +77,7 @@ class DataParallel:
         self._syncing = True  # False inside no_sync()
         self._pending_update = None  # mode "forward": (optimizer, lr) waiting to be applied
         self.found_inf = False  # set by step() when compressed gradients overflowed
+        self.grad_clipper = None  # mpinet.optim.clip.GradClipper applied in step(), if set
         self._hook_removers = [p.register_grad_ready_hook(self._on_grad_ready) for p in params]
         if mode == "forward":
             self._install_pre_forward_waits()
@@ -218,6 +219,8 @@ class DataParallel:
             if self.found_inf:
                 self.flat.zero_grad()
                 return False
+        if self.grad_clipper:  # on the reduced gradient: identical on every rank
+            self.grad_clipper(self.flat.grad)
         optimizer.step()
         self.flat.zero_grad()  # the gradients are consumed: the next step starts from zero
         return True

@@ -1,0 +1,54 @@
+"""Gradient clipping inside training: on the reduced gradient, so N ranks give one rank's
+weights and every rank the same norm (issue 18, item 3)."""
+import numpy as np
+import pytest
+from mpi4py import MPI
+
+from mpinet import nn
+from mpinet.comm import create_communicator
+from mpinet.model import Model
+from mpinet.nn import init
+
+
+def _data(n=48):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((n, 6)).astype(np.float32)
+    y = (x @ rng.standard_normal((6, 2)) * 10).astype(np.float32)  # large errors: clipping bites
+    return x, y
+
+
+def _train(comm, per_rank_batch, **clip):
+    init.manual_seed(1)
+    model = Model(nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 2)), comm)
+    model.compile("sgd", loss="mse", metrics=(), lr=0.05, momentum=0.9, **clip)
+    x, y = _data()
+    model.fit(x, y, epochs=2, batch_size=per_rank_batch, verbose=False, seed=2)
+    norm = model.dp.grad_clipper.last_norm if model.dp.grad_clipper else None
+    return {k: np.array(v) for k, v in model.network.state_dict().items()}, norm
+
+
+def test_clipping_changes_training_and_bounds_the_step():
+    alone = create_communicator("mpi", MPI.COMM_SELF)
+    plain, _ = _train(alone, 12)
+    clipped, norm = _train(alone, 12, clip_norm=0.5)
+    assert float(norm) > 0.5  # the last step's norm was over the bound: clipping did act
+    assert any(not np.allclose(plain[k], clipped[k]) for k in plain)
+    by_value, _ = _train(alone, 12, clip_value=0.01)
+    assert any(not np.allclose(plain[k], by_value[k]) for k in plain)
+    with pytest.raises(ValueError, match="dp_mode='forward' updates each layer"):
+        Model(nn.Linear(2, 2), alone).compile(clip_norm=1.0, dp_mode="forward")
+
+
+@pytest.mark.mpi(min_size=2)
+@pytest.mark.parametrize("clip", [{"clip_norm": 0.5}, {"clip_value": 0.05},
+                                  {"clip_norm": 0.3, "clip_value": 0.1}])
+def test_clipped_training_on_n_ranks_equals_one_rank(clip):
+    world = create_communicator("mpi", MPI.COMM_WORLD)
+    alone = create_communicator("mpi", MPI.COMM_SELF)
+    want, _ = _train(alone, 12, **clip)
+    got, norm = _train(world, 12 // world.size, **clip)
+    for k in want:
+        np.testing.assert_allclose(got[k], want[k], rtol=2e-5, atol=2e-6, err_msg=k)
+    if norm is not None:
+        norms = MPI.COMM_WORLD.allgather(float(norm))
+        assert norms == [norms[0]] * world.size  # bit-identical on every rank
