@@ -7,7 +7,10 @@ from .activation import (ACTIVATIONS, ELU, GELUTanh, Hardswish, Mish, ReLU6, SiL
 from .basic import Flatten, Identity
 from .dropout import Dropout
 from .linear import Linear
-from .normalization import BatchNorm1d, BatchNorm2d
+from .normalization import BatchNorm1d, BatchNorm2d, LayerNorm
+from .attention import MultiheadAttention
+from .embedding import Embedding
+from .recurrent import GRU, LSTM, RNN
 from .pooling import AdaptiveAvgPool2d, AvgPool2d, GlobalAvgPool2d, MaxPool2d, Upsample
 
 __all__ = ["Module", "Sequential"]
@@ -15,5 +18,6 @@ __all__ += ["Linear", "ReLU", "LeakyReLU", "PReLU", "Sigmoid", "Tanh", "GELU", "
             "LogSoftmax", "Dropout", "BatchNorm1d", "BatchNorm2d", "Flatten", "Identity"]
 __all__ += ["ELU", "SiLU", "Softplus", "Hardswish", "ReLU6", "Mish", "GELUTanh", "ACTIVATIONS",
             "get_activation"]
+__all__ += ["RNN", "LSTM", "GRU", "Embedding", "LayerNorm", "MultiheadAttention"]
 __all__ += ["Conv2d", "ConvTranspose2d", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d",
             "GlobalAvgPool2d", "Upsample"]

@@ -1,0 +1,258 @@
+"""Recurrent cells as fused ops, plus the sequence plumbing ops (split into steps, stack steps).
+
+One op per cell step, with its gate math written out forward and backward (PyTorch's gate order
+and formulas, so weights copy over from torch.nn.LSTM/GRU unchanged):
+
+  LSTM: g = x W_ih^T + b_ih + h W_hh^T + b_hh, split (i, f, g, o):
+        c' = sigmoid(f) c + sigmoid(i) tanh(g);  h' = sigmoid(o) tanh(c')
+  GRU:  gx = x W_ih^T + b_ih, gh = h W_hh^T + b_hh, split (r, z, n):
+        r = sigmoid(gx_r + gh_r); z = sigmoid(gx_z + gh_z); n = tanh(gx_n + r gh_n)
+        h' = (1 - z) n + z h
+
+The input projections x W_ih^T of all steps are one matmul done before the loop (the layer in
+mpinet.nn.recurrent does it); the cell op is only the elementwise part, which on the GPU is one
+kernel each way (mpinet.kernels.recurrent). The NumPy code here is the reference for it.
+
+Variable length: ``mask`` (N, 1) is 1 for sequences still running at this step and 0 past their
+end. Past the end the state is carried unchanged and the step's output is 0, so padded steps
+change nothing (outputs zero, final state = the state at each sequence's last valid step; run
+in reverse, a sequence starts from the initial state at its own last step, as packed sequences
+do in PyTorch).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import backend
+from ..autograd import Function
+
+
+def _sigmoid(x):
+    xp = backend.xp_of(x)
+    e = xp.exp(-xp.abs(x))
+    return xp.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(x.dtype, copy=False)
+
+
+def _compute(x):
+    """Half-precision gate math runs in float32."""
+    return x.astype(np.float32, copy=False) if x.dtype.itemsize < 4 else x
+
+
+def lstm_cell_reference(g, c_prev, h_prev, mask):
+    """The LSTM cell on raw arrays: (h, c, out, saved) with saved = what backward needs."""
+    g = _compute(g)
+    hidden = c_prev.shape[1]
+    xp = backend.xp_of(g)
+    i = _sigmoid(g[:, :hidden])
+    f = _sigmoid(g[:, hidden:2 * hidden])
+    gg = xp.tanh(g[:, 2 * hidden:3 * hidden])
+    o = _sigmoid(g[:, 3 * hidden:])
+    c_prev_c = _compute(c_prev)
+    c_new = f * c_prev_c + i * gg
+    tc = xp.tanh(c_new)
+    h_new = o * tc
+    if mask is None:
+        h, c, out = h_new, c_new, h_new.copy()
+    else:
+        m = mask.astype(h_new.dtype, copy=False)
+        h = m * h_new + (1 - m) * _compute(h_prev)
+        c = m * c_new + (1 - m) * c_prev_c
+        out = m * h_new
+    return h, c, out, (i, f, gg, o, tc, c_prev_c)
+
+
+def lstm_cell_backward_reference(saved, mask, gh, gc, gout):
+    """Gradients (d g, d c_prev, d h_prev-through-the-carry) of lstm_cell_reference."""
+    i, f, gg, o, tc, c_prev = saved
+    xp = backend.xp_of(i)
+    gh, gc, gout = _compute(gh), _compute(gc), _compute(gout)
+    if mask is None:
+        dh_new, dc_carry, dh_carry = gh + gout, gc, None
+        dc = gc
+    else:
+        m = mask.astype(i.dtype, copy=False)
+        dh_new = m * (gh + gout)
+        dc = m * gc
+        dc_carry, dh_carry = (1 - m) * gc, (1 - m) * gh
+    dc = dc + dh_new * o * (1 - tc * tc)
+    dg = xp.concatenate([dc * gg * i * (1 - i), dc * c_prev * f * (1 - f),
+                         dc * i * (1 - gg * gg), dh_new * tc * o * (1 - o)], axis=1)
+    dc_prev = dc * f + (dc_carry if mask is not None else 0)
+    return dg, dc_prev, dh_carry
+
+
+class LSTMCell(Function):
+    """(g (N, 4H) pre-activations, c_prev (N, H), h_prev (N, H)[, mask (N, 1)]) ->
+    (h, c, out): the next state and this step's output (zero where masked)."""
+
+    def forward(self, g, c_prev, h_prev, mask=None):
+        if g.ndim != 2 or g.shape[1] != 4 * c_prev.shape[1] or c_prev.shape != h_prev.shape:
+            raise ValueError(f"lstm_cell: expected g (N, 4H), c and h (N, H); got "
+                             f"{tuple(g.shape)}, {tuple(c_prev.shape)}, {tuple(h_prev.shape)}")
+        self.dtype = g.dtype
+        self.mask = mask
+        if backend.is_gpu_array(g):
+            from ..kernels import recurrent as kernels  # noqa: PLC0415 - GPU only
+
+            h, c, out, saved = kernels.lstm_cell_forward(g, c_prev, h_prev, mask)
+        else:
+            h, c, out, saved = lstm_cell_reference(g, c_prev, h_prev, mask)
+        self.save(*saved)
+        return (h.astype(self.dtype, copy=False), c.astype(self.dtype, copy=False),
+                out.astype(self.dtype, copy=False))
+
+    def backward(self, gh, gc, gout):
+        if backend.is_gpu_array(gh):
+            from ..kernels import recurrent as kernels  # noqa: PLC0415 - GPU only
+
+            dg, dc_prev, dh_carry = kernels.lstm_cell_backward(self.saved, self.mask, gh, gc,
+                                                               gout)
+        else:
+            dg, dc_prev, dh_carry = lstm_cell_backward_reference(self.saved, self.mask, gh, gc,
+                                                                 gout)
+        cast = (lambda a: None if a is None else a.astype(self.dtype, copy=False))
+        grads = (cast(dg), cast(dc_prev), cast(dh_carry))
+        return grads + ((None,) if self.mask is not None else ())
+
+
+def gru_cell_reference(gx, gh, h_prev, mask):
+    """The GRU cell on raw arrays: (h, out, saved)."""
+    gx, gh, h_prev_c = _compute(gx), _compute(gh), _compute(h_prev)
+    hidden = h_prev.shape[1]
+    xp = backend.xp_of(gx)
+    r = _sigmoid(gx[:, :hidden] + gh[:, :hidden])
+    z = _sigmoid(gx[:, hidden:2 * hidden] + gh[:, hidden:2 * hidden])
+    ghn = gh[:, 2 * hidden:]
+    n = xp.tanh(gx[:, 2 * hidden:] + r * ghn)
+    h_new = (1 - z) * n + z * h_prev_c
+    if mask is None:
+        h, out = h_new, h_new.copy()
+    else:
+        m = mask.astype(h_new.dtype, copy=False)
+        h = m * h_new + (1 - m) * h_prev_c
+        out = m * h_new
+    return h, out, (r, z, n, ghn, h_prev_c)
+
+
+def gru_cell_backward_reference(saved, mask, gh_state, gout):
+    """Gradients (d gx, d gh, d h_prev through the cell's own use of it) of gru_cell_reference."""
+    r, z, n, ghn, h_prev = saved
+    xp = backend.xp_of(r)
+    gh_state, gout = _compute(gh_state), _compute(gout)
+    if mask is None:
+        dh_new, carry = gh_state + gout, 0
+    else:
+        m = mask.astype(r.dtype, copy=False)
+        dh_new, carry = m * (gh_state + gout), (1 - m) * gh_state
+    dn = dh_new * (1 - z) * (1 - n * n)
+    dz = dh_new * (h_prev - n) * z * (1 - z)
+    dr = dn * ghn * r * (1 - r)
+    dgx = xp.concatenate([dr, dz, dn], axis=1)
+    dgh = xp.concatenate([dr, dz, dn * r], axis=1)
+    return dgx, dgh, dh_new * z + carry
+
+
+class GRUCell(Function):
+    """(gx (N, 3H), gh (N, 3H), h_prev (N, H)[, mask (N, 1)]) -> (h, out)."""
+
+    def forward(self, gx, gh, h_prev, mask=None):
+        if gx.shape != gh.shape or gx.ndim != 2 or gx.shape[1] != 3 * h_prev.shape[1]:
+            raise ValueError(f"gru_cell: expected gx and gh (N, 3H), h (N, H); got "
+                             f"{tuple(gx.shape)}, {tuple(gh.shape)}, {tuple(h_prev.shape)}")
+        self.dtype, self.mask = gx.dtype, mask
+        if backend.is_gpu_array(gx):
+            from ..kernels import recurrent as kernels  # noqa: PLC0415 - GPU only
+
+            h, out, saved = kernels.gru_cell_forward(gx, gh, h_prev, mask)
+        else:
+            h, out, saved = gru_cell_reference(gx, gh, h_prev, mask)
+        self.save(*saved)
+        return h.astype(self.dtype, copy=False), out.astype(self.dtype, copy=False)
+
+    def backward(self, gh_state, gout):
+        if backend.is_gpu_array(gh_state):
+            from ..kernels import recurrent as kernels  # noqa: PLC0415 - GPU only
+
+            dgx, dgh, dh_prev = kernels.gru_cell_backward(self.saved, self.mask, gh_state, gout)
+        else:
+            dgx, dgh, dh_prev = gru_cell_backward_reference(self.saved, self.mask, gh_state, gout)
+        grads = tuple(a.astype(self.dtype, copy=False) for a in (dgx, dgh, dh_prev))
+        return grads + ((None,) if self.mask is not None else ())
+
+
+class MaskedStep(Function):
+    """(h_new, h_prev, mask (N, 1)) -> (state, out): the plain RNN's carry past a sequence's end
+    (state = h_new where running else h_prev; out = h_new where running else 0)."""
+
+    def forward(self, h_new, h_prev, mask):
+        m = mask.astype(h_new.dtype, copy=False)
+        self.save(m)
+        return m * h_new + (1 - m) * h_prev, m * h_new
+
+    def backward(self, gh, gout):
+        (m,) = self.saved
+        return m * (gh + gout), (1 - m) * gh, None
+
+
+class SplitSteps(Function):
+    """(T, ...) -> T arrays (...): a sequence into its steps, one node (its backward stacks)."""
+
+    def forward(self, x):
+        self.shape, self.dtype = x.shape, x.dtype
+        return tuple(x[t] for t in range(x.shape[0]))
+
+    def backward(self, *gys):
+        xp = backend.xp_of(gys[0])
+        return (xp.stack(gys, axis=0),)
+
+
+class StackSteps(Function):
+    """T arrays (...) -> (T, ...)."""
+
+    def forward(self, *xs):
+        return backend.xp_of(xs[0]).stack(xs, axis=0)
+
+    def backward(self, gy):
+        return tuple(gy[t] for t in range(gy.shape[0]))
+
+
+def lstm_cell(g, c_prev, h_prev, mask=None):
+    return LSTMCell().apply(g, c_prev, h_prev) if mask is None else \
+        LSTMCell().apply(g, c_prev, h_prev, mask)
+
+
+def gru_cell(gx, gh, h_prev, mask=None):
+    return GRUCell().apply(gx, gh, h_prev) if mask is None else \
+        GRUCell().apply(gx, gh, h_prev, mask)
+
+
+def masked_step(h_new, h_prev, mask):
+    return MaskedStep().apply(h_new, h_prev, mask)
+
+
+def split_steps(x):
+    """A (T, ...) Variable as a tuple of T Variables (...)."""
+    out = SplitSteps().apply(x)
+    return out if isinstance(out, tuple) else (out,)
+
+
+def stack_steps(xs):
+    return StackSteps().apply(*xs)
+
+
+def step_masks(lengths, steps: int, batch: int, xp, dtype):
+    """(T, N, 1) masks from lengths (N,): 1 where t < lengths[n]. Refuses lengths that do not
+    fit the padded batch, naming the argument and the shapes."""
+    lengths = backend.to_numpy(lengths) if backend.is_gpu_array(lengths) else np.asarray(lengths)
+    if lengths.ndim != 1 or lengths.shape[0] != batch:
+        raise ValueError(f"lengths must have shape ({batch},) (one length per sequence of the "
+                         f"batch), got shape {lengths.shape}")
+    if lengths.dtype.kind not in "iu":
+        raise TypeError(f"lengths must be integers, got dtype {lengths.dtype}")
+    if lengths.size and (lengths.max() > steps or lengths.min() < 1):
+        bad = int(lengths.max()) if lengths.max() > steps else int(lengths.min())
+        raise ValueError(f"lengths must lie in [1, {steps}] for a padded sequence of {steps} "
+                         f"steps (input shape has T={steps}), got length {bad} in lengths of "
+                         f"shape {lengths.shape}")
+    masks = (np.arange(steps)[:, None] < lengths[None, :]).astype(dtype)[:, :, None]
+    return xp.asarray(masks)
