@@ -35,7 +35,13 @@ class Embedding(Function):
         (indices,) = self.saved
         xp = backend.xp_of(gy)
         gw = xp.zeros(self.weight_shape, gy.dtype)
-        xp.add.at(gw, indices.reshape(-1), gy.reshape(-1, self.weight_shape[1]))
+        rows, grads = indices.reshape(-1), gy.reshape(-1, self.weight_shape[1])
+        if backend.is_gpu_array(gw):
+            import cupyx  # noqa: PLC0415 - GPU only
+
+            cupyx.scatter_add(gw, rows, grads)  # atomics: repeated ids accumulate
+        else:
+            np.add.at(gw, rows, grads)
         if self.padding_idx is not None:
             gw[self.padding_idx] = 0
         return gw.astype(self.weight_dtype, copy=False), None
