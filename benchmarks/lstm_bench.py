@@ -53,7 +53,7 @@ def main(argv=None) -> None:
     import cupy as cp
     import torch
 
-    from mpinet import backend, nn
+    from mpinet import amp, backend, nn
     from mpinet.autograd import Variable
     from mpinet.nn import init
 
@@ -83,7 +83,7 @@ def main(argv=None) -> None:
             prm.grad = None
         xv = Variable(x_ours, requires_grad=True)
         out, _ = ours(xv)
-        out.sum().backward()
+        amp.cast(out, np.dtype(np.float32)).sum().backward()  # the sum in fp32, as torch's
 
     def step_theirs():
         theirs.zero_grad(set_to_none=True)
