@@ -179,8 +179,11 @@ def validate(cfg: dict) -> None:
 
 
 def _pick_model_opts(cfg: dict, train) -> dict:
-    c, h, _ = train.input_shape
-    opts = {"num_classes": train.num_classes, "in_channels": c, "input_size": h}
+    if hasattr(train, "vocab_size"):  # text: token ids in, one class per vocabulary entry
+        opts = {"num_classes": train.vocab_size}
+    else:
+        c, h, _ = train.input_shape
+        opts = {"num_classes": train.num_classes, "in_channels": c, "input_size": h}
     for item in cfg["model_opt"] or ():
         key, sep, value = str(item).partition("=")
         if not sep or not key:
@@ -213,9 +216,13 @@ def setup(cfg: dict, comm):
 
     # uint8 where the reader offers it: a quarter of the host memory and host-to-device copy.
     opts = {"raw": True} if "raw" in dataset_options(cfg["dataset"]) else {}
+    if "seq_len" in dataset_options(cfg["dataset"]):  # text data sets (issue 18)
+        opts["seq_len"] = int(cfg["seq_len"])
     train = get_dataset(cfg["dataset"], "train", data_dir=cfg["data_dir"], **opts)
     test = get_dataset(cfg["dataset"], "test", data_dir=cfg["data_dir"], **opts)
-    if cfg["train_samples"]:
+    if cfg["train_samples"] and hasattr(train, "head"):  # TensorDataset (e.g. text)
+        train = train.head(int(cfg["train_samples"]))
+    elif cfg["train_samples"]:
         from mpinet.data.dataset import ArrayDataset  # noqa: PLC0415
 
         n = int(cfg["train_samples"])
@@ -320,6 +327,10 @@ def main(argv=None) -> int:
     if cfg["save_weights"]:
         model.save_weights(cfg["save_weights"])
     final = model.evaluate(test)
+    if hasattr(test, "vocab_size"):  # a language model: the loss in bits per character too
+        from mpinet.sample import report_language_model  # noqa: PLC0415
+
+        final = report_language_model(model, final, cfg, rank)
     if rank == 0:
         print("final test: " + ", ".join(f"{k} {v:.4f}" for k, v in final.items()), flush=True)
     return 0

@@ -73,6 +73,13 @@ class TensorDataset:
     def batch(self, indices):
         return self.x[indices], self.y[indices]
 
+    def head(self, n: int) -> "TensorDataset":
+        """The first n samples, with this dataset's extra attributes (e.g. vocab_size)."""
+        out = TensorDataset(self.x[:n], self.y[:n], self.name)
+        for k, v in vars(self).items():
+            out.__dict__.setdefault(k, v)
+        return out
+
     def __len__(self) -> int:
         return int(self.x.shape[0])
 

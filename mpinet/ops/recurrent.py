@@ -43,10 +43,13 @@ def lstm_cell_reference(g, c_prev, h_prev, mask):
     g = _compute(g)
     hidden = c_prev.shape[1]
     xp = backend.xp_of(g)
-    i = _sigmoid(g[:, :hidden])
-    f = _sigmoid(g[:, hidden:2 * hidden])
+    # sigmoid(x) = (1 + tanh(x / 2)) / 2: one tanh over all four gates (no overflow, no
+    # branches), then the cell-input gate's own tanh.
+    acts = xp.tanh(g * g.dtype.type(0.5))
+    acts += 1
+    acts *= g.dtype.type(0.5)
+    i, f, o = acts[:, :hidden], acts[:, hidden:2 * hidden], acts[:, 3 * hidden:]
     gg = xp.tanh(g[:, 2 * hidden:3 * hidden])
-    o = _sigmoid(g[:, 3 * hidden:])
     c_prev_c = _compute(c_prev)
     c_new = f * c_prev_c + i * gg
     tc = xp.tanh(c_new)
