@@ -52,3 +52,20 @@ def test_clipped_training_on_n_ranks_equals_one_rank(clip):
     if norm is not None:
         norms = MPI.COMM_WORLD.allgather(float(norm))
         assert norms == [norms[0]] * world.size  # bit-identical on every rank
+
+
+def test_cli_flags_reach_compile_and_name_every_registered_choice():
+    from mpinet import train as cli
+    from mpinet.model import LOSSES
+    from mpinet.optim.factory import SCHEDULES
+
+    actions = {a.dest: a for a in cli.build_parser()._actions}
+    assert set(actions["schedule"].choices) == set(SCHEDULES)
+    assert set(actions["loss"].choices) == set(LOSSES) - {"mae"}  # "mae" = "l1"
+    cfg = cli.load_config(["--clip-norm", "0.5", "--clip-value", "0.1", "--schedule", "onecycle",
+                           "--epochs", "1", "--quiet"])
+    cli.validate(cfg)
+    model, *_ = cli.setup(cfg, create_communicator("mpi", MPI.COMM_SELF))
+    clipper = model.dp.grad_clipper
+    assert (clipper.clip_norm, clipper.clip_value) == (0.5, 0.1)
+    assert type(model.schedule).__name__ == "OneCycle"
