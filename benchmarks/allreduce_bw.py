@@ -1,6 +1,6 @@
 """Allreduce bus bandwidth of mpinet's communicators per message size (1 MiB .. 1 GiB).
 
-busbw = 2(n-1)/n * bytes / time, the figure nccl-tests and ../shared/bench/nccl_allreduce_bw.py
+busbw = 2(n-1)/n * bytes / time, the figure nccl-tests and benchmarks/anchors/nccl_allreduce_bw.py
 report. Timed with the blocking ``comm.allreduce(x, out=x)``, the GPU stream synchronized at the
 end of each timed loop. On GPU a raw cupy.cuda.nccl allreduce runs first in the same job, so
 each row also shows the share of raw NCCL bandwidth it reaches.
@@ -84,7 +84,7 @@ def timed(run, sync, world, seconds):
 
 
 def raw_nccl(world, xp, dtype):
-    """The reference: cupy.cuda.nccl allreduce on its own stream, as in ../shared/bench."""
+    """The reference: cupy.cuda.nccl allreduce on its own stream, as in benchmarks/anchors/nccl_allreduce_bw.py."""
     from cupy.cuda import nccl
 
     from mpinet.comm.nccl import NCCL_TYPES

@@ -3,7 +3,7 @@
     python3 benchmarks/profile_step.py --framework mpinet --model resnet18 --batch 128 --size 32
     python3 benchmarks/profile_step.py --framework torch  --model resnet18 --batch 128 --size 32
 
-Runs the same step as benchmarks/train_bench.py (mpinet) or ../shared/bench/torch_ddp_bench.py
+Runs the same step as benchmarks/train_bench.py (mpinet) or benchmarks/anchors/torch_ddp_bench.py
 (torch, without the DDP wrapper) under torch.profiler, whose CUPTI tracing records every kernel
 launched in the process, CuPy's and cuDNN's included. Prints, per step: wall time, kernel
 launches, the sum of kernel durations (GPU busy) and wall minus busy (time the GPU waited for

@@ -1,6 +1,6 @@
 """Training-step throughput of mpinet on synthetic data, one MPI rank per GPU.
 
-The same measurement as ../shared/bench/torch_ddp_bench.py (fixed random batch on the device,
+The same measurement as benchmarks/anchors/torch_ddp_bench.py (fixed random batch on the device,
 SGD momentum 0.9, warm-up steps, then timed steps), so the two can run side by side:
 
     mpirun --allow-run-as-root --bind-to none -x NCCL_NVLS_ENABLE=0 -n 2 \

@@ -1,7 +1,7 @@
 # Shared by launch/local.sh, launch/hosts.sh and slurm/common.sh (sourced, not run).
 #
 # Finds out which MPI the launcher and mpi4py use, and sets only the environment that matters for
-# that MPI on this machine. Why each variable (see shared/FACTS.md for the measurements):
+# that MPI on this machine. Why each variable (measured on our machines; docs/ARCHITECTURE.md lists the facts):
 #   NCCL_NVLS_ENABLE=0     NVLink multicast off (our GPU machines); a value you set is kept.
 #   NCCL_DEBUG             passed through to every rank when you set it (e.g. NCCL_DEBUG=INFO).
 #   OMP_NUM_THREADS        one BLAS thread pool per rank sized to its share of the cores, unless set.

@@ -70,7 +70,7 @@ if ! munge -n </dev/null >/dev/null 2>&1; then
   /etc/init.d/munge start >/dev/null
 fi
 
-# --- slurm.conf (the configuration FACTS.md records as working on a 2-core Debian 12 box, as root,
+# --- slurm.conf (the configuration seen working on a 2-core Debian 12 box, as root,
 # without systemd).
 if [ -f "$CONF" ] && ! grep -qF "$MARKER" "$CONF"; then
   echo "[start_slurm] $CONF exists and was not written by this script; refusing to overwrite a" \
