@@ -153,11 +153,14 @@ class Model:
             out = amp.cast(out, np.dtype(np.float32))  # losses in fp32
         if callable(self.loss_name):
             return self.loss_name(out, y)
+        # Padded per-step targets (SequenceDataset) are skipped; otherwise no ignore_index: its
+        # count of valid labels would cost a host sync per step on the GPU.
+        ignore = data_arrays.PAD_TARGET if getattr(self, "padded_targets", False) else None
         if self.loss_name == "cross_entropy":
             return loss_ops.cross_entropy(out, y, label_smoothing=self.label_smoothing,
-                                          ignore_index=data_arrays.PAD_TARGET)
+                                          ignore_index=ignore)
         if self.loss_name in data_arrays.CLASS_LABEL_LOSSES:
-            return loss_ops.LOSS_FUNCTIONS[self.loss_name](out, y)
+            return loss_ops.LOSS_FUNCTIONS[self.loss_name](out, y, ignore_index=ignore)
         return loss_ops.LOSS_FUNCTIONS[self.loss_name](
             out, Variable(data_arrays.regression_target(out, y, self.loss_name)))
 
@@ -280,6 +283,7 @@ class Model:
         """
         self._require_compiled("fit")
         train = data_arrays.as_dataset(train, y, "fit")
+        self.padded_targets = data_arrays.has_padded_targets(train)
         data_arrays.check_targets(self.loss_name, train, "fit")
         if validation_data is not None:
             validation_data = data_arrays.as_dataset(validation_data, None,
@@ -421,6 +425,8 @@ class Model:
         ``transform`` defaults to the ``eval_transform`` given to ``fit`` (normalization)."""
         self._require_compiled("evaluate")
         data = data_arrays.as_dataset(data, y, "evaluate")
+        training_padded = getattr(self, "padded_targets", False)  # fit's, restored below
+        self.padded_targets = data_arrays.has_padded_targets(data)
         data_arrays.check_targets(self.loss_name, data, "evaluate")
         self.dp.synchronize()
         if self.comm.size > 1:
@@ -443,6 +449,7 @@ class Model:
                     sums[k] = sums.get(k, 0) + v
                 count += n
         self.network.train()
+        self.padded_targets = training_padded
         sums["_count"] = count
         reduced = self._reduce_sums(sums)
         total = int(reduced.pop("_count"))

@@ -179,6 +179,12 @@ def as_dataset(x, y=None, what: str = "fit"):
         raise ValueError(f"{what}(x, y): {e}") from None
 
 
+def has_padded_targets(dataset) -> bool:
+    """True when the dataset's batches carry PAD_TARGET at padded steps (per-step targets of a
+    SequenceDataset), which the class-label losses must then ignore."""
+    return bool(getattr(dataset, "per_step", False))
+
+
 def dataset_targets(dataset):
     """The targets array of a dataset when it has one in memory (None otherwise)."""
     for attr in ("y", "labels", "targets"):

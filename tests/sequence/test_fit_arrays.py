@@ -5,11 +5,13 @@ import pytest
 from mpi4py import MPI
 
 from mpinet import nn
+from mpinet.autograd import Variable
 from mpinet.comm import create_communicator
 from mpinet.data import ArrayDataset, SequenceDataset, TensorDataset
 from mpinet.model import Model
 from mpinet.models import build_model
 from mpinet.nn import init
+from mpinet.ops import shape
 
 
 def _line(n=64, seed=0):
@@ -139,3 +141,38 @@ def test_sequence_dataset_pads_per_batch_and_trains():
     assert history.history["accuracy"][-1] > 0.9
     with pytest.raises(ValueError, match=r"2 sequences but y has 3 targets"):
         SequenceDataset(seqs[:2], labels[:3])
+
+
+class _Tagger(nn.Module):
+    """Per-step classification: logits (N, C, T) for tokens (N, T)."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(5, 4)
+        self.gru = nn.GRU(4, 6, batch_first=True)
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, tokens, lengths):
+        out, _ = self.gru(self.embed(tokens), lengths=lengths)
+        return shape.transpose(self.head(out), (0, 2, 1))
+
+
+def test_per_step_targets_skip_the_padding():
+    rng = np.random.default_rng(1)
+    seqs = [rng.integers(0, 5, rng.integers(1, 7)) for _ in range(12)]
+    tags = [s % 3 for s in seqs]
+    data = SequenceDataset(seqs, tags)
+    init.manual_seed(0)
+    model = Model(_Tagger(), create_communicator("mpi", MPI.COMM_SELF))
+    model.compile("adam", lr=0.05, metrics=())
+    (x, lengths), y = data.batch(np.arange(12))
+    assert (y[np.arange(x.shape[1])[None, :] >= lengths[:, None]] == -100).all()
+    # The loss over the one batch of all 12 = the mean over valid steps only (from the logits).
+    result = model.evaluate(data, batch_size=12)
+    logits = model.network(Variable(x), lengths).data.astype(np.float64)
+    logp = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+    valid = y != -100
+    picked = np.take_along_axis(logp, np.where(valid, y, 0)[:, None], 1)[:, 0]
+    np.testing.assert_allclose(result["loss"], -(picked * valid).sum() / valid.sum(), rtol=1e-5)
+    history = model.fit(data, epochs=20, batch_size=4, verbose=False)
+    assert history.history["loss"][-1] < history.history["loss"][0] / 3
