@@ -69,3 +69,22 @@ def test_cli_flags_reach_compile_and_name_every_registered_choice():
     clipper = model.dp.grad_clipper
     assert (clipper.clip_norm, clipper.clip_value) == (0.5, 0.1)
     assert type(model.schedule).__name__ == "OneCycle"
+
+
+def test_reduce_lr_on_plateau_follows_fit_epochs():
+    from mpinet.optim import ReduceLROnPlateau
+
+    init.manual_seed(1)
+    model = Model(nn.Linear(6, 2), create_communicator("mpi", MPI.COMM_SELF))
+    # Only a 100x improvement counts: epoch 0 sets the best, every later epoch halves the lr.
+    model.compile("sgd", loss="mse", metrics=(), lr=0.1, momentum=0.0,
+                  schedule=lambda opt: ReduceLROnPlateau(opt, monitor="loss", factor=0.5,
+                                                         patience=0, threshold=0.99))
+    x, y = _data()
+    model.fit(x, y / 10, epochs=4, batch_size=12, verbose=False)
+    assert model.optimizer.lr == pytest.approx(0.1 * 0.5 ** 3)
+    model = Model(nn.Linear(6, 2), create_communicator("mpi", MPI.COMM_SELF))
+    model.compile("sgd", loss="mse", metrics=(), lr=0.1,
+                  schedule=lambda opt: ReduceLROnPlateau(opt, monitor="val_loss"))
+    with pytest.raises(KeyError, match="monitor 'val_loss' is not among"):
+        model.fit(x, y, epochs=1, batch_size=12, verbose=False)
