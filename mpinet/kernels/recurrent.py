@@ -6,8 +6,8 @@ instead when its arrays are CuPy arrays. What the fusion buys: the LSTM step's g
 ~20 elementwise NumPy-style operations (each a kernel launch and a trip through memory) in one
 launch; the input projection of all steps is one matmul before the loop (mpinet.nn.recurrent).
 
-Layouts (PyTorch's gate order): LSTM pre-activations g (N, 4H) as [i | f | g | o], GRU (N, 3H)
-as [r | z | n]. One thread per (n, j) element of the (N, H) state; it reads its 4 (3) gate
+Layouts (PyTorch's gate order): LSTM pre-activations gx + gh (N, 4H) as [i | f | g | o] (the
+input and recurrent projections, summed in the kernel), GRU (N, 3H) as [r | z | n]. One thread per (n, j) element of the (N, H) state; it reads its 4 (3) gate
 values at n * G*H + k*H + j. Gate math runs in float32 for float32/float16/bfloat16 arrays and in
 float64 for float64; bfloat16 arrays travel as their uint16 bit patterns.
 
@@ -46,10 +46,10 @@ template <typename A> __device__ __forceinline__ A rec_sigmoid(A x) {
 _LSTM_FWD = r"""
 typedef rec_acc<C>::type A;
 const ptrdiff_t n = i / H, j = i % H, row = n * 4 * H;
-const A ig = rec_sigmoid<A>(rec_ld<A>(g[row + j]));
-const A fg = rec_sigmoid<A>(rec_ld<A>(g[row + H + j]));
-const A gt = tanh(rec_ld<A>(g[row + 2 * H + j]));
-const A og = rec_sigmoid<A>(rec_ld<A>(g[row + 3 * H + j]));
+const A ig = rec_sigmoid<A>(rec_ld<A>(gx[row + j]) + rec_ld<A>(gh[row + j]));
+const A fg = rec_sigmoid<A>(rec_ld<A>(gx[row + H + j]) + rec_ld<A>(gh[row + H + j]));
+const A gt = tanh(rec_ld<A>(gx[row + 2 * H + j]) + rec_ld<A>(gh[row + 2 * H + j]));
+const A og = rec_sigmoid<A>(rec_ld<A>(gx[row + 3 * H + j]) + rec_ld<A>(gh[row + 3 * H + j]));
 const A cp = rec_ld<A>(c_prev);
 const A cn = fg * cp + ig * gt;
 const A t = tanh(cn);
@@ -158,18 +158,18 @@ def _contiguous(*arrays):
     return tuple(cp.ascontiguousarray(a) for a in arrays)
 
 
-def lstm_cell_forward(g, c_prev, h_prev, mask):
+def lstm_cell_forward(gx, gh, c_prev, h_prev, mask):
     """As mpinet.ops.recurrent.lstm_cell_reference: (h, c, out, saved)."""
     cp = _cp()
-    g, c_prev, h_prev = _contiguous(g, c_prev, h_prev)
+    gx, gh, c_prev, h_prev = _contiguous(gx, gh, c_prev, h_prev)
     n, hidden = c_prev.shape
     h, c, out = (_empty((n, hidden), c_prev) for _ in range(3))
     acts = cp.empty((n, 4 * hidden), dtype=_compute_dtype(c_prev))
     tc = cp.empty((n, hidden), dtype=acts.dtype)
     m, has_mask = _mask_arg(mask, c_prev)
-    k = _kernel("lstm_cell_fwd", "raw G g, C c_prev, C h_prev, raw M mask, int32 H, "
+    k = _kernel("lstm_cell_fwd", "raw G gx, raw G gh, C c_prev, C h_prev, raw M mask, int32 H, "
                 "int32 has_mask", "C h, C c, C out, raw S acts, S tc", _LSTM_FWD)
-    k(_io(g), _io(c_prev), _io(h_prev), m, np.int32(hidden), has_mask,
+    k(_io(gx), _io(gh), _io(c_prev), _io(h_prev), m, np.int32(hidden), has_mask,
       _io(h), _io(c), _io(out), acts, tc)
     return h, c, out, (acts, tc, c_prev)
 

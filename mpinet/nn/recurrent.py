@@ -137,7 +137,7 @@ class _RecurrentBase(Module):
             mask = None if masks is None else masks[t]
             gh = linear_ops.linear(h, w_hh, b_hh)          # (N, G*H)
             if self.mode == "LSTM":
-                h, c, out = rec.lstm_cell(gx_steps[t] + gh, c, h, mask)
+                h, c, out = rec.lstm_cell(gx_steps[t], gh, c, h, mask)
             elif self.mode == "GRU":
                 h, out = rec.gru_cell(gx_steps[t], gh, h, mask)
             else:

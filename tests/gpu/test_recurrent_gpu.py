@@ -18,9 +18,9 @@ def test_fused_cells_match_cpu(dtype, tol, masked):
     n, hidden = 5, 7
     mask = np.array([[1], [0], [1], [1], [0]], dtype) if masked else None
 
-    def lstm(g, c, h):
-        m = None if mask is None else backend.xp_of(g.data).asarray(mask)
-        h2, c2, out = rec.lstm_cell(g, c, h, m)
+    def lstm(gx, gh, c, h):
+        m = None if mask is None else backend.xp_of(gx.data).asarray(mask)
+        h2, c2, out = rec.lstm_cell(gx, gh, c, h, m)
         return h2 * 1.5 + c2 * 0.5 + out
 
     def gru(gx, gh, h):
@@ -29,6 +29,7 @@ def test_fused_cells_match_cpu(dtype, tol, masked):
         return h2 * 1.5 + out
 
     check_gpu_matches_cpu(lstm, [rng.standard_normal((n, 4 * hidden)).astype(dtype) * 3,
+                                 rng.standard_normal((n, 4 * hidden)).astype(dtype),
                                  rng.standard_normal((n, hidden)).astype(dtype),
                                  rng.standard_normal((n, hidden)).astype(dtype)],
                           atol=tol, rtol=tol)
@@ -45,10 +46,11 @@ def test_fused_lstm_cell_bf16_close_to_float32():
     rng = np.random.default_rng(1)
     g = rng.standard_normal((8, 4 * 16)).astype(np.float32)
     c = rng.standard_normal((8, 16)).astype(np.float32)
-    want = rec.lstm_cell_reference(g, c, c, None)[0]
+    zero = np.zeros_like(g)
+    want = rec.lstm_cell_reference(g, zero, c, c, None)[0]
     bf = np.dtype(ml_dtypes.bfloat16)
-    h, *_ = rec.LSTMCell().forward(cp.asarray(g.astype(bf)), cp.asarray(c.astype(bf)),
-                                   cp.asarray(c.astype(bf)))
+    h, *_ = rec.LSTMCell().forward(cp.asarray(g.astype(bf)), cp.asarray(zero.astype(bf)),
+                                   cp.asarray(c.astype(bf)), cp.asarray(c.astype(bf)))
     np.testing.assert_allclose(cp.asnumpy(h).astype(np.float32), want, atol=3e-2)
 
 

@@ -125,11 +125,12 @@ def test_cells_against_numerical_gradients(masked):
 
     h_const = rng.standard_normal((n, hidden))
 
-    def lstm_all(g, c, *h):  # h_prev enters the cell only through the carry of masked rows
-        h2, c2, out = rec.lstm_cell(g, c, h[0] if h else h_const, mask)
+    def lstm_all(gx, gh, c, *h):  # h_prev enters the cell only through masked rows' carry
+        h2, c2, out = rec.lstm_cell(gx, gh, c, h[0] if h else h_const, mask)
         return h2 * 1.5 + c2 * 0.5 + out
 
     check_backward(lstm_all, [rng.standard_normal((n, 4 * hidden)),
+                              rng.standard_normal((n, 4 * hidden)),
                               rng.standard_normal((n, hidden))]
                    + ([rng.standard_normal((n, hidden))] if masked else []))
 
