@@ -179,6 +179,23 @@ def validate(cfg: dict) -> None:
         raise ConfigError("--resume auto needs --checkpoint-dir to look in")
     if cfg["resume"] not in (None, "auto") and not os.path.exists(cfg["resume"]):
         raise ConfigError(f"--resume {cfg['resume']!r}: no such checkpoint")
+    _validate_sequence_flags(cfg)
+
+
+def _validate_sequence_flags(cfg: dict) -> None:
+    """The flags of issue 18's block: clipping bounds, text windows, sampling."""
+    from mpinet.data.registry import dataset_options  # noqa: PLC0415
+
+    for key in ("clip_norm", "clip_value"):
+        if cfg[key] is not None and not cfg[key] > 0:
+            raise ConfigError(f"--{key.replace('_', '-')} must be > 0, got {cfg[key]}")
+    if int(cfg["seq_len"]) < 1:
+        raise ConfigError(f"--seq-len must be >= 1, got {cfg['seq_len']}")
+    if cfg["sample"] and ("seq_len" not in dataset_options(cfg["dataset"])
+                          or cfg["model"] != "char-lstm"):
+        raise ConfigError(f"--sample needs a language model on a text data set (--model "
+                          f"char-lstm --dataset python-source), got --model {cfg['model']} "
+                          f"--dataset {cfg['dataset']}")
 
 
 def _pick_model_opts(cfg: dict, train) -> dict:

@@ -88,3 +88,36 @@ def test_reduce_lr_on_plateau_follows_fit_epochs():
                   schedule=lambda opt: ReduceLROnPlateau(opt, monitor="val_loss"))
     with pytest.raises(KeyError, match="monitor 'val_loss' is not among"):
         model.fit(x, y, epochs=1, batch_size=12, verbose=False)
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--clip-norm", "0"], "--clip-norm must be > 0"),
+    (["--sample", "10"], "--sample needs a language model on a text data set"),
+    (["--model", "char-lstm", "--dataset", "python-source", "--seq-len", "0"],
+     "--seq-len must be >= 1"),
+])
+def test_cli_refuses_bad_sequence_flags(argv, message):
+    from mpinet import train as cli
+
+    with pytest.raises(cli.ConfigError, match=message):
+        cli.validate(cli.load_config(argv))
+
+
+@pytest.mark.parametrize("name", ["exponential", "multistep", "polynomial", "onecycle"])
+def test_schedule_factory_names(name):
+    from mpinet.optim import SGD
+    from mpinet.optim.factory import build_schedule
+
+    opt = SGD(nn.Linear(2, 2).parameters(), lr=0.5)
+    sched = build_schedule(name, opt, total_steps=100)
+    lrs = []
+    for _ in range(100):
+        lrs.append(opt.lr)
+        sched.step()
+    end = {"exponential": 0.005, "multistep": 0.005, "polynomial": 0.0}
+    if name == "onecycle":
+        assert max(lrs) == pytest.approx(0.5) and lrs[0] == pytest.approx(0.02)
+        with pytest.raises(ValueError, match="takes no warmup_steps"):
+            build_schedule(name, opt, total_steps=100, warmup_steps=5)
+    else:
+        assert lrs[0] == 0.5 and opt.lr == pytest.approx(end[name], abs=1e-12)
