@@ -28,7 +28,8 @@ class CharLSTM(nn.Module):
                         ("hidden_size", hidden_size), ("num_layers", num_layers)):
             check_positive("char-lstm", name, v)
         self.vocab_size = vocab_size
-        self.input_shape = (None,)  # (T,) token ids of any length
+        self.input_shape = (16,)  # (T,) token ids; any length works, 16 is summary()'s
+        self.input_dtype = np.int64
         self.embed = nn.Embedding(vocab_size, embed_dim)
         self.lstm = nn.LSTM(embed_dim, hidden_size, num_layers=num_layers, batch_first=True,
                             dropout=dropout)
