@@ -220,9 +220,9 @@ class Module:
 
             def recording(*args, _m=module, _n=name, _own=own, **kw):
                 out = originals[id(_m)](*args, **kw)
-                if isinstance(out, tuple) and out and hasattr(out[0], "shape"):
-                    out = out[0]  # (output, state) of a recurrent layer: the output's shape
-                shape = out.shape if hasattr(out, "shape") else "?"
+                # (output, state) of a recurrent layer: the output's shape
+                shown = out[0] if isinstance(out, tuple) and out else out
+                shape = shown.shape if hasattr(shown, "shape") else "?"
                 rows.append((_n, type(_m).__name__, str(tuple(shape)), _own))
                 return out
 
