@@ -32,7 +32,7 @@ def train_hash(name, steps, **opts):
     """sha256 (16 hex digits) of all weights after ``steps`` SGD steps from seed 0."""
     import cupy as cp
 
-    from mpinet.model import Model
+    from mpinet.training import Model
     from mpinet.models import build_model
     from mpinet.nn import init
 

@@ -43,7 +43,7 @@ def parser():
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default=None)
     p.add_argument("--cuda-graph", action="store_true",
-                   help="replay each step as one CUDA graph after warm-up (mpinet.cuda_graph)")
+                   help="replay each step as one CUDA graph after warm-up (mpinet.training.cuda_graph)")
     p.add_argument("--stem", default="imagenet", choices=["imagenet", "cifar"],
                    help="ResNet stem; imagenet (7x7/2 conv + max-pool) is torchvision's, which the "
                         "anchor torch_ddp_bench.py trains at every image size")
@@ -59,7 +59,7 @@ def setup(a):
     be = backend.select_device(topo.local_rank, a.device)
     comm = create_communicator(a.comm, world)
 
-    from mpinet.model import Model  # noqa: PLC0415
+    from mpinet.training import Model  # noqa: PLC0415
     from mpinet.models import build_model  # noqa: PLC0415
 
     opts = {"stem": a.stem} if a.model.startswith("resnet") else {}

@@ -14,10 +14,11 @@ if _os.path.isfile(_os.path.join(_checkout, "models", "__init__.py")):
 def __getattr__(name):
     # Lazy: `import mpinet` stays light (no MPI initialisation, no cupy) until these are used.
     if name == "Model":
-        from .model import Model
+        from .training import Model
 
         return Model
-    if name in ("callbacks", "nn", "ops", "optim", "data", "comm", "parallel", "autograd", "amp"):
+    if name in ("callbacks", "nn", "ops", "optim", "data", "comm", "parallel", "autograd", "amp",
+                "training", "checkpoint", "random"):
         import importlib
 
         return importlib.import_module(f".{name}", __name__)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -34,6 +35,32 @@ def resolve_dtype(name):
     return None if kind is None else np.dtype(kind)
 
 
+@dataclass(frozen=True)
+class Precision:
+    """A training precision, turned into dtypes once (at compile), not re-parsed every step.
+
+    ``compute_dtype``: what matmul/conv run in under autocast (None: full fp32);
+    ``param_dtype``: the master weights' and gradients' dtype (always fp32 here);
+    ``loss_scaling``: fp16's dynamic loss scaling (its range underflows small gradients).
+    """
+
+    name: str  # 'fp32', 'bf16' or 'fp16'
+    compute_dtype: object = None
+    param_dtype: np.dtype = np.dtype(np.float32)
+    loss_scaling: bool = False
+
+    @classmethod
+    def parse(cls, precision) -> "Precision":
+        """'fp32'/'bf16'/'fp16' (or their long names, or None) -> Precision; a Precision as is."""
+        if isinstance(precision, Precision):
+            return precision
+        dtype = resolve_dtype(precision)  # validates the name
+        if dtype is None:
+            return cls("fp32")
+        half = dtype == np.dtype(np.float16)
+        return cls("fp16" if half else "bf16", dtype, loss_scaling=half)
+
+
 def compute_dtype():
     """The active autocast dtype, or None outside autocast."""
     return getattr(_state, "dtype", None)
@@ -41,7 +68,8 @@ def compute_dtype():
 
 @contextlib.contextmanager
 def autocast(precision="bf16", params=None):
-    """Run the enclosed forward pass with matmul/conv in ``precision`` ('bf16', 'fp16', 'fp32').
+    """Run the enclosed forward pass with matmul/conv in ``precision`` ('bf16', 'fp16', 'fp32'
+    or a ``Precision``).
 
     ``params``: the model's ``FlatParameters``. Its weights are then cast once, in one pass, on
     entry, and each layer takes its cast copy from there instead of casting its own weight (one
@@ -49,7 +77,8 @@ def autocast(precision="bf16", params=None):
     (not the data-parallel "forward" mode, which updates layers as it goes).
     """
     previous = compute_dtype(), getattr(_state, "copies", None)
-    _state.dtype = resolve_dtype(precision)
+    _state.dtype = (precision.compute_dtype if isinstance(precision, Precision)
+                    else resolve_dtype(precision))
     _state.copies = (params.cast_copies(_state.dtype)
                      if params is not None and _state.dtype is not None else None)
     try:

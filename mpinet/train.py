@@ -27,9 +27,9 @@ DEFAULTS = {
     "train_samples": None, "quiet": False, "save_weights": None, "model_opt": None,
     "cuda_graph": False, "cudnn_benchmark": False, "deterministic": False,
 }
-# Sequence models and gradient clipping (issue 18): flags of their own block, defaults here.
-DEFAULTS.update({"loss": "cross_entropy", "clip_norm": None, "clip_value": None, "seq_len": 128, "sample": 0,
-                 "temperature": 0.8, "sample_prompt": "def "})
+# Losses, clipping and sequence models (issue 18): flags of their own block, defaults here.
+DEFAULTS.update({"loss": "cross_entropy", "clip_norm": None, "clip_value": None, "seq_len": 128,
+                 "sample": 0, "temperature": 0.8, "sample_prompt": "def "})
 
 
 class ConfigError(ValueError):
@@ -230,7 +230,7 @@ def setup(cfg: dict, comm):
     from mpinet.optim.factory import build_schedule  # noqa: PLC0415
     from mpinet.data import augment as aug  # noqa: PLC0415
     from mpinet.data.registry import dataset_options, get_dataset  # noqa: PLC0415
-    from mpinet.model import Model, check_can_train  # noqa: PLC0415
+    from mpinet.training import Model, check_can_train  # noqa: PLC0415
     from mpinet.models import build_model  # noqa: PLC0415
     from mpinet.nn import init  # noqa: PLC0415
 
@@ -294,7 +294,7 @@ def main(argv=None) -> int:
     from mpinet.comm.failure import install_abort_handler  # noqa: PLC0415
     from mpi4py import MPI  # noqa: PLC0415
 
-    from mpinet.preemption import PreemptionFlag  # noqa: PLC0415
+    from mpinet.training.preemption import PreemptionFlag  # noqa: PLC0415
 
     world = MPI.COMM_WORLD
     rank = world.Get_rank()

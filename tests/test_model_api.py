@@ -7,7 +7,7 @@ from mpinet import callbacks
 from mpinet.comm import create_communicator
 from mpinet.data import augment
 from mpinet.data.registry import get_dataset
-from mpinet.model import Model
+from mpinet.training import Model
 from mpinet.models import build_model
 from mpinet.nn import init
 
@@ -110,3 +110,14 @@ def test_error_on_one_rank_of_a_user_script_ends_the_job(tmp_path):
     assert "[mpinet] rank 1/2 failed" in out and "deliberate failure on rank 1" in out, out
     assert "finished" not in out
     assert elapsed < 30, f"the job took {elapsed:.1f} s to end"
+
+
+def test_old_import_paths_still_name_the_training_package():
+    """mpinet.Model, mpinet.model.Model and mpinet.callbacks keep working as aliases."""
+    import mpinet
+    import mpinet.model
+    from mpinet import training
+    from mpinet.training import callbacks as training_callbacks
+
+    assert mpinet.Model is mpinet.model.Model is training.Model is Model
+    assert callbacks.EarlyStopping is training_callbacks.EarlyStopping

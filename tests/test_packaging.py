@@ -25,7 +25,7 @@ def test_every_package_directory_is_listed_in_pyproject():
 
 def test_import_never_needs_cuda_or_initialises_mpi():
     code = ("import sys, mpinet, mpinet.nn, mpinet.ops.conv, mpinet.optim, mpinet.models, "
-            "mpinet.data, mpinet.train, mpinet.model; "
+            "mpinet.data, mpinet.train, mpinet.model, mpinet.training, mpinet.checkpoint; "
             "print('cupy' in sys.modules, 'mpi4py.MPI' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                          timeout=120, env=dict(os.environ, PYTHONPATH=ROOT))

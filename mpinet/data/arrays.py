@@ -217,6 +217,16 @@ def regression_target(out, y, loss_name: str):
     return y.astype(out.dtype, copy=False)
 
 
+def num_samples(x) -> int:
+    """Samples in a batch: x is an array (N, ...) or a tuple (padded (N, ...), lengths, ...)."""
+    return int((x[0] if isinstance(x, tuple) else x).shape[0])
+
+
+def take_rows(x, start: int, stop: int):
+    """Samples start..stop of a batch (of each array of a tuple batch)."""
+    return tuple(a[start:stop] for a in x) if isinstance(x, tuple) else x[start:stop]
+
+
 def model_input(x):
     """A host array given to predict: floats as float32, integer ids kept as int64."""
     x = np.asarray(x)

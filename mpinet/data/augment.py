@@ -2,7 +2,7 @@
 per-channel normalization. Works on NumPy and CuPy arrays alike (``backend.xp_of``).
 
 Randomness and exact resume: the random choices for a sample (crop offset, flip) are a pure
-function of (seed, epoch, sample index) — ``keyed_random`` — not draws from a running generator.
+function of (seed, epoch, sample index) — ``mpinet.random.keyed_*`` — not draws from a running generator.
 So the only state is the seed (``Augment.state_dict() == {"seed": seed}``, JSON-serialisable):
 a resumed run, a run at another world size, and a loader whose thread prepares batches ahead all
 produce the same augmentation for the same sample in the same epoch. The choices are made on the
@@ -13,9 +13,8 @@ from __future__ import annotations
 import numpy as np
 
 from .. import backend
-from ..keyed_random import keyed_bits, keyed_uniform
+from ..random import AUGMENT_STREAM, keyed_bits, keyed_uniform
 
-AUGMENT_STREAM = 0x4155474D  # "AUGM": keeps these draws apart from the shuffle of the same seed
 _CROP_Y, _CROP_X, _FLIP = 0, 1, 2
 
 

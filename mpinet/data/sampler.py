@@ -23,10 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..keyed_random import keyed_permutation
-
-# Key word that separates the shuffle stream from other keyed streams (augmentation) of one seed.
-SHUFFLE_STREAM = 0x5348554646  # "SHUFF"
+from ..random import SHUFFLE_STREAM, keyed_permutation
 
 
 def even_split(n: int, world_size: int, rank: int) -> tuple[int, int]:

@@ -1,4 +1,4 @@
-"""Parameter initialisation, drawn on the host from one seeded generator.
+"""Parameter initialisation, drawn on the host from one seeded generator (mpinet.random's).
 
 Drawing with NumPy (then moving to the device) makes a model's initial weights identical on CPU
 and GPU and on every rank for the same seed; data parallelism still broadcasts rank 0's weights.
@@ -13,21 +13,8 @@ import numpy as np
 
 from .. import backend
 from ..autograd import Parameter
-
-_rng = np.random.default_rng(0)
-
-
-def manual_seed(seed: int) -> None:
-    """Reseed the generator layers draw initial weights from, and dropout's default generator."""
-    global _rng
-    _rng = np.random.default_rng(seed)
-    from ..ops import dropout  # noqa: PLC0415 - ops import nn.init's siblings, not the reverse
-
-    dropout.manual_seed(seed)
-
-
-def generator() -> np.random.Generator:
-    return _rng
+from ..random import init_generator as generator
+from ..random import manual_seed  # noqa: F401 - the public name since the first release
 
 
 def _fans(shape: tuple) -> tuple[int, int]:
@@ -41,7 +28,7 @@ def _param(array: np.ndarray, dtype=np.float32) -> Parameter:
 
 def uniform(shape: tuple, bound: float, dtype=np.float32) -> Parameter:
     # Drawn in float32: VGG's 100M-weight Linear layers would otherwise allocate float64 twice.
-    u = _rng.random(shape, dtype=np.float32)
+    u = generator().random(shape, dtype=np.float32)
     u *= np.float32(2 * bound)
     u -= np.float32(bound)
     return _param(u, dtype)
@@ -58,7 +45,7 @@ def kaiming_normal(shape: tuple, mode: str = "fan_out", dtype=np.float32) -> Par
     """He initialisation for ReLU nets (torchvision ResNet uses fan_out)."""
     fan_in, fan_out = _fans(shape)
     std = math.sqrt(2.0 / (fan_in if mode == "fan_in" else fan_out))
-    return _param(_rng.standard_normal(shape, dtype=np.float32) * np.float32(std), dtype)
+    return _param(generator().standard_normal(shape, dtype=np.float32) * np.float32(std), dtype)
 
 
 def bias_for(weight_shape: tuple, size: int, dtype=np.float32) -> Parameter:

@@ -62,7 +62,7 @@ class Module:
         """Write ``value`` into buffer ``name`` in place (nothing to do if it is that array).
 
         Training updates buffers in place rather than rebinding them: a CUDA graph of the
-        training step (mpinet.cuda_graph) replays kernels on the arrays it saw at capture, so a
+        training step (mpinet.training.cuda_graph) replays kernels on the arrays it saw at capture, so a
         rebound buffer would never see the replays' updates."""
         buf = self._buffers.get(name)
         if buf is None:

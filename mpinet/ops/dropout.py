@@ -2,7 +2,7 @@
 1 / (1 - p), so evaluation is the identity.
 
 Where the masks come from: a ``DropoutGenerator``, counter-based. Element ``i`` of the n-th
-call's mask is kept when the top 24 bits of ``keyed_bits((seed, n), i)`` (mpinet.keyed_random)
+call's mask is kept when the top 24 bits of ``keyed_bits((seed, n), i)`` (mpinet.random)
 are >= round(p * 2**24). So a mask is a pure function of (seed, n, i):
   * NumPy and the GPU kernel (mpinet.ops.cuda.fused.dropout) give bit-identical masks;
   * the generator's whole state is the pair (seed, n): it is saved in checkpoints and restored
@@ -11,8 +11,9 @@ are >= round(p * 2**24). So a mask is a pure function of (seed, n, i):
     so a CUDA graph of a training step draws fresh masks at every replay (masks drawn on the host
     would be baked into the graph and repeat forever).
 
-``rng=None`` uses this module's default generator (``default_generator()``; ``manual_seed``
-reseeds it); a layer may bring its own ``DropoutGenerator``.
+The generator and its state live in mpinet.random. ``rng=None`` uses the default generator
+(``default_generator()`` here, ``mpinet.random.dropout_generator()``; ``manual_seed`` reseeds
+it); a layer may bring its own ``DropoutGenerator``.
 """
 from __future__ import annotations
 
@@ -20,9 +21,9 @@ import numpy as np
 
 from .. import backend
 from ..autograd import Function
-from ..keyed_random import keyed_bits
+from ..random import DropoutGenerator, seed_dropout as manual_seed  # noqa: F401 - public here
+from ..random import dropout_generator as default_generator
 
-_MASK64 = (1 << 64) - 1
 _KEEP_BITS = 24  # a mask element compares 24 random bits with round(p * 2**24)
 
 
@@ -31,69 +32,18 @@ def keep_threshold(p: float) -> int:
     return int(round(p * (1 << _KEEP_BITS)))
 
 
-class DropoutGenerator:
-    """Counter-based source of dropout masks: its state is (seed, calls so far).
+def _drop(generator: DropoutGenerator, x, p: float):
+    """Draw ``generator``'s next mask for ``x`` and apply it: (x * mask, mask), both in x's
+    dtype, the mask 1 / (1 - p) where kept and 0 where dropped. 0 < p < 1."""
+    threshold, scale = keep_threshold(p), 1.0 / (1.0 - p)
+    if backend.is_gpu_array(x):
+        from .cuda import fused  # noqa: PLC0415 - GPU only
 
-    ``state``: (2,) uint64 array [seed, calls], on the device of the arrays it last served (it
-    moves there on first use). Written in place, never rebound, while it stays on one device:
-    a captured CUDA graph keeps reading the same array.
-    """
-
-    def __init__(self, seed: int = 0):
-        self.state = np.array([int(seed) & _MASK64, 0], dtype=np.uint64)
-
-    def manual_seed(self, seed: int) -> None:
-        self.set_state({"seed": int(seed), "calls": 0})
-
-    def get_state(self) -> dict:
-        """{"seed": int, "calls": int}; reads the device (a synchronisation) on the GPU."""
-        seed, calls = (int(v) for v in backend.to_numpy(self.state))
-        return {"seed": seed, "calls": calls}
-
-    def set_state(self, state: dict) -> None:
-        values = np.array([int(state["seed"]) & _MASK64, int(state["calls"]) & _MASK64],
-                          dtype=np.uint64)
-        if backend.is_gpu_array(self.state):
-            self.state.set(values)  # in place: see the class docstring
-        else:
-            self.state[...] = values
-
-    def drop(self, x, p: float):
-        """Draw the next mask for ``x`` and apply it: (x * mask, mask), both in x's dtype, the
-        mask 1 / (1 - p) where kept and 0 where dropped. 0 < p < 1."""
-        threshold, scale = keep_threshold(p), 1.0 / (1.0 - p)
-        if backend.is_gpu_array(x):
-            from .cuda import fused  # noqa: PLC0415 - GPU only
-
-            return fused.dropout(x, self._state_on_gpu(x), threshold, scale)
-        if backend.is_gpu_array(self.state):
-            self.state = backend.to_numpy(self.state)
-        seed, calls = int(self.state[0]), int(self.state[1])
-        self.state[1] += np.uint64(1)
-        bits = keyed_bits((seed, calls), np.arange(x.size)).reshape(x.shape)
-        keep = (bits >> np.uint64(64 - _KEEP_BITS)) >= np.uint64(threshold)
-        mask = keep.astype(x.dtype) * x.dtype.type(scale)
-        return x * mask, mask
-
-    def _state_on_gpu(self, x):
-        if not backend.is_gpu_array(self.state) or self.state.device.id != x.device.id:
-            import cupy  # noqa: PLC0415 - GPU only
-
-            with x.device:
-                self.state = cupy.asarray(backend.to_numpy(self.state))
-        return self.state
-
-
-_default = DropoutGenerator(0)
-
-
-def default_generator() -> DropoutGenerator:
-    return _default
-
-
-def manual_seed(seed: int) -> None:
-    """Reseed the default dropout generator (restarting its call count)."""
-    _default.manual_seed(seed)
+        return fused.dropout(x, generator.state_on_device_of(x), threshold, scale)
+    bits = generator.next_bits(x.size).reshape(x.shape)
+    keep = (bits >> np.uint64(64 - _KEEP_BITS)) >= np.uint64(threshold)
+    mask = keep.astype(x.dtype) * x.dtype.type(scale)
+    return x * mask, mask
 
 
 class Dropout(Function):
@@ -101,7 +51,7 @@ class Dropout(Function):
         self.p, self.generator = p, generator
 
     def forward(self, x):
-        y, mask = self.generator.drop(x, self.p)
+        y, mask = _drop(self.generator, x, self.p)
         self.save(mask)
         return y
 
@@ -127,4 +77,4 @@ def dropout(x, p: float = 0.5, training: bool = True, rng: DropoutGenerator | No
         from .arith import mul  # noqa: PLC0415
 
         return mul(x, 0.0)
-    return Dropout(p, rng if rng is not None else _default).apply(x)
+    return Dropout(p, rng if rng is not None else default_generator()).apply(x)

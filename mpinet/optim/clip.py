@@ -78,6 +78,9 @@ class GradClipper:
         return self.clip_norm is not None or self.clip_value is not None
 
     def __call__(self, grad) -> None:
+        """Clip ``grad`` in place: an array, or a FlatParameters (its flat gradient buffer)."""
+        if not hasattr(grad, "shape") and hasattr(grad, "grad"):
+            grad = grad.grad
         if self.clip_value is not None:
             clip_grad_value_(grad, self.clip_value)
         if self.clip_norm is not None:

@@ -9,7 +9,7 @@ One step, split so data parallelism can agree on the overflow flag across ranks:
 
     scaler.scale(loss).backward()
     found_inf = scaler.unscale_(flat)        # this rank's flag (a CPU-GPU sync point)
-    found_inf = <allreduce max over ranks>   # the data-parallel layer; skip on one process
+    found_inf = <allreduce max over ranks>   # mpinet.training.TrainStep; skip on one process
     scaler.step(optimizer, found_inf)        # skipped when found_inf
     scaler.update(found_inf)                 # back off or grow the scale
 

@@ -5,6 +5,7 @@ The flow of one step (default mode "backward")::
     loss = criterion(model(x), y)
     dp.backward(loss, weight=n_local / n_global)  # hooks start each bucket's allreduce (Push+PullReq)
     dp.step(optimizer)                            # wait for the buckets (PullWait), then update
+                                                  # (mpinet.training.TrainStep: the full sequence)
 
 * Parameters live in one flat buffer, gradients in another (``FlatParameters``), laid out in
   REVERSE registration order: the last layers' gradients are final first, so the first buckets
@@ -21,8 +22,8 @@ The flow of one step (default mode "backward")::
   forward always sees the weights updated with the previous step's reduced gradients.
 * Mode "sync" reduces everything after backward (the baseline for measuring overlap).
 * ``no_sync()`` accumulates gradients over micro-batches with no communication (like DDP's).
-* ``grad_dtype="bf16"|"fp16"`` compresses buckets for the wire and decompresses into fp32, with
-  an overflow check that all ranks agree on (the step is skipped on overflow).
+* ``grad_dtype="bf16"|"fp16"`` compresses buckets for the wire and decompresses into fp32; the
+  overflow check that skips a step is mpinet.training.TrainStep's (the one update sequence).
 """
 from __future__ import annotations
 
@@ -76,8 +77,6 @@ class DataParallel:
         self._next_launch = 0
         self._syncing = True  # False inside no_sync()
         self._pending_update = None  # mode "forward": (optimizer, lr) waiting to be applied
-        self.found_inf = False  # set by step() when compressed gradients overflowed
-        self.grad_clipper = None  # mpinet.optim.clip.GradClipper applied in step(), if set
         self._hook_removers = [p.register_grad_ready_hook(self._on_grad_ready) for p in params]
         if mode == "forward":
             self._install_pre_forward_waits()
@@ -194,36 +193,31 @@ class DataParallel:
             b.pending = len(b.params)
         self._next_launch = 0
 
-    def _check_overflow(self) -> bool:
-        """True if any reduced gradient is inf/nan (same answer on every rank after the sum)."""
-        xp = backend.xp_of(self.flat.grad)
-        return not bool(xp.isfinite(self.flat.grad).all())  # a CPU-GPU sync point
+    def start_deferred_update(self, optimizer) -> None:
+        """Mode "forward": launch what is not launched yet and return; each layer waits for its
+        buckets and applies its update (with this step's learning rate) before its next forward."""
+        if self.mode != "forward":
+            raise RuntimeError(f"start_deferred_update is for mode 'forward', not {self.mode!r}")
+        self._finish_pending_update()
+        for b in self.buckets:
+            if b.index >= self._next_launch:
+                b.pending = 0
+        self._launch_ready()
+        self._pending_update = (optimizer, _current_lr(optimizer), set())
 
-    def step(self, optimizer) -> bool:
-        """Finish the reduction and update. Returns False if the step was skipped (overflow).
-
-        In mode "forward" the reduction is only started here; each layer's update happens
-        right before its next forward, with the learning rate of this step.
-        """
+    def step(self, optimizer) -> None:
+        """Finish the reduction and update (mode "forward": start it; see above). The plain
+        sequence without mixed-precision handling: ``mpinet.training.TrainStep`` is the full one
+        (loss scaling, the overflow check of compressed gradients, clipping, CUDA graphs)."""
         if self.mode == "forward":
-            self._finish_pending_update()
-            for b in self.buckets:
-                if b.index >= self._next_launch:
-                    b.pending = 0
-            self._launch_ready()
-            self._pending_update = (optimizer, _current_lr(optimizer), set())
-            return True
-        self.reduce_gradients()
+            self.start_deferred_update(optimizer)
+            return
         if self.grad_dtype is not None:
-            self.found_inf = self._check_overflow()
-            if self.found_inf:
-                self.flat.zero_grad()
-                return False
-        if self.grad_clipper:  # on the reduced gradient: identical on every rank
-            self.grad_clipper(self.flat.grad)
+            raise RuntimeError("compressed gradients (grad_dtype) can overflow: update through "
+                               "mpinet.training.TrainStep, which checks and skips such steps")
+        self.reduce_gradients()
         optimizer.step()
         self.flat.zero_grad()  # the gradients are consumed: the next step starts from zero
-        return True
 
     def _finish_buckets(self, indices) -> None:
         """Pre-forward hook (mode "forward"): wait for these buckets and apply their updates."""

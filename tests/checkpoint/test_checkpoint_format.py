@@ -198,7 +198,7 @@ def test_newer_format_is_refused(tmp_path):
     meta_path = os.path.join(path, "meta.json")
     meta = json.loads(open(meta_path).read())
     meta["format_version"] = 99
-    meta["meta_sha256"] = checkpoint._meta_digest(meta)
+    meta["meta_sha256"] = checkpoint.format.meta_digest(meta)
     open(meta_path, "w").write(json.dumps(meta))
     with pytest.raises(CheckpointError, match="format version 99.*upgrade mpinet"):
         checkpoint.load(path)
@@ -212,7 +212,7 @@ def test_malformed_metadata_with_a_valid_checksum_is_refused(tmp_path, key, valu
     meta_path = os.path.join(path, "meta.json")
     meta = json.loads(open(meta_path).read())
     meta[key] = value
-    meta["meta_sha256"] = checkpoint._meta_digest(meta)
+    meta["meta_sha256"] = checkpoint.format.meta_digest(meta)
     open(meta_path, "w").write(json.dumps(meta))
     with pytest.raises(CheckpointError, match="meta.json: "):
         checkpoint.load(path)

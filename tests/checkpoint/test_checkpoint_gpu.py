@@ -47,7 +47,7 @@ def _straight_and_resumed(tmp_path, **build):
     path = tmp_path / "ckpt-17"
     assert checkpoint.load(path)["global_step"] == 17
     if build.get("cuda_graph"):
-        assert first._step_graphs.replays > 0
+        assert first.trainstep.graphs.replays > 0
     resumed = build_model(**build)
     resumed.fit(dataset(), resume=str(path), **fit)
     assert resumed.global_step == straight.global_step

@@ -49,7 +49,7 @@ def _package_sources() -> list:
     for top in ("mpinet", "models"):
         for root, _, names in os.walk(os.path.join(REPO, top)):
             files += [os.path.join(root, n) for n in names if n.endswith(".py")]
-    assert any(f.endswith(os.path.join("mpinet", "checkpoint.py")) for f in files)
+    assert any(f.endswith(os.path.join("mpinet", "checkpoint", "format.py")) for f in files)
     return sorted(files)
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from ckpt_helpers import NUM_SAMPLES, assert_bitwise_equal, build_model, dataset, weights
 from mpinet import checkpoint
-from mpinet.callbacks import Callback
+from mpinet.training.callbacks import Callback
 
 EPOCHS, BATCH, EVERY = 3, 4, 5
 
@@ -150,8 +150,8 @@ def test_per_rank_statistics_and_rng_come_back_to_their_rank(mpi_tmp_path):
                                   mine)
     np.testing.assert_array_equal(checkpoint.load(path, rank=0)["model"]["2.running_mean"],
                                   everyone[0])
-    from mpinet.model import _rng_states
+    from mpinet.random import rng_states
 
-    assert checkpoint.load(path, rank=comm.rank)["rng"] == _rng_states()
+    assert checkpoint.load(path, rank=comm.rank)["rng"] == rng_states()
     # Default: this process's COMM_WORLD rank, as the world size matches.
     np.testing.assert_array_equal(checkpoint.load(path)["model"]["2.running_mean"], mine)

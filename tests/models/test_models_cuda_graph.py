@@ -87,7 +87,7 @@ def test_zoo_model_replays_equal_eager_steps(name, opts, monkeypatch):
     graph_model, graph_losses, graph_change = _train(name, opts, True)
     _, eager_losses, eager_change = _train(name, opts, False)
     _, again_losses, again_change = _train(name, opts, False)
-    assert graph_model._step_graphs.replays == STEPS - graph_model._step_graphs.warmup
+    assert graph_model.trainstep.graphs.replays == STEPS - graph_model.trainstep.graphs.warmup
     for k in eager_change:  # counters (num_batches_tracked) exactly
         if not np.issubdtype(eager_change[k].dtype, np.floating):
             np.testing.assert_array_equal(graph_change[k], eager_change[k], err_msg=k)

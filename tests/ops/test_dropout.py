@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from mpinet.autograd import Variable
-from mpinet.keyed_random import keyed_bits
+from mpinet.random import keyed_bits
 from mpinet.ops import dropout as D
 from mpinet.testing import check_gpu_matches_cpu
 

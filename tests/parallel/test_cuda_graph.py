@@ -1,4 +1,4 @@
-"""CUDA graphs of the training step (mpinet.cuda_graph): refused where a replay would be wrong
+"""CUDA graphs of the training step (mpinet.training.cuda_graph): refused where a replay would be wrong
 (CPU), and on the GPU the replayed steps equal the eager steps: same losses, weights, batch-norm
 running statistics and counters, optimizer step counts, with the learning rate changing every
 step, with dropout (each replay must draw the masks the eager step draws: a repeated mask would
@@ -77,7 +77,7 @@ def _train(comm, optimizer, graph, precision, rank=0, size=1, batches=None, betw
 
 def _assert_same(graph_run, eager_run, rtol):
     (gm, gl, gs), (em, el, es) = graph_run, eager_run
-    assert gm._step_graphs.replays == STEPS - gm._step_graphs.warmup  # replays did happen
+    assert gm.trainstep.graphs.replays == STEPS - gm.trainstep.graphs.warmup  # replays did happen
     np.testing.assert_allclose(gl, el, rtol=rtol, err_msg="per-step loss sums")
     assert list(gs) == list(es)
     for k in es:  # weights, running_mean/var and num_batches_tracked
@@ -132,7 +132,7 @@ def test_an_odd_batch_runs_eagerly_between_replays(exact_gpu):
     graph = _train(comm, "sgd", True, "fp32", batches=batches)
     eager = _train(comm, "sgd", False, "fp32", batches=batches)
     model = graph[0]
-    assert model._step_graphs.replays == STEPS - model._step_graphs.warmup - 1
+    assert model.trainstep.graphs.replays == STEPS - model.trainstep.graphs.warmup - 1
     np.testing.assert_allclose(graph[1], eager[1], rtol=2e-4)
     for k in eager[2]:
         np.testing.assert_allclose(graph[2][k], eager[2][k], rtol=2e-4, atol=2e-5, err_msg=k)
@@ -153,7 +153,7 @@ def test_buffers_averaged_in_place_or_replaced_between_replays(exact_gpu):
     comm = create_communicator("nccl", MPI.COMM_SELF)
     graph = _train(comm, "sgd", True, "fp32", between=between)
     eager = _train(comm, "sgd", False, "fp32", between=between)
-    graphs = graph[0]._step_graphs
+    graphs = graph[0].trainstep.graphs
     assert graphs.recaptures == 1 and graphs.replays == 3  # steps 3-5; 6-7 warm up again
     np.testing.assert_allclose(graph[1], eager[1], rtol=2e-4)
     for k in eager[2]:

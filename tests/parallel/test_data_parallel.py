@@ -11,7 +11,7 @@ from mpi4py import MPI
 from mpinet import nn
 from mpinet.comm import create_communicator
 from mpinet.data.dataset import ArrayDataset
-from mpinet.model import Model
+from mpinet.training import Model
 from mpinet.nn import init
 
 
@@ -131,7 +131,7 @@ def test_compressed_gradients_match_fp32_within_their_precision(grad_dtype, rtol
     model.fit(_data(), epochs=1, batch_size=4, verbose=False, seed=3)
     got = {k: np.array(v) for k, v in net.state_dict().items()}
     _assert_same(got, want, rtol=rtol, atol=rtol * 0.1)
-    assert not model.dp.found_inf
+    assert not model.trainstep.found_inf
 
 
 @pytest.mark.mpi(min_size=2)

@@ -23,7 +23,7 @@ def _train(comm, per_rank_batch, **clip):
     model.compile("sgd", loss="mse", metrics=(), lr=0.05, momentum=0.9, **clip)
     x, y = _data()
     model.fit(x, y, epochs=2, batch_size=per_rank_batch, verbose=False, seed=2)
-    norm = model.dp.grad_clipper.last_norm if model.dp.grad_clipper else None
+    norm = model.trainstep.clip.last_norm if model.trainstep.clip else None
     return {k: np.array(v) for k, v in model.network.state_dict().items()}, norm
 
 
@@ -56,7 +56,7 @@ def test_clipped_training_on_n_ranks_equals_one_rank(clip):
 
 def test_cli_flags_reach_compile_and_name_every_registered_choice():
     from mpinet import train as cli
-    from mpinet.model import LOSSES
+    from mpinet.training.metrics import LOSSES
     from mpinet.optim.factory import SCHEDULES
 
     actions = {a.dest: a for a in cli.build_parser()._actions}
@@ -66,7 +66,7 @@ def test_cli_flags_reach_compile_and_name_every_registered_choice():
                            "--epochs", "1", "--quiet"])
     cli.validate(cfg)
     model, *_ = cli.setup(cfg, create_communicator("mpi", MPI.COMM_SELF))
-    clipper = model.dp.grad_clipper
+    clipper = model.trainstep.clip
     assert (clipper.clip_norm, clipper.clip_value) == (0.5, 0.1)
     assert type(model.schedule).__name__ == "OneCycle"
 

@@ -28,31 +28,30 @@ and host-staged (hierarchical, MPI) communicators.
 """
 from __future__ import annotations
 
-from . import backend
+from .. import backend
+from ..parallel.sync_batchnorm import SyncBatchNorm
 
 #: Eager steps per input shape before the capture (plans, workspaces, optimizer state).
 DEFAULT_WARMUP = 3
 
 
-def check_capturable(model) -> None:
-    """Raise ValueError naming what in this compiled ``mpinet.Model`` a CUDA graph of its
-    training step could not replay correctly."""
+def check_capturable(step) -> None:
+    """Raise ValueError naming what in this ``TrainStep`` (mpinet.training.step) a CUDA graph
+    could not replay correctly."""
     problems = []
     if not backend.current().is_gpu:
         problems.append("the backend is the CPU (CUDA graphs need a GPU)")
-    if model.precision == "fp16":
+    if step.precision.loss_scaling:
         problems.append("precision fp16 (dynamic loss scaling reads an overflow flag on the "
                         "host every step); use bf16")
-    if model.dp.grad_dtype is not None:
+    if step.dp.grad_dtype is not None:
         problems.append("compressed gradients (grad_dtype: the overflow check reads the host)")
-    if model.dp.mode == "forward":
+    if step.dp.mode == "forward":
         problems.append("dp_mode 'forward' (use 'backward', the default)")
-    if model.comm.size > 1 and model.comm.name != "nccl":
-        problems.append(f"the {model.comm.name!r} communicator (its host-staged transfers cannot "
+    if step.comm.size > 1 and step.comm.name != "nccl":
+        problems.append(f"the {step.comm.name!r} communicator (its host-staged transfers cannot "
                         f"be captured; use comm 'nccl')")
-    from .parallel.sync_batchnorm import SyncBatchNorm  # noqa: PLC0415
-
-    sync = [name for name, m in model.network.named_modules() if isinstance(m, SyncBatchNorm)]
+    sync = [name for name, m in step.network.named_modules() if isinstance(m, SyncBatchNorm)]
     if sync:
         problems.append(f"SyncBatchNorm layers {sync[:3]}{'...' if len(sync) > 3 else ''} (they "
                         f"read the global value count on the host every step)")
