@@ -245,3 +245,13 @@ def test_clip_grad_norm_and_value_vs_torch(max_norm):
         np.testing.assert_allclose(a, p.grad.numpy(), rtol=1e-12)
     with pytest.raises(ValueError, match="clip_norm must be > 0"):
         clip_mod.GradClipper(clip_norm=0)
+
+
+def test_mlp_takes_any_registered_activation_by_name():
+    from mpinet.models import build_model
+
+    model = build_model("mlp", in_features=4, hidden=(5,), num_classes=2, activation="mish")
+    assert [type(m).__name__ for m in model.children()] == ["Flatten", "Linear", "Mish", "Linear"]
+    assert model(Variable(np.ones((3, 4), np.float32))).shape == (3, 2)
+    with pytest.raises(ValueError, match="unknown activation 'swishy'; choose one of: relu"):
+        build_model("mlp", in_features=4, activation="swishy")
