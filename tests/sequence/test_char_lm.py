@@ -13,7 +13,7 @@ from mpinet.autograd import Variable, no_grad
 from mpinet.comm import create_communicator
 from mpinet.data import text
 from mpinet.data.registry import get_dataset
-from mpinet.model import Model
+from mpinet.training import Model
 from mpinet.models import build_model
 from mpinet.nn import init
 from mpinet.sample import sample_text

@@ -6,7 +6,7 @@ from mpi4py import MPI
 
 from mpinet import nn
 from mpinet.comm import create_communicator
-from mpinet.model import Model
+from mpinet.training import Model
 from mpinet.nn import init
 
 

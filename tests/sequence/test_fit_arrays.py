@@ -8,7 +8,7 @@ from mpinet import nn
 from mpinet.autograd import Variable
 from mpinet.comm import create_communicator
 from mpinet.data import ArrayDataset, SequenceDataset, TensorDataset
-from mpinet.model import Model
+from mpinet.training import Model
 from mpinet.models import build_model
 from mpinet.nn import init
 from mpinet.ops import shape

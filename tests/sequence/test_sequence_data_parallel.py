@@ -9,7 +9,7 @@ from mpinet import nn
 from mpinet.autograd import Variable
 from mpinet.comm import create_communicator
 from mpinet.data import SequenceDataset
-from mpinet.model import Model
+from mpinet.training import Model
 from mpinet.nn import init
 from mpinet.ops import shape
 
