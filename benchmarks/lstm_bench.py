@@ -7,9 +7,10 @@ bfloat16, one layer, unidirectional.
 
 Each number is the median over ``--trials`` of one forward + backward (loss = sum of outputs),
 timed with CUDA events after ``--warmup`` untimed runs. speed = torch time / our time (the
-issue's target is >= 0.5). mpinet runs the input projection of all 128 steps as one matmul and
+issue's target is >= 0.5). mpinet runs the input projection of all 128 steps as one matmul,
 each step as one recurrent matmul plus one fused gate kernel (mpinet.kernels.recurrent) each
-way; cuDNN runs a persistent fused RNN kernel, so the gap is mostly per-step launch overhead.
+way inside one op (no autograd node per step), and the recurrent weight gradient of all steps
+as one matmul; cuDNN runs a persistent fused RNN kernel, so the gap is per-step launches.
 Needs cupy, ml_dtypes and a CUDA build of torch.
 """
 from __future__ import annotations

@@ -15,9 +15,10 @@ h_n/c_n (num_layers * D, N, H); batch_first=True swaps T and N of x and out only
 ``lengths`` (N,) ints in [1, T]: outputs past a sequence's end are 0 and h_n/c_n are taken at
 its last valid step (torch's pack_padded_sequence semantics).
 
-Per layer and direction: one matmul projects the inputs of all steps (T*N rows at once), then a
-Python loop over the steps runs the recurrent matmul and one fused cell op (mpinet.ops.recurrent)
-per step. The loop is define-by-run, so its length may be different for every batch.
+Per layer and direction: one matmul projects the inputs of all steps (T*N rows at once), then
+one op (mpinet.ops.recurrent.Recurrence) loops over the steps: a recurrent matmul and one fused
+cell step each (one kernel on the GPU), and in backward the weight gradients of all steps as one
+matmul. The step count is read from each batch, so it may differ from batch to batch.
 """
 from __future__ import annotations
 
@@ -30,7 +31,6 @@ from ..ops import dropout as dropout_ops
 from ..ops import linear as linear_ops
 from ..ops import recurrent as rec
 from ..ops import shape as shape_ops
-from ..ops.activation import relu, tanh
 from . import init
 from .basic import input_error
 from .module import Module
@@ -94,10 +94,10 @@ class _RecurrentBase(Module):
             outputs = []
             for d, suffix in enumerate(self._suffixes(layer)):
                 k = layer * self.num_directions + d
-                out_steps, h, c = self._run_direction(layer_input, suffix, h0[k],
-                                                      None if c0 is None else c0[k],
-                                                      masks, reverse=d == 1)
-                outputs.append(rec.stack_steps(out_steps))  # (T, N, H)
+                out, h, c = self._run_direction(layer_input, suffix, h0[k],
+                                                None if c0 is None else c0[k],
+                                                masks, reverse=d == 1)
+                outputs.append(out)  # (T, N, H)
                 finals_h.append(h)
                 finals_c.append(c)
             layer_input = outputs[0] if len(outputs) == 1 else shape_ops.concat(outputs, axis=2)
@@ -126,26 +126,13 @@ class _RecurrentBase(Module):
         return split[0], (split[1] if self.mode == "LSTM" else None)
 
     def _run_direction(self, x, suffix: str, h, c, masks, reverse: bool):
-        """One layer in one direction over x (T, N, in): (outputs per step in time order, h, c)."""
+        """One layer in one direction over x (T, N, in): (out (T, N, H), h, c)."""
         w_ih, w_hh, b_ih, b_hh = self._weights(suffix)
         x, w_ih, w_hh, b_ih, b_hh = amp.autocast_inputs(x, w_ih, w_hh, b_ih, b_hh)
         projected = linear_ops.linear(x, w_ih, b_ih)       # (T, N, G*H): all steps, one matmul
-        gx_steps = rec.split_steps(projected)
-        order = range(len(gx_steps) - 1, -1, -1) if reverse else range(len(gx_steps))
-        outputs = [None] * len(gx_steps)
-        for t in order:
-            mask = None if masks is None else masks[t]
-            gh = linear_ops.linear(h, w_hh, b_hh)          # (N, G*H)
-            if self.mode == "LSTM":
-                h, c, out = rec.lstm_cell(gx_steps[t], gh, c, h, mask)
-            elif self.mode == "GRU":
-                h, out = rec.gru_cell(gx_steps[t], gh, h, mask)
-            else:
-                pre = gx_steps[t] + gh
-                h_new = tanh(pre) if self.mode == "RNN_TANH" else relu(pre)
-                h, out = (h_new, h_new) if mask is None else rec.masked_step(h_new, h, mask)
-            outputs[t] = out
-        return outputs, h, c
+        results = rec.recurrence(self.mode, projected, h, w_hh, b_hh,
+                                 c if self.mode == "LSTM" else None, reverse, masks)
+        return results if self.mode == "LSTM" else (results[0], results[1], None)
 
     def extra_repr(self) -> str:
         return (f"{self.input_size}, {self.hidden_size}, num_layers={self.num_layers}, "

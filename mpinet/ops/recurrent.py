@@ -86,6 +86,39 @@ def lstm_cell_backward_reference(saved, mask, gh, gc, gout):
     return dg, dc_prev, dh_carry
 
 
+def _lstm_step(gx, gh, c_prev, h_prev, mask):
+    """One LSTM step on raw arrays: the GPU kernel for CuPy arrays, else the reference."""
+    if backend.is_gpu_array(gx):
+        from ..kernels import recurrent as kernels  # noqa: PLC0415 - GPU only
+
+        return kernels.lstm_cell_forward(gx, gh, c_prev, h_prev, mask)
+    return lstm_cell_reference(gx, gh, c_prev, h_prev, mask)
+
+
+def _lstm_step_backward(saved, mask, gh, gc, gout):
+    if backend.is_gpu_array(gh):
+        from ..kernels import recurrent as kernels  # noqa: PLC0415 - GPU only
+
+        return kernels.lstm_cell_backward(saved, mask, gh, gc, gout)
+    return lstm_cell_backward_reference(saved, mask, gh, gc, gout)
+
+
+def _gru_step(gx, gh, h_prev, mask):
+    if backend.is_gpu_array(gx):
+        from ..kernels import recurrent as kernels  # noqa: PLC0415 - GPU only
+
+        return kernels.gru_cell_forward(gx, gh, h_prev, mask)
+    return gru_cell_reference(gx, gh, h_prev, mask)
+
+
+def _gru_step_backward(saved, mask, gh_state, gout):
+    if backend.is_gpu_array(gh_state):
+        from ..kernels import recurrent as kernels  # noqa: PLC0415 - GPU only
+
+        return kernels.gru_cell_backward(saved, mask, gh_state, gout)
+    return gru_cell_backward_reference(saved, mask, gh_state, gout)
+
+
 class LSTMCell(Function):
     """(gx, gh (N, 4H) input and recurrent pre-activations, c_prev (N, H), h_prev (N, H)
     [, mask (N, 1)]) -> (h, c, out): the next state and this step's output (zero where masked).
@@ -99,25 +132,13 @@ class LSTMCell(Function):
                              f"{tuple(h_prev.shape)}")
         self.dtype = gx.dtype
         self.mask = mask
-        if backend.is_gpu_array(gx):
-            from ..kernels import recurrent as kernels  # noqa: PLC0415 - GPU only
-
-            h, c, out, saved = kernels.lstm_cell_forward(gx, gh, c_prev, h_prev, mask)
-        else:
-            h, c, out, saved = lstm_cell_reference(gx, gh, c_prev, h_prev, mask)
+        h, c, out, saved = _lstm_step(gx, gh, c_prev, h_prev, mask)
         self.save(*saved)
         return (h.astype(self.dtype, copy=False), c.astype(self.dtype, copy=False),
                 out.astype(self.dtype, copy=False))
 
     def backward(self, gh, gc, gout):
-        if backend.is_gpu_array(gh):
-            from ..kernels import recurrent as kernels  # noqa: PLC0415 - GPU only
-
-            dg, dc_prev, dh_carry = kernels.lstm_cell_backward(self.saved, self.mask, gh, gc,
-                                                               gout)
-        else:
-            dg, dc_prev, dh_carry = lstm_cell_backward_reference(self.saved, self.mask, gh, gc,
-                                                                 gout)
+        dg, dc_prev, dh_carry = _lstm_step_backward(self.saved, self.mask, gh, gc, gout)
         cast = (lambda a: None if a is None else a.astype(self.dtype, copy=False))
         dg = cast(dg)
         grads = (dg, dg, cast(dc_prev), cast(dh_carry))  # gx and gh: the same gradient
@@ -169,38 +190,118 @@ class GRUCell(Function):
             raise ValueError(f"gru_cell: expected gx and gh (N, 3H), h (N, H); got "
                              f"{tuple(gx.shape)}, {tuple(gh.shape)}, {tuple(h_prev.shape)}")
         self.dtype, self.mask = gx.dtype, mask
-        if backend.is_gpu_array(gx):
-            from ..kernels import recurrent as kernels  # noqa: PLC0415 - GPU only
-
-            h, out, saved = kernels.gru_cell_forward(gx, gh, h_prev, mask)
-        else:
-            h, out, saved = gru_cell_reference(gx, gh, h_prev, mask)
+        h, out, saved = _gru_step(gx, gh, h_prev, mask)
         self.save(*saved)
         return h.astype(self.dtype, copy=False), out.astype(self.dtype, copy=False)
 
     def backward(self, gh_state, gout):
-        if backend.is_gpu_array(gh_state):
-            from ..kernels import recurrent as kernels  # noqa: PLC0415 - GPU only
-
-            dgx, dgh, dh_prev = kernels.gru_cell_backward(self.saved, self.mask, gh_state, gout)
-        else:
-            dgx, dgh, dh_prev = gru_cell_backward_reference(self.saved, self.mask, gh_state, gout)
+        dgx, dgh, dh_prev = _gru_step_backward(self.saved, self.mask, gh_state, gout)
         grads = tuple(a.astype(self.dtype, copy=False) for a in (dgx, dgh, dh_prev))
         return grads + ((None,) if self.mask is not None else ())
 
 
-class MaskedStep(Function):
-    """(h_new, h_prev, mask (N, 1)) -> (state, out): the plain RNN's carry past a sequence's end
-    (state = h_new where running else h_prev; out = h_new where running else 0)."""
+class Recurrence(Function):
+    """One recurrent layer in one direction over a whole sequence, as one op.
 
-    def forward(self, h_new, h_prev, mask):
-        m = mask.astype(h_new.dtype, copy=False)
-        self.save(m)
-        return m * h_new + (1 - m) * h_prev, m * h_new
+    Inputs: gx (T, N, G*H) the input projections of all steps (one matmul, done before),
+    h0 (N, H), w_hh (G*H, H), [b_hh (G*H,)], [c0 (N, H) for the LSTM]. Outputs: out (T, N, H)
+    (zero at masked steps), h_T, [c_T] (the state after the last valid step; run ``reverse``,
+    after step 0). ``masks``: None or T arrays (N, 1) of 1 (running) / 0 (past the end).
 
-    def backward(self, gh, gout):
-        (m,) = self.saved
-        return m * (gh + gout), (1 - m) * gh, None
+    Per step the forward runs one recurrent matmul and one cell step (one fused kernel on the
+    GPU); the backward walks the steps in reverse with one cell-backward and one matmul per
+    step, and computes the weight gradients of all steps at the end as one matmul over the
+    stacked step gradients (T*N rows), with no autograd node per step.
+    """
+
+    def __init__(self, mode: str, reverse: bool = False, masks=None, has_bias: bool = True):
+        if mode not in ("LSTM", "GRU", "RNN_TANH", "RNN_RELU"):
+            raise ValueError(f"recurrence: unknown mode {mode!r}")
+        self.mode, self.reverse, self.masks, self.has_bias = mode, reverse, masks, has_bias
+
+    def _order(self, steps: int):
+        return range(steps - 1, -1, -1) if self.reverse else range(steps)
+
+    def forward(self, gx, h0, w_hh, *rest):
+        b_hh = rest[0] if self.has_bias else None
+        c = rest[-1] if self.mode == "LSTM" else None
+        xp = backend.xp_of(gx)
+        steps, _, hidden = gx.shape[0], gx.shape[1], w_hh.shape[1]
+        if h0.shape != (gx.shape[1], hidden) or w_hh.shape[0] != gx.shape[2]:
+            raise ValueError(f"recurrence: gx {tuple(gx.shape)}, h0 {tuple(h0.shape)} and w_hh "
+                             f"{tuple(w_hh.shape)} do not fit (T, N, G*H), (N, H), (G*H, H)")
+        dtype = gx.dtype
+        outs = xp.empty((steps,) + h0.shape, dtype)
+        h_prevs = xp.empty((steps,) + h0.shape, dtype)  # for the weight gradient
+        saved = [None] * steps
+        h = h0
+        for t in self._order(steps):
+            mask = None if self.masks is None else self.masks[t]
+            h_prevs[t] = h
+            gh = (h @ w_hh.T).astype(dtype, copy=False)
+            if b_hh is not None:
+                gh += b_hh
+            if self.mode == "LSTM":
+                h, c, out, saved[t] = _lstm_step(gx[t], gh, c, h, mask)
+                c = c.astype(dtype, copy=False)
+            elif self.mode == "GRU":
+                h, out, saved[t] = _gru_step(gx[t], gh, h, mask)
+            else:
+                pre = gx[t] + gh
+                h_new = xp.tanh(pre) if self.mode == "RNN_TANH" else xp.maximum(pre, 0)
+                saved[t] = h_new
+                if mask is None:
+                    h, out = h_new, h_new
+                else:
+                    m = mask.astype(dtype, copy=False)
+                    h, out = m * h_new + (1 - m) * h, m * h_new
+            h = h.astype(dtype, copy=False)
+            outs[t] = out
+        self.save(h_prevs, saved, w_hh)
+        return (outs, h, c) if self.mode == "LSTM" else (outs, h)
+
+    def backward(self, g_out, g_h, g_c=None):
+        h_prevs, saved, w_hh = self.saved
+        xp = backend.xp_of(g_out)
+        dtype = g_out.dtype
+        steps = g_out.shape[0]
+        w = w_hh.astype(dtype, copy=False)
+        d_gx = xp.empty((steps,) + (g_out.shape[1], w_hh.shape[0]), dtype)
+        d_gh = xp.empty_like(d_gx) if self.mode == "GRU" else d_gx  # the same for LSTM, RNN
+        dh, dc = g_h, g_c
+        for t in reversed(list(self._order(steps))):
+            mask = None if self.masks is None else self.masks[t]
+            if self.mode == "LSTM":
+                dg, dc, dh_carry = _lstm_step_backward(saved[t], mask, dh, dc, g_out[t])
+                d_gx[t] = dg
+                dh = (d_gx[t] @ w).astype(dtype, copy=False)
+                if dh_carry is not None:
+                    dh += dh_carry
+                dc = dc.astype(dtype, copy=False)
+            elif self.mode == "GRU":
+                dgx, dgh, dh_direct = _gru_step_backward(saved[t], mask, dh, g_out[t])
+                d_gx[t], d_gh[t] = dgx, dgh
+                dh = (d_gh[t] @ w).astype(dtype, copy=False) + dh_direct.astype(dtype, copy=False)
+            else:
+                h_new = saved[t]
+                if mask is None:
+                    dh_new, carry = dh + g_out[t], None
+                else:
+                    m = mask.astype(dtype, copy=False)
+                    dh_new, carry = m * (dh + g_out[t]), (1 - m) * dh
+                d_gx[t] = dh_new * (1 - h_new * h_new) if self.mode == "RNN_TANH" \
+                    else dh_new * (h_new > 0)
+                dh = (d_gx[t] @ w).astype(dtype, copy=False)
+                if carry is not None:
+                    dh += carry
+        flat = d_gh.reshape(-1, d_gh.shape[2])                            # (T*N, G*H)
+        d_w = (flat.T @ h_prevs.reshape(-1, h_prevs.shape[2])).astype(w_hh.dtype, copy=False)
+        grads = [d_gx, dh.astype(dtype, copy=False), d_w]
+        if self.has_bias:
+            grads.append(flat.sum(axis=0).astype(w_hh.dtype, copy=False))
+        if self.mode == "LSTM":
+            grads.append(dc)
+        return tuple(grads)
 
 
 class SplitSteps(Function):
@@ -236,8 +337,13 @@ def gru_cell(gx, gh, h_prev, mask=None):
         GRUCell().apply(gx, gh, h_prev, mask)
 
 
-def masked_step(h_new, h_prev, mask):
-    return MaskedStep().apply(h_new, h_prev, mask)
+def recurrence(mode: str, gx, h0, w_hh, b_hh=None, c0=None, reverse: bool = False,
+               masks=None):
+    """A whole recurrent layer direction (see Recurrence): (out, h_T) or, for "LSTM",
+    (out, h_T, c_T)."""
+    inputs = [gx, h0, w_hh] + ([b_hh] if b_hh is not None else []) + \
+        ([c0] if mode == "LSTM" else [])
+    return Recurrence(mode, reverse, masks, has_bias=b_hh is not None).apply(*inputs)
 
 
 def split_steps(x):

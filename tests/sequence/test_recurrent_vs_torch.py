@@ -142,18 +142,23 @@ def test_cells_against_numerical_gradients(masked):
                              rng.standard_normal((n, 3 * hidden)), rng.standard_normal((n, hidden))])
 
 
-def test_lstm_layer_numerical_gradient_with_lengths():
-    lstm = nn.LSTM(2, 3, bidirectional=True, batch_first=True)
-    for p in lstm.parameters():
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN"])
+def test_layer_numerical_gradient_with_lengths(kind):
+    layer = getattr(nn, kind)(2, 3, bidirectional=True, batch_first=True)
+    for p in layer.parameters():
         p.data = p.data.astype(np.float64)
     lengths = np.array([3, 1])
 
-    def f(x):
-        out, (h, c) = lstm(x, lengths=lengths)
+    def f(x, h0):
+        hx = (h0, h0 * 0.5) if kind == "LSTM" else h0
+        out, state = layer(x, hx, lengths=lengths)
+        h = state[0] if kind == "LSTM" else state
         per_step = out.sum(axis=1)  # (N, 2H): forward half, backward half
-        return per_step[:, :3] + per_step[:, 3:] * 0.7 + h.sum(axis=0) * 2 + c.sum(axis=0)
+        result = per_step[:, :3] + per_step[:, 3:] * 0.7 + h.sum(axis=0) * 2
+        return result + state[1].sum(axis=0) if kind == "LSTM" else result
 
-    check_backward(f, [np.random.default_rng(2).standard_normal((2, 3, 2))])
+    rng = np.random.default_rng(2)
+    check_backward(f, [rng.standard_normal((2, 3, 2)), rng.standard_normal((2, 2, 3))])
 
 
 def test_bad_lengths_and_inputs_are_refused():
