@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mpinet.ops.cuda import cudnn_conv
+from mpinet.kernels import cudnn as mpinet_cudnn
 
 # name: (N, C, H, W, K, R, stride, padding)
 SHAPES = {
@@ -82,7 +82,7 @@ def bench_shape(name, dt, args, rows):
     x = _cupy_random((n, c, h, w), cdt, rng)
     wt = _cupy_random((k, c, r, r), cdt, rng)
     st, pd, dl = (s, s), (p, p), (1, 1)
-    y_shape = cudnn_conv.output_size(x.shape, wt.shape, st, pd, dl)
+    y_shape = mpinet_cudnn.output_size(x.shape, wt.shape, st, pd, dl)
     gy = _cupy_random(y_shape, cdt, rng)
 
     tdt = DTYPES[dt][1]
@@ -91,9 +91,9 @@ def bench_shape(name, dt, args, rows):
     tgy = torch.randn(*y_shape, device="cuda", dtype=tdt)
 
     ours = {
-        "fwd": lambda: cudnn_conv.conv_fprop(x, wt, st, pd, dl, 1),
-        "dgrad": lambda: cudnn_conv.conv_dgrad(gy, wt, x.shape, st, pd, dl, 1),
-        "wgrad": lambda: cudnn_conv.conv_wgrad(x, gy, wt.shape, st, pd, dl, 1),
+        "fwd": lambda: mpinet_cudnn.conv_fprop(x, wt, st, pd, dl, 1),
+        "dgrad": lambda: mpinet_cudnn.conv_dgrad(gy, wt, x.shape, st, pd, dl, 1),
+        "wgrad": lambda: mpinet_cudnn.conv_wgrad(x, gy, wt.shape, st, pd, dl, 1),
     }
     bwd = torch.ops.aten.convolution_backward
     theirs = {
@@ -107,7 +107,7 @@ def bench_shape(name, dt, args, rows):
     for op in ("fwd", "dgrad", "wgrad"):
         times = {}
         for mode in (False, True):
-            cudnn_conv.benchmark = mode
+            mpinet_cudnn.benchmark = mode
             t0 = time.perf_counter()
             ours[op]()
             _sync()
@@ -134,10 +134,10 @@ def host_overhead(args):
     w = cp.asarray(np.random.default_rng(1).standard_normal((8, 8, 3, 3)).astype(np.float32))
     tx, tw = torch.randn(1, 8, 8, 8, device="cuda"), torch.randn(8, 8, 3, 3, device="cuda")
     out = {}
-    for label, fn in (("ours_heur", lambda: cudnn_conv.conv_fprop(x, w, 1, 1, 1, 1)),
-                      ("ours_tuned", lambda: cudnn_conv.conv_fprop(x, w, 1, 1, 1, 1)),
+    for label, fn in (("ours_heur", lambda: mpinet_cudnn.conv_fprop(x, w, 1, 1, 1, 1)),
+                      ("ours_tuned", lambda: mpinet_cudnn.conv_fprop(x, w, 1, 1, 1, 1)),
                       ("torch", lambda: F.conv2d(tx, tw, None, 1, 1))):
-        cudnn_conv.benchmark = label == "ours_tuned"
+        mpinet_cudnn.benchmark = label == "ours_tuned"
         for _ in range(20):
             fn()
         _sync()
@@ -159,7 +159,7 @@ def main():
 
     torch.backends.cudnn.benchmark = True
     torch.backends.cudnn.allow_tf32 = True
-    cudnn_conv.allow_tf32 = True
+    mpinet_cudnn.allow_tf32 = True
     import cudnn
     print(f"GPU {torch.cuda.get_device_name()}, torch {torch.__version__} (cuDNN "
           f"{torch.backends.cudnn.version()}), cupy {cp.__version__}, cudnn-frontend "
@@ -181,7 +181,7 @@ def main():
         speed = [row[5] / row[idx] for row in rows]
         print(f"speed torch/ours, {label}: geomean {np.exp(np.mean(np.log(speed))):.3f}, "
               f"min {min(speed):.3f}, rows >= 0.9: {sum(v >= 0.9 for v in speed)}/{len(speed)}")
-    print(f"graphs by execution path: {cudnn_conv.cache_info()}")
+    print(f"graphs by execution path: {mpinet_cudnn.cache_info()}")
     ho = host_overhead(args)
     print("host overhead per call (us, tiny fp32 conv): "
           + ", ".join(f"{k} {v:.1f}" for k, v in ho.items()))

@@ -61,10 +61,10 @@ def main():
         compare(*a.compare)
         return
     from mpinet import backend
-    from mpinet.ops.cuda import cudnn_conv
+    from mpinet.kernels import cudnn
 
     backend.select_device(device="gpu")
-    cudnn_conv.deterministic = a.deterministic
+    cudnn.deterministic = a.deterministic
     models = [("mlp", dict(in_features=3 * 32 * 32, hidden=(256,), num_classes=10)),
               ("resnet18", dict(num_classes=10, input_size=32))]
     for name, opts in models:

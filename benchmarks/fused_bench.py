@@ -1,5 +1,5 @@
-"""Fused kernels (mpinet.ops.cuda.fused) next to PyTorch's CUDA kernels, same process:
-batch norm train forward/backward, ReLU backward, GELU, and one SGD/Adam step over a flat
+"""Fused kernels (mpinet.kernels, mpinet.optim.kernels) next to PyTorch's CUDA kernels, same
+process: batch norm train forward/backward, ReLU backward, GELU, and one SGD/Adam step over a flat
 ResNet-18-sized buffer (11.7M parameters, PyTorch with fused=True on one flat parameter).
 
     python benchmarks/fused_bench.py
@@ -15,7 +15,8 @@ import cupy as cp
 import numpy as np
 import torch
 
-from mpinet.ops.cuda import fused
+from mpinet.kernels import activation, batch_norm
+from mpinet.optim import kernels as optim_kernels
 
 
 def _time(fn, iters=10, trials=15):
@@ -55,20 +56,21 @@ def main():
             tgy = torch.randn(*shape, device="cuda", dtype=tdt)
             tg, tb = torch.ones(c, device="cuda"), torch.zeros(c, device="cuda")
             rm, rv = torch.zeros(c, device="cuda"), torch.ones(c, device="cuda")
-            _, mean, invstd, _, _ = fused.batch_norm_train(x, g, b, 1e-5)
+            _, mean, invstd, _, _ = batch_norm.batch_norm_train(x, g, b, 1e-5)
             _, tmean, tinv = aten.native_batch_norm(tx, tg, tb, rm, rv, True, 0.1, 1e-5)
             tag = f"{dname} {shape}"
-            rows.append((f"bn_train_fwd {tag}", _time(lambda: fused.batch_norm_train(x, g, b, 1e-5)),
+            rows.append((f"bn_train_fwd {tag}",
+                         _time(lambda: batch_norm.batch_norm_train(x, g, b, 1e-5)),
                          _time(lambda: aten.native_batch_norm(tx, tg, tb, rm, rv, True, 0.1,
                                                               1e-5))))
             rows.append((f"bn_train_bwd {tag}",
-                         _time(lambda: fused.batch_norm_backward(x, gy, g, mean, invstd)),
+                         _time(lambda: batch_norm.batch_norm_backward(x, gy, g, mean, invstd)),
                          _time(lambda: aten.native_batch_norm_backward(
                              tgy, tx, tg, rm, rv, tmean, tinv, True, 1e-5,
                              [True, True, True]))))
-            rows.append((f"relu_bwd {tag}", _time(lambda: fused.relu_backward(x, gy)),
+            rows.append((f"relu_bwd {tag}", _time(lambda: activation.relu_backward(x, gy)),
                          _time(lambda: aten.threshold_backward(tgy, tx, 0))))
-            rows.append((f"gelu_fwd {tag}", _time(lambda: fused.gelu_forward(x)),
+            rows.append((f"gelu_fwd {tag}", _time(lambda: activation.gelu_forward(x)),
                          _time(lambda: torch.nn.functional.gelu(tx))))
     n = 11_689_512  # ResNet-18 parameters
     p, gr = cp.asarray(rng.standard_normal(n), cp.float32), cp.asarray(
@@ -78,12 +80,12 @@ def main():
     tp.grad = torch.randn(n, device="cuda")
     sgd = torch.optim.SGD([tp], lr=0.1, momentum=0.9, weight_decay=5e-4, fused=True)
     rows.append(("sgd_momentum_step 11.7M fp32",
-                 _time(lambda: fused.sgd_update_(p, gr, buf, 0.1, 0.9, 0.0, 5e-4, False)),
+                 _time(lambda: optim_kernels.sgd_update_(p, gr, buf, 0.1, 0.9, 0.0, 5e-4, False)),
                  _time(sgd.step)))
     adam = torch.optim.AdamW([tp], lr=1e-3, weight_decay=1e-2, fused=True)
     rows.append(("adamw_step 11.7M fp32",
-                 _time(lambda: fused.adam_update_(p, gr, m, v, 1e-3, 0.9, 0.999, 1e-8, 1e-2, 5,
-                                                  True)),
+                 _time(lambda: optim_kernels.adam_update_(p, gr, m, v, 1e-3, 0.9, 0.999, 1e-8,
+                                                          1e-2, 5, True)),
                  _time(adam.step)))
     print("| kernel | ours_ms | torch_ms | speed |\n|---|---|---|---|")
     for name, ours, theirs in rows:

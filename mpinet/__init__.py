@@ -11,6 +11,12 @@ if _os.path.isfile(_os.path.join(_checkout, "models", "__init__.py")):
     __path__.append(_checkout)  # noqa: F821 - module __path__ of this package
 
 
+# Variable's operators are attached by mpinet.ops (autograd never imports ops): import it
+# with the package, so `import mpinet.autograd` alone gives Variables their operators. It loads
+# no CUDA and no MPI.
+from . import ops as _ops  # noqa: E402,F401
+
+
 def __getattr__(name):
     # Lazy: `import mpinet` stays light (no MPI initialisation, no cupy) until these are used.
     if name == "Model":

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .autograd import Function, Variable
-from .ops._util import cast_into
+from .kernels.elementwise import cast_into
 
 _state = threading.local()
 

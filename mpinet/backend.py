@@ -1,8 +1,14 @@
 """The one place that decides NumPy (CPU) or CuPy (GPU).
 
 Every other module gets its array module from here: ``xp_of(array)`` for code that works on
-arrays it was handed, ``current().xp`` for code that creates arrays. Nothing else in mpinet
-imports cupy at module level, so ``import mpinet`` works on a machine without CUDA.
+arrays it was handed, ``current().xp`` for code that creates arrays. No module in mpinet imports
+cupy at module level, so ``import mpinet`` works on a machine without CUDA. A few import it
+inside the functions that need it, each for a reason: this module (``_cupy``: the array module
+of the GPU backend), ``kernels._compile.cp`` (every kernel launch, including kernels.cudnn and
+optim.kernels), ``random`` (moving the dropout generator's state to the device),
+``training.cuda_graph`` (graph capture), ``comm.nccl`` (NCCL and its device buffers),
+``comm.hierarchical`` and ``data.loader`` (cupyx's pinned host memory), and ``testing`` (the GPU
+test helpers).
 
 Device choice:
   * ``MPINET_DEVICE=cpu|gpu|auto`` (default auto) picks the backend.
@@ -49,7 +55,7 @@ def current() -> Backend:
 
 
 def _cupy() -> ModuleType:
-    import cupy  # noqa: PLC0415 - the only runtime import of cupy in mpinet
+    import cupy  # noqa: PLC0415 - lazily: the backend's (the other lazy imports: see above)
 
     return cupy
 

@@ -217,12 +217,12 @@ def _pick_model_opts(cfg: dict, train) -> dict:
 
 def apply_device_options(cfg: dict) -> None:
     """Settings of the GPU paths that the config selects (no effect on the CPU)."""
-    from mpinet.ops.cuda import cudnn_conv  # noqa: PLC0415 - imports no CUDA module
+    from mpinet.kernels import cudnn  # noqa: PLC0415 - imports no CUDA module
 
     if cfg["cudnn_benchmark"]:
-        cudnn_conv.benchmark = True
+        cudnn.benchmark = True
     if cfg["deterministic"]:
-        cudnn_conv.deterministic = True
+        cudnn.deterministic = True
 
 
 def setup(cfg: dict, comm):

@@ -4,6 +4,8 @@ import subprocess
 import sys
 import tomllib
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -31,3 +33,14 @@ def test_import_never_needs_cuda_or_initialises_mpi():
                          timeout=120, env=dict(os.environ, PYTHONPATH=ROOT))
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["False", "False"]
+
+
+def test_old_flat_parameters_path_still_works_with_a_deprecation_warning():
+    import importlib
+
+    import mpinet.flat
+
+    sys.modules.pop("mpinet.nn.flat", None)
+    with pytest.warns(DeprecationWarning, match="mpinet.flat"):
+        old = importlib.import_module("mpinet.nn.flat")
+    assert old.FlatParameters is mpinet.flat.FlatParameters

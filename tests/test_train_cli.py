@@ -86,10 +86,10 @@ def test_unknown_config_key_is_one_clear_error(tmp_path):
                                            ("--deterministic", "deterministic")])
 def test_cudnn_flags_set_the_convolution_options(monkeypatch, flag, setting):
     from mpinet import train
-    from mpinet.ops.cuda import cudnn_conv
+    from mpinet.kernels import cudnn
 
-    monkeypatch.setattr(cudnn_conv, setting, False)
+    monkeypatch.setattr(cudnn, setting, False)
     train.apply_device_options(train.load_config([]))
-    assert getattr(cudnn_conv, setting) is False  # off by default, like PyTorch's
+    assert getattr(cudnn, setting) is False  # off by default, like PyTorch's
     train.apply_device_options(train.load_config([flag]))
-    assert getattr(cudnn_conv, setting) is True
+    assert getattr(cudnn, setting) is True

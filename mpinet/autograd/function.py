@@ -15,6 +15,18 @@ Subclass and implement::
 ``backward`` returns a tuple with one entry per input: an array, or None where that input needs
 no gradient (``self.needs_input_grad[i]`` says which inputs do, so work can be skipped).
 Options (stride, axis, ...) go to ``__init__``; a Function instance is used for one call.
+
+Writing a gradient in place (optional; the contract every op that does it keeps):
+  * ``self.grad_destination(i)`` in backward returns input i's own ``.grad`` array when that
+    input is a leaf whose gradient buffer its owner has just zeroed (``Variable.mark_grad_zeroed``:
+    e.g. a parameter's view into a FlatParameters gradient buffer), else None.
+  * A backward may write input i's whole gradient into that array (``out=`` of a matmul or a
+    sum, a cuDNN weight-gradient, a cast) and must then return THAT VERY ARRAY (the same object,
+    not a reshaped view of it or a copy) as input i's gradient. Autograd recognises it by
+    identity and skips its add. Anything else it returns is added into ``.grad``: had the
+    backward also written the destination, the gradient would count twice.
+  * It must not write the destination partially, or write it and return None.
+  * Returning a fresh array instead is always correct (autograd then adds it).
 """
 from __future__ import annotations
 
@@ -79,9 +91,12 @@ class Function:
 
         That is the input's own ``.grad`` when the input is a leaf whose gradient buffer was
         just zeroed (``mark_grad_zeroed``), e.g. a parameter's view into the flat gradient
-        buffer. A backward that writes the whole gradient there returns that same array, and
-        autograd then skips the add it would otherwise launch. The caller must still check
-        that shape, dtype and layout suit it; returning a different array is always correct.
+        buffer, and the input appears once among this Function's inputs. A backward that
+        writes the whole gradient there must return that very array (identity, not an equal
+        view): autograd then skips the add it would otherwise launch, and would add any other
+        array on top of what was written. The caller must still check that shape, dtype and
+        layout suit it (``mpinet.ops._util.writable_out``); returning a different array
+        without writing the destination is always correct.
         """
         v = self.inputs[index]
         grad = v.grad

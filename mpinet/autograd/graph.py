@@ -26,6 +26,8 @@ def _reachable_functions(root: Variable) -> list[Function]:
 
 
 def _accumulate_leaf(leaf: Variable, grad) -> None:
+    # Identity, by contract: a backward that wrote into grad_destination returns that very
+    # array; any other array is added, so an op that wrote AND returned a copy would double it.
     if grad is leaf.grad:  # the op wrote it in place (Function.grad_destination)
         leaf._grad_zeroed = None
         return

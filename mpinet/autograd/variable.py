@@ -25,9 +25,9 @@ class Variable:
         self.name = name
         self.creator = None  # the Function that produced this variable
         self._grad_ready_hooks: list[Callable[["Variable"], None]] = []
-        # The .grad array while it is known to hold zeros (set by whoever zeroed it in place,
-        # e.g. FlatParameters.zero_grad; cleared by the first accumulation). While it is the
-        # current .grad, a backward may write this leaf's gradient straight into it
+        # The .grad array while it is known to hold zeros (set by mark_grad_zeroed, e.g. from
+        # FlatParameters.zero_grad; cleared by the first accumulation in a backward). While it is
+        # the current .grad, a backward may write this leaf's gradient straight into it
         # (Function.grad_destination) instead of autograd adding a fresh array into it.
         self._grad_zeroed = None
 
@@ -92,81 +92,17 @@ class Variable:
 
     def mark_grad_zeroed(self) -> None:
         """Declare that ``.grad`` now holds zeros (its owner just zeroed it in place), so the next
-        backward may overwrite it instead of adding into it."""
+        backward may overwrite it instead of adding into it (see Function.grad_destination).
+
+        Part of the write-in-place contract: call it only right after zeroing this very
+        ``.grad`` array in place; the mark holds for that array until the next backward
+        accumulates into it (rebinding ``.grad`` to another array voids it)."""
         self._grad_zeroed = self.grad
 
-    # ---- operators (implemented in mpinet.ops; imported lazily to keep layering) -----------
-    def __add__(self, other):
-        from ..ops import arith
-        return arith.add(self, other)
-
-    def __radd__(self, other):
-        from ..ops import arith
-        return arith.add(other, self)
-
-    def __sub__(self, other):
-        from ..ops import arith
-        return arith.sub(self, other)
-
-    def __rsub__(self, other):
-        from ..ops import arith
-        return arith.sub(other, self)
-
-    def __mul__(self, other):
-        from ..ops import arith
-        return arith.mul(self, other)
-
-    def __rmul__(self, other):
-        from ..ops import arith
-        return arith.mul(other, self)
-
-    def __truediv__(self, other):
-        from ..ops import arith
-        return arith.div(self, other)
-
-    def __rtruediv__(self, other):
-        from ..ops import arith
-        return arith.div(other, self)
-
-    def __neg__(self):
-        from ..ops import arith
-        return arith.neg(self)
-
-    def __pow__(self, exponent):
-        from ..ops import arith
-        return arith.pow(self, exponent)
-
-    def __matmul__(self, other):
-        from ..ops import arith
-        return arith.matmul(self, other)
-
-    def __rmatmul__(self, other):
-        from ..ops import arith
-        return arith.matmul(other, self)
-
-    def __getitem__(self, index):
-        from ..ops import shape
-        return shape.getitem(self, index)
-
-    def reshape(self, *shape_):
-        from ..ops import shape
-        return shape.reshape(self, shape_[0] if len(shape_) == 1 and isinstance(shape_[0], (tuple, list)) else shape_)
-
-    def transpose(self, *axes):
-        from ..ops import shape
-        return shape.transpose(self, axes[0] if len(axes) == 1 and isinstance(axes[0], (tuple, list)) else (axes or None))
-
-    @property
-    def T(self):
-        return self.transpose()
-
-    def sum(self, axis=None, keepdims: bool = False):
-        from ..ops import arith
-        return arith.sum(self, axis=axis, keepdims=keepdims)
-
-    def mean(self, axis=None, keepdims: bool = False):
-        from ..ops import arith
-        return arith.mean(self, axis=axis, keepdims=keepdims)
+    # ---- operators ----------------------------------------------------------------------
+    # + - * / ** @, unary -, [], reshape, transpose, .T, sum and mean are attached to this
+    # class by the ops that implement them (mpinet/ops/arith.py and shape.py, installed when
+    # mpinet.ops is imported, which `import mpinet` does): autograd never imports ops.
 
 
 class Parameter(Variable):

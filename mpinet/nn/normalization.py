@@ -59,7 +59,7 @@ class _BatchNorm(Module):
         y, mean, var = norm.batch_norm(x, self.weight, self.bias, self.running_mean,
                                        self.running_var, True, momentum, self.eps,
                                        relu=self.fuse_relu, num_batches_tracked=count)
-        self.update_buffer_("running_mean", mean)  # the GPU kernel already wrote them in place
+        self.update_buffer_("running_mean", mean)  # batch_norm wrote them in place: a no-op
         self.update_buffer_("running_var", var)
         return y
 

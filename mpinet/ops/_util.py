@@ -40,21 +40,12 @@ _OUT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 def writable_out(dest, dtype):
     """``dest`` (a leaf's zeroed gradient buffer, from Function.grad_destination) if an op that
     computes in ``dtype`` can write its result there with ``out=``, else None (let it allocate).
-    float32/float64 only: NumPy computes bfloat16 matmuls and sums in another dtype."""
+    float32/float64 only: NumPy computes bfloat16 matmuls and sums in another dtype.
+    An op that passes it as ``out=`` must return the array the call returns (that very
+    ``dest``), per the contract in Function's docstring."""
     if dest is None or dtype not in _OUT_DTYPES or dest.dtype != dtype:
         return None
     return dest
-
-
-def cast_into(dst, src) -> None:
-    """dst[...] = src converted to dst's dtype; on the GPU one kernel for the float32 <->
-    bf16/fp16 conversions of mixed precision (CuPy's copy costs more host time per call)."""
-    if backend.is_gpu_array(dst):
-        from .cuda import fused  # noqa: PLC0415 - GPU only
-
-        fused.cast_into(dst, src)
-    else:
-        dst[...] = src
 
 
 def check_ndim(op: str, name: str, x, ndim: int, layout: str) -> None:

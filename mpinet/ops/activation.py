@@ -1,7 +1,7 @@
 """Activations: relu, leaky_relu, prelu, sigmoid, tanh, gelu, softmax, log_softmax.
 
 On CuPy arrays the backward passes of relu/sigmoid/tanh and both passes of gelu go through one
-fused kernel each (mpinet.ops.cuda.fused); the plain ``xp`` code below is the reference for them
+fused kernel each (mpinet.kernels.activation); the plain ``xp`` code below is the reference for them
 and stays correct on NumPy and CuPy alike.
 
 GELU is the exact form x * Phi(x) (PyTorch's default, approximate='none'). NumPy has no erf, so
@@ -17,7 +17,7 @@ import math
 
 import numpy as np
 
-from .. import backend
+from .. import backend, kernels
 from ..autograd import Function
 from ._util import lift
 
@@ -31,9 +31,7 @@ def _compute_dtype(x):
 def relu_array(x):
     """max(x, 0) of a raw array (NaN stays NaN); shared by the ops that fuse a ReLU in."""
     if backend.is_gpu_array(x):
-        from .cuda import fused  # noqa: PLC0415 - GPU only
-
-        return fused.relu(x)  # 16-byte vectors per thread where the layout allows
+        return kernels.activation.relu(x)  # 16-byte vectors per thread where the layout allows
     return np.maximum(x, 0)
 
 
@@ -41,9 +39,7 @@ def relu_grad(y, gy):
     """The gradient before a ReLU from its output y: gy where y > 0, else 0 (y > 0 exactly where
     the input was, so the output is what backward keeps and the input may be freed)."""
     if backend.is_gpu_array(y):
-        from .cuda import fused  # noqa: PLC0415 - GPU only
-
-        return fused.relu_backward(y, gy)
+        return kernels.activation.relu_backward(y, gy)
     return gy * (y > 0)
 
 
@@ -68,9 +64,7 @@ class AddReLU(Function):
                              f"{tuple(a.shape)} {a.dtype} and {tuple(b.shape)} {b.dtype}; use "
                              f"relu(a + b) to broadcast")
         if backend.is_gpu_array(a):
-            from .cuda import fused  # noqa: PLC0415 - GPU only
-
-            y = fused.add(a, b, relu_after=True)
+            y = kernels.elementwise.add(a, b, relu_after=True)
         else:
             y = np.maximum(a + b, 0)
         self.save(y)
@@ -145,9 +139,7 @@ class Sigmoid(Function):
     def backward(self, gy):
         (y,) = self.saved
         if backend.is_gpu_array(y):
-            from .cuda import fused  # noqa: PLC0415 - GPU only
-
-            return (fused.sigmoid_backward(y, gy),)
+            return (kernels.activation.sigmoid_backward(y, gy),)
         return (gy * y * (1 - y),)
 
 
@@ -161,9 +153,7 @@ class Tanh(Function):
     def backward(self, gy):
         (y,) = self.saved
         if backend.is_gpu_array(y):
-            from .cuda import fused  # noqa: PLC0415 - GPU only
-
-            return (fused.tanh_backward(y, gy),)
+            return (kernels.activation.tanh_backward(y, gy),)
         return (gy * (1 - y * y),)
 
 
@@ -223,18 +213,14 @@ class GELU(Function):
     def forward(self, x):
         self.save(x)
         if backend.is_gpu_array(x):
-            from .cuda import fused  # noqa: PLC0415 - GPU only
-
-            return fused.gelu_forward(x)
+            return kernels.activation.gelu_forward(x)
         xc = x.astype(_compute_dtype(x), copy=False)
         return (xc * normal_cdf(xc)).astype(x.dtype, copy=False)
 
     def backward(self, gy):
         (x,) = self.saved
         if backend.is_gpu_array(x):
-            from .cuda import fused  # noqa: PLC0415 - GPU only
-
-            return (fused.gelu_backward(x, gy),)
+            return (kernels.activation.gelu_backward(x, gy),)
         xp = backend.xp_of(x)
         xc = x.astype(_compute_dtype(x), copy=False)
         pdf = xp.exp(-0.5 * xc * xc) * xc.dtype.type(1 / math.sqrt(2 * math.pi))

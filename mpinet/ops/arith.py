@@ -1,8 +1,8 @@
 """Broadcasting arithmetic, reductions, matmul and elementwise math."""
 from __future__ import annotations
 
-from .. import backend
-from ..autograd import Function
+from .. import backend, kernels
+from ..autograd import Function, Variable
 from ._util import lift, unbroadcast
 
 
@@ -10,9 +10,8 @@ class Add(Function):
     def forward(self, a, b):
         self.shapes = (a.shape, b.shape)
         if backend.is_gpu_array(a) and backend.is_gpu_array(b) and a.shape == b.shape:
-            from .cuda import fused  # noqa: PLC0415 - GPU only
-
-            return fused.add(a, b)  # 16-byte vectors per thread (residual connections)
+            # 16-byte vectors per thread (residual connections)
+            return kernels.elementwise.add(a, b)
         return a + b
 
     def backward(self, gy):
@@ -205,3 +204,32 @@ def mean(x, axis=None, keepdims: bool = False):
 
 def matmul(a, b):
     return MatMul().apply(a, b)
+
+
+def _install_variable_methods() -> None:
+    """Attach the arithmetic operators and reductions to Variable (Chainer's arrangement:
+    autograd defines the node, the ops give it operators, so autograd never imports ops).
+    Runs when this module is imported; ``import mpinet`` imports it (mpinet.ops)."""
+    Variable.__add__ = lambda self, other: add(self, other)
+    Variable.__radd__ = lambda self, other: add(other, self)
+    Variable.__sub__ = lambda self, other: sub(self, other)
+    Variable.__rsub__ = lambda self, other: sub(other, self)
+    Variable.__mul__ = lambda self, other: mul(self, other)
+    Variable.__rmul__ = lambda self, other: mul(other, self)
+    Variable.__truediv__ = lambda self, other: div(self, other)
+    Variable.__rtruediv__ = lambda self, other: div(other, self)
+    Variable.__neg__ = lambda self: neg(self)
+    Variable.__pow__ = lambda self, exponent: pow(self, exponent)
+    Variable.__matmul__ = lambda self, other: matmul(self, other)
+    Variable.__rmatmul__ = lambda self, other: matmul(other, self)
+
+    def variable_sum(self, axis=None, keepdims: bool = False):
+        return sum(self, axis=axis, keepdims=keepdims)
+
+    def variable_mean(self, axis=None, keepdims: bool = False):
+        return mean(self, axis=axis, keepdims=keepdims)
+
+    Variable.sum, Variable.mean = variable_sum, variable_mean
+
+
+_install_variable_methods()

@@ -5,7 +5,7 @@ from dy) and ``wgrad`` (dw from x and dy). A transposed convolution is the same 
 swapped: its forward is conv's dgrad, its input gradient is conv's fprop, and its weight gradient
 is conv's wgrad with input and output exchanged. So im2col/col2im are written once.
 
-On CuPy arrays the kernels call the cuDNN-frontend hooks in ``mpinet.ops.cuda.cudnn_conv`` (CuPy
+On CuPy arrays the kernels call the cuDNN-frontend hooks in ``mpinet.kernels.cudnn`` (CuPy
 im2col was measured 21x slower than cuDNN). Everywhere else (NumPy; CuPy would work too) they
 run im2col + one batched BLAS matmul over all groups:
 
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .. import backend
+from .. import backend, kernels
 from ..autograd import Function
 from ._util import check_ndim
 
@@ -150,21 +150,17 @@ def _wgrad_columns(col, gy, w_shape):
 
 # ---- dispatch: cuDNN on CuPy arrays, im2col otherwise -------------------------------------
 # (the cuDNN hooks make their operands contiguous themselves)
-def _cudnn(a):
-    """The cuDNN module for a CuPy array of a dtype cuDNN handles, else None (im2col path:
-    NumPy arrays, and float64 on the GPU, for which cuDNN 9's graph engines gave wrong results)."""
-    if not backend.is_gpu_array(a):
-        return None
-    from .cuda import cudnn_conv  # noqa: PLC0415 - GPU only
-
-    return cudnn_conv if cudnn_conv.supports(a.dtype) else None
+def _use_cudnn(a) -> bool:
+    """True for a CuPy array of a dtype cuDNN handles, else False (im2col path: NumPy arrays,
+    and float64 on the GPU, for which cuDNN 9's graph engines gave wrong results)."""
+    return backend.is_gpu_array(a) and kernels.cudnn.supports(a.dtype)
 
 
 def fprop(x, w, geom: ConvGeometry):
     """conv2d forward: x (N, C, H, W), w (O, C/G, kh, kw) -> y (N, O, OH, OW)."""
-    cudnn_conv = _cudnn(x)
-    if cudnn_conv is not None:
-        return cudnn_conv.conv_fprop(x, w, geom.stride, geom.padding, geom.dilation, geom.groups)
+    if _use_cudnn(x):
+        return kernels.cudnn.conv_fprop(x, w, geom.stride, geom.padding, geom.dilation,
+                                        geom.groups)
     return _fprop_columns(columns(x, w.shape, geom), w, geom.out_size(x.shape[2:], w.shape[2:]),
                           x.dtype)
 
@@ -172,10 +168,9 @@ def fprop(x, w, geom: ConvGeometry):
 def dgrad(gy, w, x_shape, geom: ConvGeometry):
     """conv2d input gradient: gy (N, O, OH, OW), w (O, C/G, kh, kw) -> gx of ``x_shape``."""
     x_shape = tuple(int(v) for v in x_shape)
-    cudnn_conv = _cudnn(gy)
-    if cudnn_conv is not None:
-        return cudnn_conv.conv_dgrad(gy, w, x_shape, geom.stride, geom.padding, geom.dilation,
-                                     geom.groups)
+    if _use_cudnn(gy):
+        return kernels.cudnn.conv_dgrad(gy, w, x_shape, geom.stride, geom.padding, geom.dilation,
+                                        geom.groups)
     return _dgrad_col2im(gy, w, x_shape, geom)
 
 
@@ -183,10 +178,9 @@ def wgrad(x, gy, w_shape, geom: ConvGeometry, out=None):
     """conv2d weight gradient: x (N, C, H, W), gy (N, O, OH, OW) -> gw of ``w_shape``.
     ``out``: where cuDNN may write gw (the weight's zeroed gradient buffer), or None."""
     w_shape = tuple(int(v) for v in w_shape)
-    cudnn_conv = _cudnn(gy)
-    if cudnn_conv is not None:
-        return cudnn_conv.conv_wgrad(x, gy, w_shape, geom.stride, geom.padding, geom.dilation,
-                                     geom.groups, out=out)
+    if _use_cudnn(gy):
+        return kernels.cudnn.conv_wgrad(x, gy, w_shape, geom.stride, geom.padding, geom.dilation,
+                                        geom.groups, out=out)
     return _wgrad_columns(columns(x, w_shape, geom), gy, w_shape)
 
 
@@ -233,9 +227,7 @@ def _bias_grad(gy):
     """Sum of gy (N, O, OH, OW) over all axes but 1: one fused launch on the GPU (CuPy's sum over
     axes (0, 2, 3) took 8 ms of a VGG-16 bf16 step)."""
     if backend.is_gpu_array(gy):
-        from .cuda import fused  # noqa: PLC0415 - GPU only
-
-        return fused.channel_sum(gy)
+        return kernels.batch_norm.channel_sum(gy)
     return gy.sum(axis=(0, 2, 3))
 
 
@@ -249,9 +241,7 @@ def _with_bias_grad(need, gx, gw, gy):
 def _add_bias_(y, b):
     """y (N, O, OH, OW) += b (O,) per channel, in place (y is a fresh output)."""
     if backend.is_gpu_array(y):
-        from .cuda import fused  # noqa: PLC0415 - GPU only
-
-        return fused.add_channel_bias_(y, b)
+        return kernels.elementwise.add_channel_bias_(y, b)
     y += b.reshape(1, -1, 1, 1)
     return y
 

@@ -4,7 +4,7 @@
 Where the masks come from: a ``DropoutGenerator``, counter-based. Element ``i`` of the n-th
 call's mask is kept when the top 24 bits of ``keyed_bits((seed, n), i)`` (mpinet.random)
 are >= round(p * 2**24). So a mask is a pure function of (seed, n, i):
-  * NumPy and the GPU kernel (mpinet.ops.cuda.fused.dropout) give bit-identical masks;
+  * NumPy and the GPU kernel (mpinet.kernels.dropout.dropout) give bit-identical masks;
   * the generator's whole state is the pair (seed, n): it is saved in checkpoints and restored
     exactly, on the GPU too (CuPy's curand state cannot be read back);
   * the pair lives in a 2-element uint64 array beside the data and the GPU advances n itself,
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import backend
+from .. import backend, kernels
 from ..autograd import Function
 from ..random import DropoutGenerator, seed_dropout as manual_seed  # noqa: F401 - public here
 from ..random import dropout_generator as default_generator
@@ -37,9 +37,7 @@ def _drop(generator: DropoutGenerator, x, p: float):
     dtype, the mask 1 / (1 - p) where kept and 0 where dropped. 0 < p < 1."""
     threshold, scale = keep_threshold(p), 1.0 / (1.0 - p)
     if backend.is_gpu_array(x):
-        from .cuda import fused  # noqa: PLC0415 - GPU only
-
-        return fused.dropout(x, generator.state_on_device_of(x), threshold, scale)
+        return kernels.dropout.dropout(x, generator.state_on_device_of(x), threshold, scale)
     bits = generator.next_bits(x.size).reshape(x.shape)
     keep = (bits >> np.uint64(64 - _KEEP_BITS)) >= np.uint64(threshold)
     mask = keep.astype(x.dtype) * x.dtype.type(scale)

@@ -7,7 +7,7 @@ exactly x @ w.T, gy @ w and gy.T @ x), which capture like any cuDNN call.
 """
 from __future__ import annotations
 
-from .. import backend
+from .. import backend, kernels
 from ..autograd import Function
 from ._util import writable_out
 
@@ -30,10 +30,8 @@ class Linear(Function):
         self.has_bias = b is not None
         self.via_cudnn = _capturing_on_gpu(x, w)
         if self.via_cudnn:
-            from .cuda import cudnn_conv  # noqa: PLC0415 - GPU only
-
-            x2 = x.reshape(-1, w.shape[1], 1, 1)                       # (M, in, 1, 1)
-            y = cudnn_conv.conv_fprop(x2, w.reshape(*w.shape, 1, 1))   # (M, out, 1, 1)
+            x2 = x.reshape(-1, w.shape[1], 1, 1)                          # (M, in, 1, 1)
+            y = kernels.cudnn.conv_fprop(x2, w.reshape(*w.shape, 1, 1))   # (M, out, 1, 1)
             y = y.reshape(*x.shape[:-1], w.shape[0])
         else:
             # astype: NumPy's bf16 matmul (ml_dtypes) returns float32; keep the compute dtype.
@@ -53,15 +51,13 @@ class Linear(Function):
         gw_out = writable_out(self.grad_destination(1), gy2.dtype) if x.dtype == gy2.dtype \
             else None
         if self.via_cudnn and gy.dtype == w.dtype:
-            from .cuda import cudnn_conv  # noqa: PLC0415 - GPU only
-
             w4, gy4 = w.reshape(*w.shape, 1, 1), gy2.reshape(*gy2.shape, 1, 1)
             x4 = x.reshape(-1, in_features, 1, 1)
             if self.needs_input_grad[0]:
-                gx = cudnn_conv.conv_dgrad(gy4, w4, x4.shape).reshape(x.shape)
+                gx = kernels.cudnn.conv_dgrad(gy4, w4, x4.shape).reshape(x.shape)
             if self.needs_input_grad[1]:
                 out4 = None if gw_out is None else gw_out.reshape(w4.shape)
-                gw = cudnn_conv.conv_wgrad(x4, gy4, w4.shape, out=out4)
+                gw = kernels.cudnn.conv_wgrad(x4, gy4, w4.shape, out=out4)
                 # Written into the destination: hand back that very array, so autograd knows
                 # (an equal view would be added into it again, doubling the gradient).
                 gw = gw_out if gw is out4 else gw.reshape(w.shape).astype(w.dtype, copy=False)
@@ -80,11 +76,9 @@ def _capturing_on_gpu(x, w) -> bool:
     """True when the products must avoid cuBLAS: a CUDA graph is being captured (see above)."""
     if not backend.is_gpu_array(x) or not backend.is_capturing():
         return False
-    from .cuda import cudnn_conv  # noqa: PLC0415 - GPU only
-
-    if x.dtype != w.dtype or not cudnn_conv.supports(x.dtype):
+    if x.dtype != w.dtype or not kernels.cudnn.supports(x.dtype):
         raise TypeError(f"linear inside a CUDA-graph capture: input {x.dtype} and weight "
-                        f"{w.dtype} must share one of {sorted(cudnn_conv.SUPPORTED_DTYPES)} "
+                        f"{w.dtype} must share one of {sorted(kernels.cudnn.SUPPORTED_DTYPES)} "
                         f"(the capture runs the products through cuDNN)")
     return True
 

@@ -1,7 +1,7 @@
 """Batch normalisation over (N, C) or (N, C, H, W) (statistics per channel, axis 1).
 
-Training normalises with the batch's mean and biased variance and returns updated running
-statistics (PyTorch's rule: running = (1 - momentum) * running + momentum * batch, with the
+Training normalises with the batch's mean and biased variance and updates the running
+statistics in place (PyTorch's rule: running = (1 - momentum) * running + momentum * batch, with the
 *unbiased* batch variance for running_var). Evaluation normalises with the running statistics.
 Statistics are float32 (float64 for float64 input); bf16/fp16 input is upcast inside and the
 output and input gradient come back in the input's dtype.
@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import backend
+from .. import backend, kernels
 from ..autograd import Function
 from ._util import writable_out
 from .activation import relu_array, relu_grad
@@ -141,12 +141,10 @@ class BatchNormTrain(Function):
         self.fused = (self.stats is None and self.reduce_grads is None
                       and backend.is_gpu_array(x))
         if self.fused:
-            from .cuda import fused  # noqa: PLC0415 - GPU only
-
             self.count = _count(x)
             _need_two_values(self.count, x)
             rm, rv, momentum = self.running if self.running is not None else (None, None, 0.0)
-            y, mean, invstd, new_rm, new_rv = fused.batch_norm_train(
+            y, mean, invstd, new_rm, new_rv = kernels.batch_norm.batch_norm_train(
                 x, gamma, beta, self.eps, rm, rv, momentum, self.relu, self.batches)
             if new_rm is not None:
                 self.new_running = (new_rm, new_rv)
@@ -185,10 +183,8 @@ class BatchNormTrain(Function):
         # gamma's and beta's gradients go straight into their zeroed buffers when possible
         ggamma_out, gbeta_out = self.grad_destination(1), self.grad_destination(2)
         if self.fused:
-            from .cuda import fused  # noqa: PLC0415 - GPU only
-
-            gx, ggamma, gbeta = fused.batch_norm_backward(x, gy, gamma, mean, invstd,
-                                                          ggamma_out, gbeta_out, relu_y)
+            gx, ggamma, gbeta = kernels.batch_norm.batch_norm_backward(
+                x, gy, gamma, mean, invstd, ggamma_out, gbeta_out, relu_y)
             return gx, ggamma, gbeta
         if relu_y is not None:
             gy = relu_grad(relu_y, gy)
@@ -227,10 +223,8 @@ class BatchNormEval(Function):
     def forward(self, x, gamma, beta):
         _check_input(x, gamma, beta)
         if backend.is_gpu_array(x):
-            from .cuda import fused  # noqa: PLC0415 - GPU only
-
-            y = fused.batch_norm_infer(x, gamma, beta, self.running_mean, self.running_var,
-                                       self.eps, self.relu)
+            y = kernels.batch_norm.batch_norm_infer(x, gamma, beta, self.running_mean,
+                                                    self.running_var, self.eps, self.relu)
         else:
             scale, shift = self._affine(x, gamma, beta)
             y = (x.astype(scale.dtype, copy=False) * _per_channel(scale, x)
@@ -272,10 +266,11 @@ def batch_norm(x, gamma, beta, running_mean, running_var, training: bool, moment
                eps: float = 1e-5, relu: bool = False, num_batches_tracked=None):
     """Batch norm over axis 1 -> (y, new_running_mean, new_running_var).
 
-    x (N, C) or (N, C, H, W); gamma, beta (C,); running stats (C,) raw arrays. The new ones are
-    returned: on the GPU's fused path they are the given arrays, updated in place; elsewhere new
-    arrays (the given ones unmodified). In eval mode the given ones come back. In training the
-    running stats may be None (no tracking): then None, None come back.
+    x (N, C) or (N, C, H, W); gamma, beta (C,); running stats (C,) raw arrays. In training they
+    are updated in place, on every device, and the given arrays come back (the GPU kernel
+    writes them in the forward launch; elsewhere the new values are written into them). In
+    eval mode the given ones come back unchanged. In training the running stats may be None
+    (no tracking): then None, None come back.
     ``relu=True`` returns max(y, 0) (a following ReLU fused in); ``num_batches_tracked`` (an
     int64 array of one element) is incremented in place when training.
     """
@@ -290,11 +285,20 @@ def batch_norm(x, gamma, beta, running_mean, running_var, training: bool, moment
     y = op.apply(x, gamma, beta)
     if not tracked:
         return y, None, None
-    if op.new_running is not None:  # updated by the GPU kernel in the forward launch
-        return (y, *op.new_running)
-    new_mean, new_var = update_running_stats(running_mean, running_var, op.mean, op.var,
-                                             op.count, momentum)
-    return y, new_mean, new_var
+    if op.new_running is not None:  # computed by the GPU kernel in the forward launch
+        new_mean, new_var = op.new_running
+    else:
+        new_mean, new_var = update_running_stats(running_mean, running_var, op.mean, op.var,
+                                                 op.count, momentum)
+    return y, _store(running_mean, new_mean), _store(running_var, new_var)
+
+
+def _store(buffer, value):
+    """``buffer`` holding ``value``: written in place unless it already is that array (the GPU
+    kernel updates contiguous statistics of its own dtype in place, and returns them)."""
+    if value is not buffer:
+        buffer[...] = value
+    return buffer
 
 
 def batch_norm_from_stats(x, gamma, beta, mean, var, count: int, eps: float = 1e-5,

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import backend
+from .. import backend, kernels
 from ..autograd import Function
 from ._util import check_ndim
 from .conv import pair, tap
@@ -108,9 +108,8 @@ class MaxPool2d(Function):
         self.geom, self.x_shape = geom, x.shape
         self.fused = backend.is_gpu_array(x)
         if self.fused:  # one kernel each way (the loop below launches ~6 per window offset)
-            from .cuda import fused  # noqa: PLC0415 - GPU only
-
-            y, arg = fused.max_pool2d_forward(x, geom.kernel, geom.stride, geom.pad_lo, geom.out)
+            y, arg = kernels.pool.max_pool2d_forward(x, geom.kernel, geom.stride, geom.pad_lo,
+                                                     geom.out)
             self.save(arg)
             return y
         xpad = geom.padded(x, value=-float("inf"))  # padding never wins, like PyTorch
@@ -125,12 +124,10 @@ class MaxPool2d(Function):
 
     def backward(self, gy):
         if self.fused:
-            from .cuda import fused  # noqa: PLC0415 - GPU only
-
             (arg,) = self.saved
             g = self.geom
-            return (fused.max_pool2d_backward(gy, arg, self.x_shape, g.kernel, g.stride,
-                                              g.pad_lo),)
+            return (kernels.pool.max_pool2d_backward(gy, arg, self.x_shape, g.kernel, g.stride,
+                                                     g.pad_lo),)
         xp = backend.xp_of(gy)
         xpad, y = self.saved
         gpad = self.geom.zeros_padded(self.x_shape, gy.dtype, xp)

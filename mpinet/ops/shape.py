@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import backend
-from ..autograd import Function
+from ..autograd import Function, Variable
 
 
 class Reshape(Function):
@@ -88,3 +88,26 @@ def concat(xs, axis: int = 1):
     if len(xs) == 0:
         raise ValueError("concat: got an empty list of inputs")
     return Concat(axis).apply(*xs)
+
+
+def _install_variable_methods() -> None:
+    """Attach indexing, reshape, transpose and .T to Variable (see arith._install_variable_methods:
+    autograd never imports ops). Runs when this module is imported."""
+
+    def variable_reshape(self, *shape_):
+        """``v.reshape(2, 3)`` or ``v.reshape((2, 3))``."""
+        single = len(shape_) == 1 and isinstance(shape_[0], (tuple, list))
+        return reshape(self, shape_[0] if single else shape_)
+
+    def variable_transpose(self, *axes):
+        """``v.transpose()`` reverses the axes; ``v.transpose(1, 0)`` or ``((1, 0))`` permutes."""
+        single = len(axes) == 1 and isinstance(axes[0], (tuple, list))
+        return transpose(self, axes[0] if single else (axes or None))
+
+    Variable.__getitem__ = lambda self, index: getitem(self, index)
+    Variable.reshape = variable_reshape
+    Variable.transpose = variable_transpose
+    Variable.T = property(lambda self: transpose(self))
+
+
+_install_variable_methods()

@@ -1,8 +1,9 @@
 """Adam (L2 weight decay folded into the gradient) and AdamW (decoupled weight decay)."""
 from __future__ import annotations
 
-from ..nn.flat import FlatParameters
+from ..flat import FlatParameters
 from .functional import adam_update_
+from .hyper import adam_hyper
 from .optimizer import Optimizer
 
 
@@ -40,9 +41,7 @@ class Adam(Optimizer):
                      hyper=self._device_hyper(p, step))
 
     def _device_hyper_values(self, step: int) -> tuple:
-        from ..ops.cuda import fused  # noqa: PLC0415 - GPU only
-
-        return fused.adam_hyper(self.lr, self.beta1, self.beta2, self.weight_decay, step)
+        return adam_hyper(self.lr, self.beta1, self.beta2, self.weight_decay, step)
 
 
 class AdamW(Adam):

@@ -2,7 +2,7 @@
 
 Each update works on whatever arrays it is handed: one parameter's arrays, or a whole
 FlatParameters buffer (then the optimizer runs one update for the entire model). The signatures
-are those of the fused GPU kernels in ``mpinet.ops.cuda.fused``; on GPU arrays ``sgd_update_`` and
+are those of the fused GPU kernels in ``mpinet.optim.kernels``; on GPU arrays ``sgd_update_`` and
 ``adam_update_`` call those kernels (one launch over the flat buffer), on CPU they run the
 ``*_xp_`` versions below, a handful of vectorised NumPy ops writing into the state in place.
 The ``*_xp_`` versions are written with ``xp`` and are also correct on CuPy (the GPU tests use
@@ -15,17 +15,16 @@ from __future__ import annotations
 import math
 
 from .. import backend
+from . import kernels
 
 
 def sgd_update_(p, g, buf, lr, momentum, dampening, weight_decay, nesterov,
                 first_step=False, hyper=None) -> None:
     """One SGD step in place on ``p`` (and ``buf`` when momentum != 0). See ``sgd_update_xp_``.
-    ``hyper``: GPU only, the device array the fused kernel reads lr from (see fused.HYPER_SIZE)."""
+    ``hyper``: GPU only, the device array the fused kernel reads lr from (see hyper.HYPER_SIZE)."""
     if backend.is_gpu_array(p):
-        from ..ops.cuda import fused  # noqa: PLC0415 - GPU only
-
-        fused.sgd_update_(p, g, buf, lr, momentum, dampening, weight_decay, nesterov,
-                          first_step=first_step, hyper=hyper)
+        kernels.sgd_update_(p, g, buf, lr, momentum, dampening, weight_decay, nesterov,
+                            first_step=first_step, hyper=hyper)
         return
     sgd_update_xp_(p, g, buf, lr, momentum, dampening, weight_decay, nesterov, first_step)
 
@@ -34,10 +33,8 @@ def adam_update_(p, g, m, v, lr, beta1, beta2, eps, weight_decay, step, decouple
                  hyper=None) -> None:
     """One Adam (decoupled=False) or AdamW (decoupled=True) step in place on p, m, v."""
     if backend.is_gpu_array(p):
-        from ..ops.cuda import fused  # noqa: PLC0415 - GPU only
-
-        fused.adam_update_(p, g, m, v, lr, beta1, beta2, eps, weight_decay, step, decoupled,
-                           hyper=hyper)
+        kernels.adam_update_(p, g, m, v, lr, beta1, beta2, eps, weight_decay, step, decoupled,
+                             hyper=hyper)
         return
     adam_update_xp_(p, g, m, v, lr, beta1, beta2, eps, weight_decay, step, decoupled)
 

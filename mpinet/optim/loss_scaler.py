@@ -18,7 +18,7 @@ Every rank must pass the same ``found_inf`` to ``step``/``update``, or the repli
 from __future__ import annotations
 
 from ..autograd import Parameter, Variable
-from ..nn.flat import FlatParameters
+from ..flat import FlatParameters
 from .. import backend
 from .optimizer import Optimizer
 

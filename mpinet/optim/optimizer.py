@@ -25,8 +25,10 @@ give them to a second optimizer with weight_decay=0.
 from __future__ import annotations
 
 from ..autograd import Parameter
-from ..nn.flat import FlatParameters
+from ..flat import FlatParameters
 from .. import backend
+from .hyper import HYPER_SIZE
+from .kernels import write_hyper_
 
 
 class Optimizer:
@@ -86,12 +88,10 @@ class Optimizer:
         ``write_device_hyper`` before each replay instead. CPU: None."""
         if not backend.is_gpu_array(p):
             return None
-        from ..ops.cuda import fused  # noqa: PLC0415 - GPU only
-
         if self._hyper is None:
-            self._hyper = backend.xp_of(p).zeros(fused.HYPER_SIZE, dtype="float64")
+            self._hyper = backend.xp_of(p).zeros(HYPER_SIZE, dtype="float64")
         if not backend.is_capturing():
-            fused.write_hyper_(self._hyper, self._device_hyper_values(step))
+            write_hyper_(self._hyper, self._device_hyper_values(step))
         return self._hyper
 
     def write_device_hyper(self) -> None:
@@ -100,9 +100,7 @@ class Optimizer:
         if self._hyper is None:
             raise RuntimeError(f"{type(self).__name__}.write_device_hyper: no device "
                                f"hyper-parameters yet; run one step on the GPU first")
-        from ..ops.cuda import fused  # noqa: PLC0415 - GPU only
-
-        fused.write_hyper_(self._hyper, self._device_hyper_values(self.steps[0] + 1))
+        write_hyper_(self._hyper, self._device_hyper_values(self.steps[0] + 1))
 
     def device_state(self) -> list:
         """The arrays an update reads and writes besides the parameters and gradients: the

@@ -1,8 +1,9 @@
 """SGD with momentum, dampening, Nesterov and (L2) weight decay: torch.optim.SGD's update."""
 from __future__ import annotations
 
-from ..nn.flat import FlatParameters
+from ..flat import FlatParameters
 from .functional import sgd_update_
+from .hyper import sgd_hyper
 from .optimizer import Optimizer
 
 
@@ -40,6 +41,4 @@ class SGD(Optimizer):
                     hyper=self._device_hyper(p, step))
 
     def _device_hyper_values(self, step: int) -> tuple:
-        from ..ops.cuda import fused  # noqa: PLC0415 - GPU only
-
-        return fused.sgd_hyper(self.lr)
+        return sgd_hyper(self.lr)

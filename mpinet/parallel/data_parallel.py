@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 from .. import amp, backend
 from ..autograd import Parameter
-from ..nn.flat import FlatParameters
+from ..flat import FlatParameters
 from ..nn.module import Module
 
 MODES = ("backward", "forward", "sync")

@@ -121,7 +121,7 @@ def test_scalar_operands_keep_float32():
 
 # ---- first gradients written straight into zeroed buffers (Function.grad_destination) ---------
 def _flat_params(*arrays):
-    from mpinet.nn.flat import FlatParameters
+    from mpinet.flat import FlatParameters
 
     params = [Parameter(a) for a in arrays]
     return params, FlatParameters(params)

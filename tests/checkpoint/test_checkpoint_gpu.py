@@ -4,7 +4,7 @@ graph, with dropout (the device generator's state is saved and restored: a resum
 other masks would not match).
 
 By default the resumed run is compared with a tolerance: cuDNN may choose engines that
-accumulate with atomics. With ``cudnn_conv.deterministic`` (``--deterministic``) the eager
+accumulate with atomics. With ``cudnn.deterministic`` (``--deterministic``) the eager
 resume must equal the straight run bit for bit.
 """
 from __future__ import annotations
@@ -58,13 +58,13 @@ def _straight_and_resumed(tmp_path, **build):
 
 @pytest.mark.parametrize("cuda_graph", [False, True])
 def test_resume_on_gpu_continues_the_run(tmp_path, cuda_graph, monkeypatch):
-    from mpinet.ops.cuda import cudnn_conv
+    from mpinet.kernels import cudnn
 
     backend.select_device(device="gpu")
     # Full float32 in cuDNN: with graphs, Linear runs through cuDNN inside a capture and cuBLAS
     # in the eager steps, and the resumed run's eager warm-up falls on steps that the straight
     # run replayed; TF32 there differed by ~1e-3 relative (seen on an H200).
-    monkeypatch.setattr(cudnn_conv, "allow_tf32", False)
+    monkeypatch.setattr(cudnn, "allow_tf32", False)
     a, b = _straight_and_resumed(tmp_path, cuda_graph=cuda_graph)
     for k in a:
         np.testing.assert_allclose(b[k], a[k], rtol=1e-4, atol=1e-5, err_msg=k)
@@ -72,10 +72,10 @@ def test_resume_on_gpu_continues_the_run(tmp_path, cuda_graph, monkeypatch):
 
 @pytest.mark.parametrize("arch", ["mlp", "cnn"])
 def test_resume_on_gpu_is_bit_exact_with_deterministic_engines(tmp_path, monkeypatch, arch):
-    from mpinet.ops.cuda import cudnn_conv
+    from mpinet.kernels import cudnn
 
     backend.select_device(device="gpu")
-    monkeypatch.setattr(cudnn_conv, "deterministic", True)
+    monkeypatch.setattr(cudnn, "deterministic", True)
     a, b = _straight_and_resumed(tmp_path, arch=arch)
     for k in a:
         np.testing.assert_array_equal(b[k], a[k], err_msg=k)

@@ -1,4 +1,4 @@
-"""cuDNN convolution fast path (mpinet.ops.cuda.cudnn_conv) against a NumPy float64 reference:
+"""cuDNN convolution fast path (mpinet.kernels.cudnn) against a NumPy float64 reference:
 forward, data-grad and weight-grad for stride, padding, dilation, groups (incl. depthwise), 1x1,
 the 7x7/2 stem and a rectangular kernel, in float32 (TF32 and strict), float16 and bfloat16;
 float64 is refused (callers use their xp path)."""
@@ -127,11 +127,11 @@ def _rel_err(got, want):
 @pytest.fixture
 def conv(request):
     cp = pytest.importorskip("cupy")
-    from mpinet.ops.cuda import cudnn_conv
+    from mpinet.kernels import cudnn
 
-    saved = cudnn_conv.allow_tf32, cudnn_conv.benchmark
-    yield cp, cudnn_conv
-    cudnn_conv.allow_tf32, cudnn_conv.benchmark = saved
+    saved = cudnn.allow_tf32, cudnn.benchmark
+    yield cp, cudnn
+    cudnn.allow_tf32, cudnn.benchmark = saved
 
 
 @pytest.mark.gpu
@@ -220,7 +220,7 @@ def test_wgrad_writes_into_given_buffer_and_autograd_skips_the_add(conv):
     cp, cc = conv
     cc.allow_tf32 = False
     from mpinet.autograd import Parameter, Variable
-    from mpinet.nn.flat import FlatParameters
+    from mpinet.flat import FlatParameters
     from mpinet.ops import conv as conv_ops, norm
 
     rng = np.random.default_rng(5)
@@ -250,7 +250,7 @@ def test_wgrad_writes_into_given_buffer_and_autograd_skips_the_add(conv):
 
 def test_call_geometry_is_validated_and_cached_without_a_gpu():
     """The per-call validation of the cuDNN wrapper is plain Python: it runs on the CPU too."""
-    from mpinet.ops.cuda import cudnn_conv as cc
+    from mpinet.kernels import cudnn as cc
 
     assert cc._geometry("fprop", (2, 3, 8, 8), (4, 3, 3, 3), None, 2, 1, 1, 1) == \
         ((2, 2), (1, 1), (1, 1), (2, 4, 4, 4))

@@ -79,10 +79,10 @@ def _relative(a: dict, b: dict) -> float:
                                                                      o.items()) for n, o in CASES])
 def test_zoo_model_replays_equal_eager_steps(name, opts, monkeypatch):
     from mpinet.ops import linear
-    from mpinet.ops.cuda import cudnn_conv
+    from mpinet.kernels import cudnn
 
     backend.select_device(device="gpu")
-    monkeypatch.setattr(cudnn_conv, "allow_tf32", False)
+    monkeypatch.setattr(cudnn, "allow_tf32", False)
     monkeypatch.setattr(linear, "_capturing_on_gpu", lambda x, w: backend.is_gpu_array(x))
     graph_model, graph_losses, graph_change = _train(name, opts, True)
     _, eager_losses, eager_change = _train(name, opts, False)

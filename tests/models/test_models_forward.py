@@ -190,9 +190,9 @@ def test_gpu_forward_and_gradients_match_cpu(name, opts):
     grads_cpu = {n: backend.to_numpy(p.grad) for n, p in model.named_parameters()}
     model.zero_grad()
     gpu = backend.select_device(device="gpu")
-    from mpinet.ops.cuda import cudnn_conv
-    tf32 = cudnn_conv.allow_tf32
-    cudnn_conv.allow_tf32 = False  # TF32 error compounds through 18 layers of backward
+    from mpinet.kernels import cudnn
+    tf32 = cudnn.allow_tf32
+    cudnn.allow_tf32 = False  # TF32 error compounds through 18 layers of backward
     try:
         model.to(gpu)
         y_gpu = model(Variable(gpu.xp.asarray(x.data)))
@@ -211,5 +211,5 @@ def test_gpu_forward_and_gradients_match_cpu(name, opts):
             assert err < 5e-2, f"{name}: gradient of {n} differs from the CPU's by {err:.2e} " \
                                f"in relative norm"
     finally:
-        cudnn_conv.allow_tf32 = tf32
+        cudnn.allow_tf32 = tf32
         backend.use_cpu()

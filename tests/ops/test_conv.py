@@ -179,10 +179,10 @@ def test_bad_shapes_raise_clear_errors(call, match):
 def cudnn_fp32(monkeypatch):
     """cuDNN in true fp32 (no TF32), so fp32 tolerances apply; heuristic plans (no per-shape
     benchmarking) keep these many small shapes quick."""
-    from mpinet.ops.cuda import cudnn_conv
+    from mpinet.kernels import cudnn
 
-    monkeypatch.setattr(cudnn_conv, "allow_tf32", False)
-    monkeypatch.setattr(cudnn_conv, "benchmark", False)
+    monkeypatch.setattr(cudnn, "allow_tf32", False)
+    monkeypatch.setattr(cudnn, "benchmark", False)
 
 
 def _float32(*arrays):

@@ -5,7 +5,7 @@ import pytest
 
 from mpinet import amp, backend
 from mpinet.autograd import Parameter, Variable
-from mpinet.nn.flat import FlatParameters
+from mpinet.flat import FlatParameters
 from mpinet.optim import SGD, LossScaler
 
 
@@ -132,10 +132,10 @@ def test_one_pass_cast_on_gpu_trains_exactly_as_per_layer_casts(monkeypatch):
     from mpinet import Model
     from mpinet.models import build_model
     from mpinet.nn import init
-    from mpinet.ops.cuda import cudnn_conv
+    from mpinet.kernels import cudnn
 
     backend.select_device(device="gpu")
-    monkeypatch.setattr(cudnn_conv, "deterministic", True)
+    monkeypatch.setattr(cudnn, "deterministic", True)
     xp = backend.current().xp
     rng = np.random.default_rng(0)
     x = xp.asarray(rng.standard_normal((8, 3, 16, 16)).astype(np.float32))

@@ -1,11 +1,11 @@
-"""GPU: the fused update kernels (mpinet.ops.cuda.fused) against the CPU update, and the
+"""GPU: the fused update kernels (mpinet.optim.kernels) against the CPU update, and the
 optimizers, state dicts and loss scaler on CuPy arrays."""
 import numpy as np
 import pytest
 
 from mpinet import backend
 from mpinet.autograd import Parameter
-from mpinet.nn.flat import FlatParameters
+from mpinet.flat import FlatParameters
 from mpinet.optim import SGD, Adam, AdamW, LossScaler
 from mpinet.optim.functional import (adam_update_, adam_update_xp_, sgd_update_,
                                      sgd_update_xp_)
@@ -40,7 +40,7 @@ def test_fused_sgd_update_matches_cpu(kw, first_step):
     g_before = g.copy()
     dev = [None if a is None else cp.asarray(a) for a in (p, g, buf)]
     sgd_update_xp_(p, g, buf, **kw, first_step=first_step)
-    sgd_update_(*dev, **kw, first_step=first_step)  # GPU arrays: fused.sgd_update_
+    sgd_update_(*dev, **kw, first_step=first_step)  # GPU arrays: optim.kernels.sgd_update_
     np.testing.assert_allclose(dev[0].get(), p, rtol=RTOL, atol=ATOL)
     if buf is not None:
         np.testing.assert_allclose(dev[2].get(), buf, rtol=RTOL, atol=ATOL)

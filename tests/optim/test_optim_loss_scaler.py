@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from mpinet.autograd import Parameter, Variable
-from mpinet.nn.flat import FlatParameters
+from mpinet.flat import FlatParameters
 from mpinet.optim import SGD, LossScaler
 
 

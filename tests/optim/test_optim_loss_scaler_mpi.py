@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from mpinet.autograd import Parameter
-from mpinet.nn.flat import FlatParameters
+from mpinet.flat import FlatParameters
 from mpinet.optim import SGD, LossScaler
 
 

@@ -8,7 +8,7 @@ from safetensors.numpy import save as st_save
 
 from mpinet import backend
 from mpinet.autograd import Parameter
-from mpinet.nn.flat import FlatParameters
+from mpinet.flat import FlatParameters
 from mpinet.optim import SGD, Adam, AdamW
 
 SHAPES = [(4, 3), (3,), (2, 2, 2)]

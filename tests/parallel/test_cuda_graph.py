@@ -90,16 +90,16 @@ def _assert_same(graph_run, eager_run, rtol):
 def exact_gpu():
     """GPU backend with TF32 off: the graph's Linear runs through cuDNN, the eager one through
     cuBLAS, and both must then compute in full float32."""
-    from mpinet.ops.cuda import cudnn_conv
+    from mpinet.kernels import cudnn
 
     # One GPU per rank under mpirun (two NCCL ranks on one GPU is invalid usage).
     local = MPI.COMM_WORLD.Split_type(MPI.COMM_TYPE_SHARED, key=MPI.COMM_WORLD.Get_rank())
     backend.select_device(local.Get_rank(), device="gpu")
     local.Free()
-    saved = cudnn_conv.allow_tf32
-    cudnn_conv.allow_tf32 = False
+    saved = cudnn.allow_tf32
+    cudnn.allow_tf32 = False
     yield
-    cudnn_conv.allow_tf32 = saved
+    cudnn.allow_tf32 = saved
 
 
 @pytest.mark.gpu

@@ -30,12 +30,17 @@ Arrays are NCHW with contiguous (C-order) strides; the weight is (K, C/groups, R
 are implied by the shapes (cuDNN infers them from the image's C and the weight's C/groups).
 dtypes: float32 (compute float32, TF32 allowed), float16 and bfloat16 (compute float32).
 float64 is refused with a TypeError (see ``supports``): callers use their xp path for it.
+
+(Over 400 lines on purpose: building graphs, choosing plans and executing them share the caches
+and the per-stream handle/workspace state below; split, one cache's rules would span files.)
 """
 from __future__ import annotations
 
 import os
 import warnings
 from dataclasses import dataclass
+
+from . import _compile
 
 allow_tf32 = True
 benchmark = os.environ.get("MPINET_CUDNN_BENCHMARK", "0") == "1"
@@ -314,8 +319,7 @@ def _run(op, a, b, out_shape, stride, padding, dilation, out=None):
     """Execute (building and caching on first use) conv ``op`` on a, b into a new array of
     out_shape, or into ``out`` if it is a C-contiguous array of that shape and a's dtype.
     stride/padding/dilation: normalised (h, w) tuples."""
-    import cupy as cp  # noqa: PLC0415 - GPU-only module
-
+    cp = _compile.cp()
     if a.dtype != b.dtype:
         raise TypeError(f"cuDNN conv_{op}: operands have dtypes {a.dtype.name} and "
                         f"{b.dtype.name}; expected the same dtype for both")
