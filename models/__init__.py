@@ -102,6 +102,6 @@ def _vector_model_args(name: str, num_classes, in_channels, input_size, opts: di
     return kwargs
 
 
-__all__ = ["available_models", "build_model", "char_lstm", "linear_regression", "mlp", "lenet5", "small_cnn",
-           "alexnet", "vgg11", "vgg11_bn", "vgg16", "vgg16_bn", "squeezenet1_0",
+__all__ = ["available_models", "build_model", "char_lstm", "linear_regression", "mlp", "lenet5",
+           "small_cnn", "alexnet", "vgg11", "vgg11_bn", "vgg16", "vgg16_bn", "squeezenet1_0",
            "squeezenet1_1", "resnet18", "resnet34", "resnet50", "unet"]

@@ -18,7 +18,7 @@ import sys
 
 def sample_text(net, prompt: str, length: int, temperature: float = 0.8, seed: int = 0) -> str:
     """``prompt`` followed by ``length`` sampled characters."""
-    from mpinet.data import text  # noqa: PLC0415
+    from mpinet.data import text
 
     ids = net.generate(text.encode(prompt), length, temperature=temperature, seed=seed)
     return prompt + text.decode(ids)
@@ -44,9 +44,9 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
 
-    from mpinet import checkpoint  # noqa: PLC0415
-    from mpinet.data import text  # noqa: PLC0415
-    from mpinet.models import build_model  # noqa: PLC0415
+    from mpinet import checkpoint
+    from mpinet.data import text
+    from mpinet.models import build_model
 
     opts = {"num_classes": text.VOCAB_SIZE}
     for item in args.model_opt:

@@ -20,7 +20,8 @@ from .registry import DATASET_NAMES, DEFAULT_DATASET, get_dataset
 from .sampler import Batch, DistributedSampler, ShardSampler, even_split, shard_indices
 
 __all__ = [
-    "ArrayDataset", "SequenceDataset", "TensorDataset", "Augment", "Batch", "DATASET_NAMES", "DEFAULT_DATASET", "DataFormatError",
+    "ArrayDataset", "SequenceDataset", "TensorDataset",
+    "Augment", "Batch", "DATASET_NAMES", "DEFAULT_DATASET", "DataFormatError",
     "DataLoader", "DistributedSampler", "ShardSampler", "channel_stats", "even_split",
     "flip_horizontal", "get_dataset", "normalize", "pad_crop", "shard_indices",
 ]

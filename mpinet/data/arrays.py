@@ -113,7 +113,7 @@ class SequenceDataset:
         self.per_step = isinstance(targets, (list, tuple))
         if self.per_step:
             ys = [_as_host_array(t, f"y[{i}] (targets)") for i, t in enumerate(targets)]
-            bad = [i for i, (s, t) in enumerate(zip(seqs, ys)) if len(t) != len(s)]
+            bad = [i for i, (s, t) in enumerate(zip(seqs, ys, strict=False)) if len(t) != len(s)]
             if len(ys) != len(seqs) or bad:
                 raise ValueError(f"SequenceDataset: per-step targets must be one array per "
                                  f"sequence with the sequence's length; got {len(ys)} for "

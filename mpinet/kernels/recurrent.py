@@ -1,4 +1,4 @@
-"""GPU kernels of the recurrent cells: one elementwise kernel per cell step, each way.
+"""Recurrent cells: one elementwise kernel per cell step, each way (LSTM, GRU).
 
 The CPU reference (and the specification) is mpinet.ops.recurrent: lstm_cell_reference /
 lstm_cell_backward_reference and the GRU pair; mpinet.ops.recurrent calls these functions
@@ -7,9 +7,10 @@ instead when its arrays are CuPy arrays. What the fusion buys: the LSTM step's g
 launch; the input projection of all steps is one matmul before the loop (mpinet.nn.recurrent).
 
 Layouts (PyTorch's gate order): LSTM pre-activations gx + gh (N, 4H) as [i | f | g | o] (the
-input and recurrent projections, summed in the kernel), GRU (N, 3H) as [r | z | n]. One thread per (n, j) element of the (N, H) state; it reads its 4 (3) gate
-values at n * G*H + k*H + j. Gate math runs in float32 for float32/float16/bfloat16 arrays and in
-float64 for float64; bfloat16 arrays travel as their uint16 bit patterns.
+input and recurrent projections, summed in the kernel), GRU (N, 3H) as [r | z | n]. One thread
+per (n, j) element of the (N, H) state; it reads its 4 (3) gate values at n * G*H + k*H + j.
+Dtypes, loads and stores as every kernel family (``_compile``: float32 math for float32, float16
+and bfloat16 arrays, float64 for float64; bfloat16 travels as its uint16 bit pattern).
 
 Saved for backward (the ``saved`` tuples are opaque to the caller):
   LSTM: acts (N, 4H) activated gates [sigmoid i | sigmoid f | tanh g | sigmoid o] and
@@ -20,121 +21,90 @@ from __future__ import annotations
 
 import numpy as np
 
-_kernels: dict = {}
+from . import _compile
 
-# Loads and stores through the compute type A; `unsigned short` is a bfloat16 bit pattern.
-_PREAMBLE = r"""
-template <typename T> struct rec_acc { typedef float type; };
-template <> struct rec_acc<double> { typedef double type; };
-template <typename A, typename T> __device__ __forceinline__ A rec_ld(T v) {
-    return static_cast<A>(static_cast<float>(v)); }
-template <typename A> __device__ __forceinline__ A rec_ld(double v) { return static_cast<A>(v); }
-template <typename A> __device__ __forceinline__ A rec_ld(unsigned short v) {
-    return static_cast<A>(__uint_as_float(((unsigned int)v) << 16)); }
-template <typename T, typename A> __device__ __forceinline__ void rec_put(T& dst, A v) {
-    dst = static_cast<T>(v); }
-__device__ __forceinline__ void rec_put(unsigned short& dst, float v) {
-    unsigned int u = __float_as_uint(v);
-    if ((u & 0x7fffffffu) > 0x7f800000u) { dst = (unsigned short)((u >> 16) | 0x40u); return; }
-    u += 0x7fffu + ((u >> 16) & 1u);  // round to nearest even
-    dst = (unsigned short)(u >> 16);
-}
+# The cells' own helper on top of the shared dtype header.
+_PREAMBLE = _compile.ELEMENTWISE_PREAMBLE + r"""
 template <typename A> __device__ __forceinline__ A rec_sigmoid(A x) {
     return A(1) / (A(1) + exp(-x)); }  // exp(-x) = inf gives 0: no NaN for large |x|
 """
 
 _LSTM_FWD = r"""
-typedef rec_acc<C>::type A;
+typedef mpn_acc<C>::type A;
 const ptrdiff_t n = i / H, j = i % H, row = n * 4 * H;
-const A ig = rec_sigmoid<A>(rec_ld<A>(gx[row + j]) + rec_ld<A>(gh[row + j]));
-const A fg = rec_sigmoid<A>(rec_ld<A>(gx[row + H + j]) + rec_ld<A>(gh[row + H + j]));
-const A gt = tanh(rec_ld<A>(gx[row + 2 * H + j]) + rec_ld<A>(gh[row + 2 * H + j]));
-const A og = rec_sigmoid<A>(rec_ld<A>(gx[row + 3 * H + j]) + rec_ld<A>(gh[row + 3 * H + j]));
-const A cp = rec_ld<A>(c_prev);
+const A ig = rec_sigmoid<A>(mpn_ld<A>(gx[row + j]) + mpn_ld<A>(gh[row + j]));
+const A fg = rec_sigmoid<A>(mpn_ld<A>(gx[row + H + j]) + mpn_ld<A>(gh[row + H + j]));
+const A gt = tanh(mpn_ld<A>(gx[row + 2 * H + j]) + mpn_ld<A>(gh[row + 2 * H + j]));
+const A og = rec_sigmoid<A>(mpn_ld<A>(gx[row + 3 * H + j]) + mpn_ld<A>(gh[row + 3 * H + j]));
+const A cp = mpn_ld<A>(c_prev);
 const A cn = fg * cp + ig * gt;
 const A t = tanh(cn);
 const A hn = og * t;
-const A m = has_mask ? rec_ld<A>(mask[n]) : A(1);
-rec_put(h, m * hn + (A(1) - m) * rec_ld<A>(h_prev));
-rec_put(c, m * cn + (A(1) - m) * cp);
-rec_put(out, m * hn);
+const A m = has_mask ? mpn_ld<A>(mask[n]) : A(1);
+mpn_put(h, m * hn + (A(1) - m) * mpn_ld<A>(h_prev));
+mpn_put(c, m * cn + (A(1) - m) * cp);
+mpn_put(out, m * hn);
 acts[row + j] = ig; acts[row + H + j] = fg; acts[row + 2 * H + j] = gt;
 acts[row + 3 * H + j] = og;
 tc = t;
 """
 
 _LSTM_BWD = r"""
-typedef rec_acc<C>::type A;
+typedef mpn_acc<C>::type A;
 const ptrdiff_t n = i / H, j = i % H, row = n * 4 * H;
 const A ig = acts[row + j], fg = acts[row + H + j], gt = acts[row + 2 * H + j];
 const A og = acts[row + 3 * H + j];
 const A t = tc;
-const A m = has_mask ? rec_ld<A>(mask[n]) : A(1);
-const A ghv = rec_ld<A>(gh), gcv = rec_ld<A>(gc), gov = rec_ld<A>(gout);
+const A m = has_mask ? mpn_ld<A>(mask[n]) : A(1);
+const A ghv = mpn_ld<A>(gh), gcv = mpn_ld<A>(gc), gov = mpn_ld<A>(gout);
 const A dhn = m * (ghv + gov);
 const A dc = m * gcv + dhn * og * (A(1) - t * t);
-rec_put(dg[row + j], dc * gt * ig * (A(1) - ig));
-rec_put(dg[row + H + j], dc * rec_ld<A>(c_prev) * fg * (A(1) - fg));
-rec_put(dg[row + 2 * H + j], dc * ig * (A(1) - gt * gt));
-rec_put(dg[row + 3 * H + j], dhn * t * og * (A(1) - og));
-rec_put(dc_prev, dc * fg + (A(1) - m) * gcv);
-rec_put(dh_carry, (A(1) - m) * ghv);
+mpn_put(dg[row + j], dc * gt * ig * (A(1) - ig));
+mpn_put(dg[row + H + j], dc * mpn_ld<A>(c_prev) * fg * (A(1) - fg));
+mpn_put(dg[row + 2 * H + j], dc * ig * (A(1) - gt * gt));
+mpn_put(dg[row + 3 * H + j], dhn * t * og * (A(1) - og));
+mpn_put(dc_prev, dc * fg + (A(1) - m) * gcv);
+mpn_put(dh_carry, (A(1) - m) * ghv);
 """
 
 _GRU_FWD = r"""
-typedef rec_acc<C>::type A;
+typedef mpn_acc<C>::type A;
 const ptrdiff_t n = i / H, j = i % H, row = n * 3 * H, srow = n * 4 * H;
-const A r = rec_sigmoid<A>(rec_ld<A>(gx[row + j]) + rec_ld<A>(gh[row + j]));
-const A z = rec_sigmoid<A>(rec_ld<A>(gx[row + H + j]) + rec_ld<A>(gh[row + H + j]));
-const A ghn = rec_ld<A>(gh[row + 2 * H + j]);
-const A nn = tanh(rec_ld<A>(gx[row + 2 * H + j]) + r * ghn);
-const A hp = rec_ld<A>(h_prev);
+const A r = rec_sigmoid<A>(mpn_ld<A>(gx[row + j]) + mpn_ld<A>(gh[row + j]));
+const A z = rec_sigmoid<A>(mpn_ld<A>(gx[row + H + j]) + mpn_ld<A>(gh[row + H + j]));
+const A ghn = mpn_ld<A>(gh[row + 2 * H + j]);
+const A nn = tanh(mpn_ld<A>(gx[row + 2 * H + j]) + r * ghn);
+const A hp = mpn_ld<A>(h_prev);
 const A hn = (A(1) - z) * nn + z * hp;
-const A m = has_mask ? rec_ld<A>(mask[n]) : A(1);
-rec_put(h, m * hn + (A(1) - m) * hp);
-rec_put(out, m * hn);
+const A m = has_mask ? mpn_ld<A>(mask[n]) : A(1);
+mpn_put(h, m * hn + (A(1) - m) * hp);
+mpn_put(out, m * hn);
 acts[srow + j] = r; acts[srow + H + j] = z; acts[srow + 2 * H + j] = nn;
 acts[srow + 3 * H + j] = ghn;
 """
 
 _GRU_BWD = r"""
-typedef rec_acc<C>::type A;
+typedef mpn_acc<C>::type A;
 const ptrdiff_t n = i / H, j = i % H, row = n * 3 * H, srow = n * 4 * H;
 const A r = acts[srow + j], z = acts[srow + H + j], nn = acts[srow + 2 * H + j];
 const A ghn = acts[srow + 3 * H + j];
-const A m = has_mask ? rec_ld<A>(mask[n]) : A(1);
-const A gs = rec_ld<A>(gh_state), go = rec_ld<A>(gout);
+const A m = has_mask ? mpn_ld<A>(mask[n]) : A(1);
+const A gs = mpn_ld<A>(gh_state), go = mpn_ld<A>(gout);
 const A dhn = m * (gs + go);
 const A dn = dhn * (A(1) - z) * (A(1) - nn * nn);
-const A dz = dhn * (rec_ld<A>(h_prev) - nn) * z * (A(1) - z);
+const A dz = dhn * (mpn_ld<A>(h_prev) - nn) * z * (A(1) - z);
 const A dr = dn * ghn * r * (A(1) - r);
-rec_put(dgx[row + j], dr); rec_put(dgx[row + H + j], dz); rec_put(dgx[row + 2 * H + j], dn);
-rec_put(dgh[row + j], dr); rec_put(dgh[row + H + j], dz); rec_put(dgh[row + 2 * H + j], dn * r);
-rec_put(dh_prev, dhn * z + (A(1) - m) * gs);
+mpn_put(dgx[row + j], dr); mpn_put(dgx[row + H + j], dz); mpn_put(dgx[row + 2 * H + j], dn);
+mpn_put(dgh[row + j], dr); mpn_put(dgh[row + H + j], dz); mpn_put(dgh[row + 2 * H + j], dn * r);
+mpn_put(dh_prev, dhn * z + (A(1) - m) * gs);
 """
 
 
-def _cp():
-    import cupy  # noqa: PLC0415 - GPU only
-
-    return cupy
-
-
 def _kernel(name: str, in_params: str, out_params: str, body: str):
-    k = _kernels.get(name)
-    if k is None:
-        k = _kernels[name] = _cp().ElementwiseKernel(in_params, out_params, body,
-                                                     name=f"mpinet_{name}", preamble=_PREAMBLE)
-    return k
+    return _compile.elementwise_kernel(name, in_params, out_params, body, preamble=_PREAMBLE)
 
 
-def _is_bf16(a) -> bool:
-    return a.dtype.kind == "V" or a.dtype.name == "bfloat16"
-
-
-def _io(a):
-    """bfloat16 as its uint16 bits (what the kernels read); other dtypes as they are."""
-    return a.view(_cp().uint16) if _is_bf16(a) else a
+_io = _compile.io_view
 
 
 def _compute_dtype(a):
@@ -143,24 +113,24 @@ def _compute_dtype(a):
 
 def _mask_arg(mask, like):
     """The (N,) mask as the kernel reads it, and the has_mask flag."""
-    cp = _cp()
+    cp = _compile.cp()
     if mask is None:
         return cp.zeros(1, dtype=_compute_dtype(like)), np.int32(0)
     return _io(cp.ascontiguousarray(mask.reshape(-1))), np.int32(1)
 
 
 def _empty(shape, like):
-    return _cp().empty(shape, dtype=like.dtype)
+    return _compile.cp().empty(shape, dtype=like.dtype)
 
 
 def _contiguous(*arrays):
-    cp = _cp()
-    return tuple(cp.ascontiguousarray(a) for a in arrays)
+    cp = _compile.cp()
+    return tuple(_compile.contiguous(cp, a) for a in arrays)
 
 
 def lstm_cell_forward(gx, gh, c_prev, h_prev, mask):
     """As mpinet.ops.recurrent.lstm_cell_reference: (h, c, out, saved)."""
-    cp = _cp()
+    cp = _compile.cp()
     gx, gh, c_prev, h_prev = _contiguous(gx, gh, c_prev, h_prev)
     n, hidden = c_prev.shape
     h, c, out = (_empty((n, hidden), c_prev) for _ in range(3))
@@ -191,7 +161,7 @@ def lstm_cell_backward(saved, mask, gh, gc, gout):
 
 def gru_cell_forward(gx, gh, h_prev, mask):
     """As gru_cell_reference: (h, out, saved)."""
-    cp = _cp()
+    cp = _compile.cp()
     gx, gh, h_prev = _contiguous(gx, gh, h_prev)
     n, hidden = h_prev.shape
     h, out = _empty((n, hidden), h_prev), _empty((n, hidden), h_prev)

@@ -118,7 +118,7 @@ class _RecurrentBase(Module):
         states = hx if self.mode == "LSTM" else (hx,)
         if self.mode == "LSTM" and (not isinstance(hx, (tuple, list)) or len(hx) != 2):
             raise ValueError(f"{self.path}: hx must be a tuple (h0, c0) for an LSTM")
-        for name, s in zip(("h0", "c0"), states):
+        for name, s in zip(("h0", "c0"), states, strict=False):
             if tuple(s.shape) != expected:
                 raise ValueError(f"{self.path}: {name} must have shape {expected} (num_layers * "
                                  f"num_directions, N, hidden_size), got {tuple(s.shape)}")

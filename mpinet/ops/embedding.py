@@ -37,7 +37,7 @@ class Embedding(Function):
         gw = xp.zeros(self.weight_shape, gy.dtype)
         rows, grads = indices.reshape(-1), gy.reshape(-1, self.weight_shape[1])
         if backend.is_gpu_array(gw):
-            import cupyx  # noqa: PLC0415 - GPU only
+            import cupyx  # GPU only
 
             cupyx.scatter_add(gw, rows, grads)  # atomics: repeated ids accumulate
         else:

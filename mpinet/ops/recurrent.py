@@ -25,6 +25,7 @@ import numpy as np
 
 from .. import backend
 from ..autograd import Function
+from ..kernels import recurrent as kernels
 
 
 def _sigmoid(x):
@@ -89,32 +90,24 @@ def lstm_cell_backward_reference(saved, mask, gh, gc, gout):
 def _lstm_step(gx, gh, c_prev, h_prev, mask):
     """One LSTM step on raw arrays: the GPU kernel for CuPy arrays, else the reference."""
     if backend.is_gpu_array(gx):
-        from ..kernels import recurrent as kernels  # noqa: PLC0415 - GPU only
-
         return kernels.lstm_cell_forward(gx, gh, c_prev, h_prev, mask)
     return lstm_cell_reference(gx, gh, c_prev, h_prev, mask)
 
 
 def _lstm_step_backward(saved, mask, gh, gc, gout):
     if backend.is_gpu_array(gh):
-        from ..kernels import recurrent as kernels  # noqa: PLC0415 - GPU only
-
         return kernels.lstm_cell_backward(saved, mask, gh, gc, gout)
     return lstm_cell_backward_reference(saved, mask, gh, gc, gout)
 
 
 def _gru_step(gx, gh, h_prev, mask):
     if backend.is_gpu_array(gx):
-        from ..kernels import recurrent as kernels  # noqa: PLC0415 - GPU only
-
         return kernels.gru_cell_forward(gx, gh, h_prev, mask)
     return gru_cell_reference(gx, gh, h_prev, mask)
 
 
 def _gru_step_backward(saved, mask, gh_state, gout):
     if backend.is_gpu_array(gh_state):
-        from ..kernels import recurrent as kernels  # noqa: PLC0415 - GPU only
-
         return kernels.gru_cell_backward(saved, mask, gh_state, gout)
     return gru_cell_backward_reference(saved, mask, gh_state, gout)
 
@@ -139,7 +132,9 @@ class LSTMCell(Function):
 
     def backward(self, gh, gc, gout):
         dg, dc_prev, dh_carry = _lstm_step_backward(self.saved, self.mask, gh, gc, gout)
-        cast = (lambda a: None if a is None else a.astype(self.dtype, copy=False))
+        def cast(a):
+            return None if a is None else a.astype(self.dtype, copy=False)
+
         dg = cast(dg)
         grads = (dg, dg, cast(dc_prev), cast(dh_carry))  # gx and gh: the same gradient
         return grads + ((None,) if self.mask is not None else ())

@@ -346,7 +346,8 @@ class Model:
         outs = []
         with no_grad():
             for start in range(lo, hi, batch_size):
-                xb = backend.to_device(data_arrays.model_input(x[start:min(start + batch_size, hi)]))
+                rows = x[start:min(start + batch_size, hi)]
+                xb = backend.to_device(data_arrays.model_input(rows))
                 if self.eval_transform is not None:
                     xb, _ = self.eval_transform(xb, None, None)
                 outs.append(backend.to_numpy(self._predict_forward(xb).data))

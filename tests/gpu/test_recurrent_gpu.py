@@ -79,6 +79,6 @@ def test_padded_layer_on_gpu_matches_cpu(kind):
                         [out.data, h.data, xv.grad] + [p.grad for p in layer.parameters()]])
     backend.use_cpu()
     layer.to()
-    for got, want in zip(results[1], results[0]):
+    for got, want in zip(results[1], results[0], strict=True):
         np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-4)
     assert cp is not None

@@ -82,7 +82,8 @@ def test_multi_output_regression_of_rank3_inputs():
 
 def test_targets_are_never_changed_silently():
     x = np.zeros((3, 1, 2, 2), np.float32)
-    with pytest.raises(TypeError, match=r"labels has dtype float64 \(shape \(3,\)\).*TensorDataset"):
+    with pytest.raises(TypeError,
+                       match=r"labels has dtype float64 \(shape \(3,\)\).*TensorDataset"):
         ArrayDataset(x, np.array([1.9, 2.5, 2.7]), num_classes=1)
     data = TensorDataset(x, np.array([1.9, 2.5, 2.7]))
     assert data.y.dtype == np.float32

@@ -231,17 +231,17 @@ def test_clip_grad_norm_and_value_vs_torch(max_norm):
     rng = np.random.default_rng(0)
     grads = [rng.standard_normal((3, 4)), rng.standard_normal(5)]
     ps = [torch.nn.Parameter(torch.zeros(g.shape, dtype=torch.float64)) for g in grads]
-    for p, g in zip(ps, grads):
+    for p, g in zip(ps, grads, strict=True):
         p.grad = torch.tensor(g)
     ours = [g.copy() for g in grads]
     norm = clip_mod.clip_grad_norm_(ours, max_norm)
     tnorm = torch.nn.utils.clip_grad_norm_(ps, max_norm)
     assert float(norm) == pytest.approx(float(tnorm), rel=1e-12)
-    for a, p in zip(ours, ps):
+    for a, p in zip(ours, ps, strict=True):
         np.testing.assert_allclose(a, p.grad.numpy(), rtol=1e-12)
     clip_mod.clip_grad_value_(ours, 0.3)
     torch.nn.utils.clip_grad_value_(ps, 0.3)
-    for a, p in zip(ours, ps):
+    for a, p in zip(ours, ps, strict=True):
         np.testing.assert_allclose(a, p.grad.numpy(), rtol=1e-12)
     with pytest.raises(ValueError, match="clip_norm must be > 0"):
         clip_mod.GradClipper(clip_norm=0)

@@ -45,8 +45,8 @@ RECURRENT = [
 
 
 @pytest.mark.parametrize("kind,opts,use_lengths,use_h0", RECURRENT,
-                         ids=[f"{k}-{'-'.join(f'{a}={b}' for a, b in o.items())}-len{l}-h0{h}"
-                              for k, o, l, h in RECURRENT])
+                         ids=[f"{k}-{'-'.join(f'{a}={b}' for a, b in o.items())}-len{n}-h0{h}"
+                              for k, o, n, h in RECURRENT])
 def test_recurrent_layer_vs_torch(kind, opts, use_lengths, use_h0):
     steps, batch, n_in, hidden = 6, 4, 3, 5
     rng = np.random.default_rng(0)
@@ -139,7 +139,8 @@ def test_cells_against_numerical_gradients(masked):
         return h2 * 1.5 + out
 
     check_backward(gru_all, [rng.standard_normal((n, 3 * hidden)),
-                             rng.standard_normal((n, 3 * hidden)), rng.standard_normal((n, hidden))])
+                             rng.standard_normal((n, 3 * hidden)),
+                             rng.standard_normal((n, hidden))])
 
 
 @pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN"])
