@@ -229,13 +229,19 @@ class Recurrence(Function):
         outs = xp.empty((steps,) + h0.shape, dtype)
         h_prevs = xp.empty((steps,) + h0.shape, dtype)  # for the weight gradient
         saved = [None] * steps
+        per_step_bias = b_hh
+        if b_hh is not None and self.mode != "GRU":
+            # LSTM and RNN add b_hh straight to the pre-activations: once for all steps here
+            # instead of once per step (the GRU's n gate multiplies its part by r: per step).
+            gx = gx + b_hh.astype(dtype, copy=False)
+            per_step_bias = None
         h = h0
         for t in self._order(steps):
             mask = None if self.masks is None else self.masks[t]
             h_prevs[t] = h
             gh = (h @ w_hh.T).astype(dtype, copy=False)
-            if b_hh is not None:
-                gh += b_hh
+            if per_step_bias is not None:
+                gh += per_step_bias
             if self.mode == "LSTM":
                 h, c, out, saved[t] = _lstm_step(gx[t], gh, c, h, mask)
                 c = c.astype(dtype, copy=False)

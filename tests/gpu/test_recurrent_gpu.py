@@ -82,3 +82,27 @@ def test_padded_layer_on_gpu_matches_cpu(kind):
     for got, want in zip(results[1], results[0], strict=True):
         np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-4)
     assert cp is not None
+
+
+def test_bf16_autocast_lstm_on_gpu_close_to_fp32_cpu():
+    """The benchmark's configuration in small: bf16 LSTM forward and backward on the GPU."""
+    from mpinet import amp
+    from mpinet.nn import init
+
+    init.manual_seed(3)
+    layer = nn.LSTM(8, 16, batch_first=True)
+    x = np.random.default_rng(4).standard_normal((4, 6, 8)).astype(np.float32)
+    want = layer(Variable(x))[0].data
+    backend.select_device(0, "gpu")
+    try:
+        layer.to()
+        xv = Variable(backend.to_device(x), requires_grad=True)
+        with amp.autocast("bf16"):
+            out, _ = layer(xv)
+        amp.cast(out, np.dtype(np.float32)).sum().backward()
+        np.testing.assert_allclose(backend.to_numpy(out.data).astype(np.float32), want,
+                                   atol=3e-2)
+        assert xv.grad is not None and layer.weight_hh_l0.grad is not None
+    finally:
+        backend.use_cpu()
+        layer.to()
