@@ -4,7 +4,7 @@ numerical gradients of the fused cells (issue 18, item 2)."""
 import numpy as np
 import pytest
 
-from mpinet import nn
+from mpinet import amp, nn
 from mpinet.autograd import Variable
 from mpinet.ops import recurrent as rec
 from mpinet.testing import check_backward
@@ -283,3 +283,18 @@ def test_multihead_attention_vs_torch(batch_first, self_attn, causal, key_pad, b
         np.testing.assert_allclose(kv.grad, kt.grad.numpy(), rtol=1e-9, atol=1e-11)
         np.testing.assert_allclose(vv.grad, vt.grad.numpy(), rtol=1e-9, atol=1e-11)
     _compare_grads(ours, theirs)
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+def test_bf16_autocast_stays_close_to_fp32(kind):
+    layer = getattr(nn, kind)(3, 8, batch_first=True, bidirectional=True)
+    x = np.random.default_rng(0).standard_normal((2, 5, 3)).astype(np.float32)
+    want = layer(Variable(x), lengths=np.array([5, 3]))[0].data
+    xv = Variable(x, requires_grad=True)
+    with amp.autocast("bf16"):
+        out = layer(xv, lengths=np.array([5, 3]))[0]
+    assert out.dtype.name == "bfloat16"
+    np.testing.assert_allclose(out.data.astype(np.float32), want, atol=3e-2)
+    amp.cast(out, np.dtype(np.float32)).sum().backward()
+    assert xv.grad.dtype == np.float32 and np.isfinite(xv.grad).all()
+    assert layer.weight_hh_l0.grad.dtype == np.float32  # fp32 master weights get fp32 grads
