@@ -10,7 +10,7 @@ from .linear import Linear
 from .normalization import BatchNorm1d, BatchNorm2d, LayerNorm
 from .attention import MultiheadAttention
 from .embedding import Embedding
-from .recurrent import GRU, LSTM, RNN
+from .recurrent import GRU, LSTM, RNN, GRUCell, LSTMCell
 from .pooling import AdaptiveAvgPool2d, AvgPool2d, GlobalAvgPool2d, MaxPool2d, Upsample
 
 __all__ = ["Module", "Sequential"]
@@ -18,6 +18,6 @@ __all__ += ["Linear", "ReLU", "LeakyReLU", "PReLU", "Sigmoid", "Tanh", "GELU", "
             "LogSoftmax", "Dropout", "BatchNorm1d", "BatchNorm2d", "Flatten", "Identity"]
 __all__ += ["ELU", "SiLU", "Softplus", "Hardswish", "ReLU6", "Mish", "GELUTanh", "ACTIVATIONS",
             "get_activation"]
-__all__ += ["RNN", "LSTM", "GRU", "Embedding", "LayerNorm", "MultiheadAttention"]
+__all__ += ["RNN", "LSTM", "GRU", "LSTMCell", "GRUCell", "Embedding", "LayerNorm", "MultiheadAttention"]
 __all__ += ["Conv2d", "ConvTranspose2d", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d",
             "GlobalAvgPool2d", "Upsample"]

@@ -167,3 +167,56 @@ class RNN(_RecurrentBase):
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional)
         self.nonlinearity = nonlinearity
+
+
+class _CellBase(Module):
+    """One step of a recurrent layer, for hand-written loops (torch's LSTMCell/GRUCell names:
+    weight_ih (G*H, in), weight_hh (G*H, H), bias_ih, bias_hh (G*H,))."""
+
+    gates = 4
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True):
+        super().__init__()
+        if input_size < 1 or hidden_size < 1:
+            raise ValueError(f"{type(self).__name__}: input_size and hidden_size must be >= 1, "
+                             f"got {input_size}, {hidden_size}")
+        self.input_size, self.hidden_size, self.bias = input_size, hidden_size, bias
+        bound = 1.0 / math.sqrt(hidden_size)
+        rows = self.gates * hidden_size
+        self.weight_ih = init.uniform((rows, input_size), bound)
+        self.weight_hh = init.uniform((rows, hidden_size), bound)
+        self.bias_ih = init.uniform((rows,), bound) if bias else None
+        self.bias_hh = init.uniform((rows,), bound) if bias else None
+
+    def _projections(self, x, h):
+        if x.ndim != 2 or x.shape[1] != self.input_size:
+            raise input_error(self, f"(N, {self.input_size})", x)
+        x, w_ih, w_hh, b_ih, b_hh = amp.autocast_inputs(x, self.weight_ih, self.weight_hh,
+                                                         self.bias_ih, self.bias_hh)
+        if h is None:
+            h = x.xp.zeros((x.shape[0], self.hidden_size), dtype=x.dtype)
+        return linear_ops.linear(x, w_ih, b_ih), linear_ops.linear(h, w_hh, b_hh), h
+
+
+class LSTMCell(_CellBase):
+    """forward(x (N, in), (h, c) or None) -> (h', c')."""
+
+    gates = 4
+
+    def forward(self, x, hx=None):
+        h, c = (None, None) if hx is None else hx
+        gx, gh, h = self._projections(x, h)
+        if c is None:
+            c = x.xp.zeros(h.shape, dtype=h.dtype)
+        h2, c2, _ = rec.lstm_cell(gx, gh, c, h)
+        return h2, c2
+
+
+class GRUCell(_CellBase):
+    """forward(x (N, in), h or None) -> h'."""
+
+    gates = 3
+
+    def forward(self, x, h=None):
+        gx, gh, h = self._projections(x, h)
+        return rec.gru_cell(gx, gh, h)[0]

@@ -298,3 +298,29 @@ def test_bf16_autocast_stays_close_to_fp32(kind):
     amp.cast(out, np.dtype(np.float32)).sum().backward()
     assert xv.grad.dtype == np.float32 and np.isfinite(xv.grad).all()
     assert layer.weight_hh_l0.grad.dtype == np.float32  # fp32 master weights get fp32 grads
+
+
+@pytest.mark.parametrize("kind,with_state", [("LSTMCell", True), ("LSTMCell", False),
+                                             ("GRUCell", True), ("GRUCell", False)])
+def test_cells_vs_torch(kind, with_state):
+    rng = np.random.default_rng(0)
+    theirs = getattr(torch.nn, kind)(3, 4).double()
+    ours = getattr(nn, kind)(3, 4)
+    _copy_from_torch(ours, theirs)
+    x = rng.standard_normal((5, 3))
+    h0, c0 = rng.standard_normal((5, 4)), rng.standard_normal((5, 4))
+    xv = Variable(x.copy(), requires_grad=True)
+    xt = torch.tensor(x, requires_grad=True)
+    if kind == "LSTMCell":
+        h, c = ours(xv, (h0, c0) if with_state else None)
+        th, tc = theirs(xt, (torch.tensor(h0), torch.tensor(c0)) if with_state else None)
+        loss, tloss = (h * 2).sum() + c.sum(), (th * 2).sum() + tc.sum()
+    else:
+        h = ours(xv, h0 if with_state else None)
+        th = theirs(xt, torch.tensor(h0) if with_state else None)
+        loss, tloss = (h * 2).sum(), (th * 2).sum()
+    np.testing.assert_allclose(h.data, th.detach().numpy(), rtol=1e-12)
+    loss.backward()
+    tloss.backward()
+    np.testing.assert_allclose(xv.grad, xt.grad.numpy(), rtol=1e-10)
+    _compare_grads(ours, theirs)
