@@ -18,6 +18,7 @@ __all__ += ["Linear", "ReLU", "LeakyReLU", "PReLU", "Sigmoid", "Tanh", "GELU", "
             "LogSoftmax", "Dropout", "BatchNorm1d", "BatchNorm2d", "Flatten", "Identity"]
 __all__ += ["ELU", "SiLU", "Softplus", "Hardswish", "ReLU6", "Mish", "GELUTanh", "ACTIVATIONS",
             "get_activation"]
-__all__ += ["RNN", "LSTM", "GRU", "LSTMCell", "GRUCell", "Embedding", "LayerNorm", "MultiheadAttention"]
+__all__ += ["RNN", "LSTM", "GRU", "LSTMCell", "GRUCell", "Embedding", "LayerNorm",
+            "MultiheadAttention"]
 __all__ += ["Conv2d", "ConvTranspose2d", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d",
             "GlobalAvgPool2d", "Upsample"]
