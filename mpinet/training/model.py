@@ -337,7 +337,9 @@ class Model:
     def predict(self, x, batch_size: int = 256) -> np.ndarray:
         """Network outputs for host array ``x`` (N, ...) in [0, 1] (the eval_transform given to
         ``fit`` is applied), computed in shards over the ranks and gathered so every rank
-        returns the full (N, ...) NumPy array."""
+        returns the full (N, ...) NumPy array. ``x`` may also be a dataset with ``batch()``
+        (e.g. a SequenceDataset: padded per batch, its targets unused); then each sample's
+        output must have one shape (per-sequence outputs, or per-step ones of a fixed length)."""
         if self._compiled:
             self.dp.synchronize()
         n = len(x)
@@ -346,8 +348,13 @@ class Model:
         outs = []
         with no_grad():
             for start in range(lo, hi, batch_size):
-                rows = x[start:min(start + batch_size, hi)]
-                xb = backend.to_device(data_arrays.model_input(rows))
+                stop = min(start + batch_size, hi)
+                if hasattr(x, "batch"):  # the dataset protocol: arrays or (padded, lengths)
+                    rows = x.batch(np.arange(start, stop))[0]
+                    xb = tuple(backend.to_device(a) for a in rows) if isinstance(rows, tuple) \
+                        else backend.to_device(data_arrays.model_input(rows))
+                else:
+                    xb = backend.to_device(data_arrays.model_input(x[start:stop]))
                 if self.eval_transform is not None:
                     xb, _ = self.eval_transform(xb, None, None)
                 outs.append(backend.to_numpy(self._predict_forward(xb).data))

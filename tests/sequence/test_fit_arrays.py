@@ -177,3 +177,17 @@ def test_per_step_targets_skip_the_padding():
     np.testing.assert_allclose(result["loss"], -(picked * valid).sum() / valid.sum(), rtol=1e-5)
     history = model.fit(data, epochs=20, batch_size=4, verbose=False)
     assert history.history["loss"][-1] < history.history["loss"][0] / 3
+
+
+def test_predict_takes_a_sequence_dataset():
+    rng = np.random.default_rng(3)
+    seqs = [rng.integers(1, 5, rng.integers(1, 9)) for _ in range(7)]
+    data = SequenceDataset(seqs, np.zeros(7, np.int64))
+    init.manual_seed(0)
+    model = Model(_LastStepClassifier(), create_communicator("mpi", MPI.COMM_SELF))
+    model.compile("adam", lr=0.05)
+    got = model.predict(data, batch_size=3)  # 3 batches, each padded to its own longest
+    for i in (0, 4, 6):  # each alone, unpadded: the same logits
+        (x, lengths), _ = data.batch(np.array([i]))
+        np.testing.assert_allclose(got[i], model.network(Variable(x), lengths).data[0],
+                                   rtol=1e-5, atol=1e-6)
