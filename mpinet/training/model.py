@@ -355,8 +355,8 @@ class Model:
                         else backend.to_device(data_arrays.model_input(rows))
                 else:
                     xb = backend.to_device(data_arrays.model_input(x[start:stop]))
-                if self.eval_transform is not None:
-                    xb, _ = self.eval_transform(xb, None, None)
+                if self.eval_transform is not None and not isinstance(xb, tuple):
+                    xb, _ = self.eval_transform(xb, None, None)  # image transforms only
                 outs.append(backend.to_numpy(self._predict_forward(xb).data))
         self.network.train()
         mine = np.concatenate(outs) if outs else None
