@@ -96,6 +96,11 @@ class SequenceDataset:
     (T_i, ...) one target per step (padded with ``PAD_TARGET``, which cross_entropy ignores).
     A batch is ``((padded (n, T_max, ...), lengths (n,) int64), targets)``; a recurrent layer
     given ``lengths`` leaves the padded steps out (see mpinet.nn.recurrent).
+
+    Data parallelism: with one target per sequence, N ranks train exactly as one rank does.
+    With per-step targets the loss of a batch is the mean over its valid steps and batches are
+    weighted by their sequence counts, so N ranks weigh steps slightly differently from one
+    rank (each rank's share is its own token mean).
     """
 
     def __init__(self, sequences, targets, pad_value=0, name: str = "sequences"):
