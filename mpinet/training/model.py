@@ -301,6 +301,7 @@ class Model:
     def evaluate(self, data, y=None, batch_size: int = 256, transform=None) -> dict:
         """Loss and metrics over ``data``, each sample counted exactly once across ranks.
 
+        ``data``: a dataset, or NumPy inputs x with targets ``y`` (Keras' ``evaluate(x, y)``).
         ``transform`` defaults to the ``eval_transform`` given to ``fit`` (normalization)."""
         self._require_compiled("evaluate")
         data = data_arrays.as_dataset(data, y, "evaluate")
