@@ -27,8 +27,8 @@ DEFAULTS = {
     "train_samples": None, "quiet": False, "save_weights": None, "model_opt": None,
     "cuda_graph": False, "cudnn_benchmark": False, "deterministic": False,
 }
-# Losses, clipping and sequence models (issue 18): flags of their own block, defaults here.
-DEFAULTS.update({"loss": "cross_entropy", "clip_norm": None, "clip_value": None, "seq_len": 128,
+# Clipping and sequence models (issue 18): flags of their own block, defaults here.
+DEFAULTS.update({"clip_norm": None, "clip_value": None, "seq_len": 128,
                  "sample": 0, "temperature": 0.8, "sample_prompt": "def "})
 
 
@@ -73,10 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--label-smoothing", type=float)
     g.add_argument("--accumulation-steps", type=int,
                    help="split each rank's batch into this many micro-batches (no comm between)")
-    g = p.add_argument_group("losses, gradient clipping and sequence models")
-    g.add_argument("--loss", choices=["cross_entropy", "nll", "mse", "l1", "smooth_l1", "huber",
-                                      "bce", "bce_with_logits", "kl_div"],
-                   help="training loss (class-label data sets need cross_entropy or nll)")
+    g = p.add_argument_group("gradient clipping and sequence models")
     g.add_argument("--clip-norm", type=float, help="clip the reduced gradient to this global "
                                                    "L2 norm before each update")
     g.add_argument("--clip-value", type=float, help="clamp each reduced gradient element to "
@@ -267,7 +264,7 @@ def setup(cfg: dict, comm):
     lr = cfg["lr"] * global_batch / cfg["base_batch"] if cfg["scale_lr"] else cfg["lr"]
     steps_per_epoch = -(-len(train) // global_batch)
     total_steps = steps_per_epoch * cfg["epochs"]
-    model.compile(cfg["optimizer"], loss=cfg["loss"], lr=lr, momentum=cfg["momentum"],
+    model.compile(cfg["optimizer"], loss="cross_entropy", lr=lr, momentum=cfg["momentum"],
                   weight_decay=cfg["weight_decay"], nesterov=cfg["nesterov"],
                   metrics=("iou", "accuracy") if train.labels.ndim == 3 else ("accuracy",),
                   schedule=lambda opt: build_schedule(
