@@ -16,6 +16,7 @@ import math
 
 import numpy as np
 
+from .. import amp
 from ..autograd import Variable
 from ..ops import linear as linear_ops
 from ..ops import shape as shape_ops
@@ -46,6 +47,7 @@ class MultiheadAttention(Module):
         e = self.embed_dim
         w = self.in_proj_weight[which * e:(which + 1) * e]
         b = None if self.in_proj_bias is None else self.in_proj_bias[which * e:(which + 1) * e]
+        x, w, b = amp.autocast_inputs(x, w, b)  # under autocast: the compute dtype
         return linear_ops.linear(x, w, b)
 
     def _heads(self, x, n: int, length: int):

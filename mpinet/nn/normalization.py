@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import backend
+from .. import amp, backend
 from ..ops import norm
 from . import init
 from .basic import input_error
@@ -106,6 +106,8 @@ class LayerNorm(Module):
         if tuple(x.shape[-k:]) != self.normalized_shape:
             raise input_error(self, f"(..., {', '.join(map(str, self.normalized_shape))})", x)
         axes = tuple(range(x.ndim - k, x.ndim))
+        if x.dtype.itemsize < 4:  # bf16/fp16 activations: the statistics in fp32 (as torch)
+            x = amp.cast(x, np.dtype(np.float32))
         centered = x - x.mean(axis=axes, keepdims=True)
         var = (centered * centered).mean(axis=axes, keepdims=True)
         y = centered * (var + self.eps) ** -0.5

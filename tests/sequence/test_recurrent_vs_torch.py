@@ -324,3 +324,17 @@ def test_cells_vs_torch(kind, with_state):
     tloss.backward()
     np.testing.assert_allclose(xv.grad, xt.grad.numpy(), rtol=1e-10)
     _compare_grads(ours, theirs)
+
+
+def test_attention_and_layer_norm_under_bf16_autocast():
+    attn = nn.MultiheadAttention(8, 2, batch_first=True)
+    norm = nn.LayerNorm(8)
+    x = np.random.default_rng(0).standard_normal((2, 5, 8)).astype(np.float32)
+    want = norm(attn(Variable(x), Variable(x), Variable(x), is_causal=True)[0]).data
+    xv = Variable(x, requires_grad=True)
+    with amp.autocast("bf16"):
+        out = norm(attn(xv, xv, xv, is_causal=True)[0])
+    assert out.dtype == np.float32  # layer norm's statistics in fp32
+    np.testing.assert_allclose(out.data, want, atol=0.1)
+    out.sum().backward()
+    assert attn.in_proj_weight.grad.dtype == np.float32 and np.isfinite(xv.grad).all()
