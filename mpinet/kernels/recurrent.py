@@ -24,7 +24,7 @@ import numpy as np
 from . import _compile
 
 # The cells' own helper on top of the shared dtype header.
-_PREAMBLE = _compile.ELEMENTWISE_PREAMBLE + r"""
+PREAMBLE = _compile.ELEMENTWISE_PREAMBLE + r"""
 template <typename A> __device__ __forceinline__ A rec_sigmoid(A x) {
     return A(1) / (A(1) + exp(-x)); }  // exp(-x) = inf gives 0: no NaN for large |x|
 """
@@ -100,8 +100,23 @@ mpn_put(dh_prev, dhn * z + (A(1) - m) * gs);
 """
 
 
-def _kernel(name: str, in_params: str, out_params: str, body: str):
-    return _compile.elementwise_kernel(name, in_params, out_params, body, preamble=_PREAMBLE)
+# name -> (input parameters, output parameters, body): CuPy ElementwiseKernel declarations. One
+# thread per element of the non-raw (N, H) arrays; raw arrays are indexed by the body.
+KERNELS = {
+    "lstm_cell_fwd": ("raw G gx, raw G gh, C c_prev, C h_prev, raw M mask, int32 H, "
+                      "int32 has_mask", "C h, C c, C out, raw S acts, S tc", _LSTM_FWD),
+    "lstm_cell_bwd": ("raw S acts, S tc, C c_prev, raw M mask, C gh, C gc, C gout, int32 H, "
+                      "int32 has_mask", "raw G dg, C dc_prev, C dh_carry", _LSTM_BWD),
+    "gru_cell_fwd": ("raw G gx, raw G gh, C h_prev, raw M mask, int32 H, int32 has_mask",
+                     "C h, C out, raw S acts", _GRU_FWD),
+    "gru_cell_bwd": ("raw S acts, C h_prev, raw M mask, C gh_state, C gout, int32 H, "
+                     "int32 has_mask", "raw G dgx, raw G dgh, C dh_prev", _GRU_BWD),
+}
+
+
+def _kernel(name: str):
+    in_params, out_params, body = KERNELS[name]
+    return _compile.elementwise_kernel(name, in_params, out_params, body, preamble=PREAMBLE)
 
 
 _io = _compile.io_view
@@ -137,10 +152,8 @@ def lstm_cell_forward(gx, gh, c_prev, h_prev, mask):
     acts = cp.empty((n, 4 * hidden), dtype=_compute_dtype(c_prev))
     tc = cp.empty((n, hidden), dtype=acts.dtype)
     m, has_mask = _mask_arg(mask, c_prev)
-    k = _kernel("lstm_cell_fwd", "raw G gx, raw G gh, C c_prev, C h_prev, raw M mask, int32 H, "
-                "int32 has_mask", "C h, C c, C out, raw S acts, S tc", _LSTM_FWD)
-    k(_io(gx), _io(gh), _io(c_prev), _io(h_prev), m, np.int32(hidden), has_mask,
-      _io(h), _io(c), _io(out), acts, tc)
+    _kernel("lstm_cell_fwd")(_io(gx), _io(gh), _io(c_prev), _io(h_prev), m, np.int32(hidden),
+                             has_mask, _io(h), _io(c), _io(out), acts, tc)
     return h, c, out, (acts, tc, c_prev)
 
 
@@ -152,10 +165,8 @@ def lstm_cell_backward(saved, mask, gh, gc, gout):
     dg = _empty((n, 4 * hidden), gh)
     dc_prev, dh_carry = _empty((n, hidden), gh), _empty((n, hidden), gh)
     m, has_mask = _mask_arg(mask, c_prev)
-    k = _kernel("lstm_cell_bwd", "raw S acts, S tc, C c_prev, raw M mask, C gh, C gc, C gout, "
-                "int32 H, int32 has_mask", "raw G dg, C dc_prev, C dh_carry", _LSTM_BWD)
-    k(acts, tc, _io(c_prev), m, _io(gh), _io(gc), _io(gout), np.int32(hidden), has_mask,
-      _io(dg), _io(dc_prev), _io(dh_carry))
+    _kernel("lstm_cell_bwd")(acts, tc, _io(c_prev), m, _io(gh), _io(gc), _io(gout),
+                             np.int32(hidden), has_mask, _io(dg), _io(dc_prev), _io(dh_carry))
     return dg, dc_prev, dh_carry if mask is not None else None
 
 
@@ -167,9 +178,8 @@ def gru_cell_forward(gx, gh, h_prev, mask):
     h, out = _empty((n, hidden), h_prev), _empty((n, hidden), h_prev)
     acts = cp.empty((n, 4 * hidden), dtype=_compute_dtype(h_prev))
     m, has_mask = _mask_arg(mask, h_prev)
-    k = _kernel("gru_cell_fwd", "raw G gx, raw G gh, C h_prev, raw M mask, int32 H, "
-                "int32 has_mask", "C h, C out, raw S acts", _GRU_FWD)
-    k(_io(gx), _io(gh), _io(h_prev), m, np.int32(hidden), has_mask, _io(h), _io(out), acts)
+    _kernel("gru_cell_fwd")(_io(gx), _io(gh), _io(h_prev), m, np.int32(hidden), has_mask,
+                            _io(h), _io(out), acts)
     return h, out, (acts, h_prev)
 
 
@@ -181,8 +191,6 @@ def gru_cell_backward(saved, mask, gh_state, gout):
     dgx, dgh = _empty((n, 3 * hidden), gh_state), _empty((n, 3 * hidden), gh_state)
     dh_prev = _empty((n, hidden), gh_state)
     m, has_mask = _mask_arg(mask, h_prev)
-    k = _kernel("gru_cell_bwd", "raw S acts, C h_prev, raw M mask, C gh_state, C gout, "
-                "int32 H, int32 has_mask", "raw G dgx, raw G dgh, C dh_prev", _GRU_BWD)
-    k(acts, _io(h_prev), m, _io(gh_state), _io(gout), np.int32(hidden), has_mask,
-      _io(dgx), _io(dgh), _io(dh_prev))
+    _kernel("gru_cell_bwd")(acts, _io(h_prev), m, _io(gh_state), _io(gout), np.int32(hidden),
+                            has_mask, _io(dgx), _io(dgh), _io(dh_prev))
     return dgx, dgh, dh_prev
