@@ -134,7 +134,8 @@ def test_gru_kernel_source_matches_the_reference(masked):
     dgx, dgh, dh_prev = rec.gru_cell_backward_reference((r, z, nn_, ghn, h_prev), mask,
                                                         g_state, g_out)
     dgx_got, dgh_got = np.zeros((n, 3 * hidden)), np.zeros((n, 3 * hidden))
-    got = run_body(kernels.KERNELS["gru_cell_bwd"][2], {"h_prev": h_prev, "gh_state": g_state, "gout": g_out},
+    got = run_body(kernels.KERNELS["gru_cell_bwd"][2],
+                   {"h_prev": h_prev, "gh_state": g_state, "gout": g_out},
                    {"acts": acts, "mask": mask if masked else np.zeros(1), "dgx": dgx_got,
                     "dgh": dgh_got}, {"H": hidden, "has_mask": masked}, ["dh_prev"])
     np.testing.assert_allclose(dgx_got, dgx, rtol=1e-12)
