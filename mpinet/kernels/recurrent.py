@@ -138,17 +138,29 @@ def _empty(shape, like):
     return _compile.cp().empty(shape, dtype=like.dtype)
 
 
+def _destination(out, shape, like):
+    """``out`` if the kernel can write there (the caller's slot, e.g. one step of the layer's
+    output), else a new array: it must have the shape and the dtype of ``like`` and be
+    C-contiguous."""
+    if out is not None and out.shape == shape and out.dtype == like.dtype \
+            and out.flags.c_contiguous:
+        return out
+    return _empty(shape, like)
+
+
 def _contiguous(*arrays):
     cp = _compile.cp()
     return tuple(_compile.contiguous(cp, a) for a in arrays)
 
 
-def lstm_cell_forward(gx, gh, c_prev, h_prev, mask):
-    """As mpinet.ops.recurrent.lstm_cell_reference: (h, c, out, saved)."""
+def lstm_cell_forward(gx, gh, c_prev, h_prev, mask, out=None):
+    """As mpinet.ops.recurrent.lstm_cell_reference: (h, c, out, saved); the step's output is
+    written into ``out`` where it fits (see _destination)."""
     cp = _compile.cp()
     gx, gh, c_prev, h_prev = _contiguous(gx, gh, c_prev, h_prev)
     n, hidden = c_prev.shape
-    h, c, out = (_empty((n, hidden), c_prev) for _ in range(3))
+    h, c = _empty((n, hidden), c_prev), _empty((n, hidden), c_prev)
+    out = _destination(out, (n, hidden), c_prev)
     acts = cp.empty((n, 4 * hidden), dtype=_compute_dtype(c_prev))
     tc = cp.empty((n, hidden), dtype=acts.dtype)
     m, has_mask = _mask_arg(mask, c_prev)
@@ -157,12 +169,13 @@ def lstm_cell_forward(gx, gh, c_prev, h_prev, mask):
     return h, c, out, (acts, tc, c_prev)
 
 
-def lstm_cell_backward(saved, mask, gh, gc, gout):
-    """As lstm_cell_backward_reference: (dg (N, 4H), dc_prev, dh_carry or None)."""
+def lstm_cell_backward(saved, mask, gh, gc, gout, dg=None):
+    """As lstm_cell_backward_reference: (dg (N, 4H), dc_prev, dh_carry or None); dg is
+    written into ``dg`` where it fits."""
     acts, tc, c_prev = saved
     gh, gc, gout = _contiguous(gh, gc, gout)
     n, hidden = c_prev.shape
-    dg = _empty((n, 4 * hidden), gh)
+    dg = _destination(dg, (n, 4 * hidden), gh)
     dc_prev, dh_carry = _empty((n, hidden), gh), _empty((n, hidden), gh)
     m, has_mask = _mask_arg(mask, c_prev)
     _kernel("lstm_cell_bwd")(acts, tc, _io(c_prev), m, _io(gh), _io(gc), _io(gout),
@@ -170,12 +183,12 @@ def lstm_cell_backward(saved, mask, gh, gc, gout):
     return dg, dc_prev, dh_carry if mask is not None else None
 
 
-def gru_cell_forward(gx, gh, h_prev, mask):
-    """As gru_cell_reference: (h, out, saved)."""
+def gru_cell_forward(gx, gh, h_prev, mask, out=None):
+    """As gru_cell_reference: (h, out, saved); the output written into ``out`` where it fits."""
     cp = _compile.cp()
     gx, gh, h_prev = _contiguous(gx, gh, h_prev)
     n, hidden = h_prev.shape
-    h, out = _empty((n, hidden), h_prev), _empty((n, hidden), h_prev)
+    h, out = _empty((n, hidden), h_prev), _destination(out, (n, hidden), h_prev)
     acts = cp.empty((n, 4 * hidden), dtype=_compute_dtype(h_prev))
     m, has_mask = _mask_arg(mask, h_prev)
     _kernel("gru_cell_fwd")(_io(gx), _io(gh), _io(h_prev), m, np.int32(hidden), has_mask,
@@ -183,12 +196,14 @@ def gru_cell_forward(gx, gh, h_prev, mask):
     return h, out, (acts, h_prev)
 
 
-def gru_cell_backward(saved, mask, gh_state, gout):
-    """As gru_cell_backward_reference: (dgx (N, 3H), dgh (N, 3H), dh_prev)."""
+def gru_cell_backward(saved, mask, gh_state, gout, dgx=None, dgh=None):
+    """As gru_cell_backward_reference: (dgx (N, 3H), dgh (N, 3H), dh_prev); dgx and dgh are
+    written into the given arrays where they fit."""
     acts, h_prev = saved
     gh_state, gout = _contiguous(gh_state, gout)
     n, hidden = h_prev.shape
-    dgx, dgh = _empty((n, 3 * hidden), gh_state), _empty((n, 3 * hidden), gh_state)
+    dgx = _destination(dgx, (n, 3 * hidden), gh_state)
+    dgh = _destination(dgh, (n, 3 * hidden), gh_state)
     dh_prev = _empty((n, hidden), gh_state)
     m, has_mask = _mask_arg(mask, h_prev)
     _kernel("gru_cell_bwd")(acts, _io(h_prev), m, _io(gh_state), _io(gout), np.int32(hidden),

@@ -87,28 +87,30 @@ def lstm_cell_backward_reference(saved, mask, gh, gc, gout):
     return dg, dc_prev, dh_carry
 
 
-def _lstm_step(gx, gh, c_prev, h_prev, mask):
-    """One LSTM step on raw arrays: the GPU kernel for CuPy arrays, else the reference."""
+def _lstm_step(gx, gh, c_prev, h_prev, mask, out=None):
+    """One LSTM step on raw arrays: the GPU kernel for CuPy arrays, else the reference. The GPU
+    kernel writes the step's output straight into ``out`` where it fits (the reference returns
+    its own arrays: the caller compares and copies)."""
     if backend.is_gpu_array(gx):
-        return kernels.lstm_cell_forward(gx, gh, c_prev, h_prev, mask)
+        return kernels.lstm_cell_forward(gx, gh, c_prev, h_prev, mask, out)
     return lstm_cell_reference(gx, gh, c_prev, h_prev, mask)
 
 
-def _lstm_step_backward(saved, mask, gh, gc, gout):
+def _lstm_step_backward(saved, mask, gh, gc, gout, dg=None):
     if backend.is_gpu_array(gh):
-        return kernels.lstm_cell_backward(saved, mask, gh, gc, gout)
+        return kernels.lstm_cell_backward(saved, mask, gh, gc, gout, dg)
     return lstm_cell_backward_reference(saved, mask, gh, gc, gout)
 
 
-def _gru_step(gx, gh, h_prev, mask):
+def _gru_step(gx, gh, h_prev, mask, out=None):
     if backend.is_gpu_array(gx):
-        return kernels.gru_cell_forward(gx, gh, h_prev, mask)
+        return kernels.gru_cell_forward(gx, gh, h_prev, mask, out)
     return gru_cell_reference(gx, gh, h_prev, mask)
 
 
-def _gru_step_backward(saved, mask, gh_state, gout):
+def _gru_step_backward(saved, mask, gh_state, gout, dgx=None, dgh=None):
     if backend.is_gpu_array(gh_state):
-        return kernels.gru_cell_backward(saved, mask, gh_state, gout)
+        return kernels.gru_cell_backward(saved, mask, gh_state, gout, dgx, dgh)
     return gru_cell_backward_reference(saved, mask, gh_state, gout)
 
 
@@ -242,11 +244,12 @@ class Recurrence(Function):
             gh = (h @ w_hh.T).astype(dtype, copy=False)
             if per_step_bias is not None:
                 gh += per_step_bias
+            slot = outs[t]
             if self.mode == "LSTM":
-                h, c, out, saved[t] = _lstm_step(gx[t], gh, c, h, mask)
+                h, c, out, saved[t] = _lstm_step(gx[t], gh, c, h, mask, slot)
                 c = c.astype(dtype, copy=False)
             elif self.mode == "GRU":
-                h, out, saved[t] = _gru_step(gx[t], gh, h, mask)
+                h, out, saved[t] = _gru_step(gx[t], gh, h, mask, slot)
             else:
                 pre = gx[t] + gh
                 h_new = xp.tanh(pre) if self.mode == "RNN_TANH" else xp.maximum(pre, 0)
@@ -257,7 +260,8 @@ class Recurrence(Function):
                     m = mask.astype(dtype, copy=False)
                     h, out = m * h_new + (1 - m) * h, m * h_new
             h = h.astype(dtype, copy=False)
-            outs[t] = out
+            if out is not slot:  # (the GPU kernels write into the slot themselves)
+                outs[t] = out
         self.save(h_prevs, saved, w_hh)
         return (outs, h, c) if self.mode == "LSTM" else (outs, h)
 
@@ -272,16 +276,23 @@ class Recurrence(Function):
         dh, dc = g_h, g_c
         for t in reversed(list(self._order(steps))):
             mask = None if self.masks is None else self.masks[t]
+            slot = d_gx[t]
             if self.mode == "LSTM":
-                dg, dc, dh_carry = _lstm_step_backward(saved[t], mask, dh, dc, g_out[t])
-                d_gx[t] = dg
+                dg, dc, dh_carry = _lstm_step_backward(saved[t], mask, dh, dc, g_out[t], slot)
+                if dg is not slot:
+                    d_gx[t] = dg
                 dh = (d_gx[t] @ w).astype(dtype, copy=False)
                 if dh_carry is not None:
                     dh += dh_carry
                 dc = dc.astype(dtype, copy=False)
             elif self.mode == "GRU":
-                dgx, dgh, dh_direct = _gru_step_backward(saved[t], mask, dh, g_out[t])
-                d_gx[t], d_gh[t] = dgx, dgh
+                slot_h = d_gh[t]
+                dgx, dgh, dh_direct = _gru_step_backward(saved[t], mask, dh, g_out[t], slot,
+                                                         slot_h)
+                if dgx is not slot:
+                    d_gx[t] = dgx
+                if dgh is not slot_h:
+                    d_gh[t] = dgh
                 dh = (d_gh[t] @ w).astype(dtype, copy=False) + dh_direct.astype(dtype, copy=False)
             else:
                 h_new = saved[t]
