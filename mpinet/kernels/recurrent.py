@@ -153,13 +153,13 @@ def _contiguous(*arrays):
     return tuple(_compile.contiguous(cp, a) for a in arrays)
 
 
-def lstm_cell_forward(gx, gh, c_prev, h_prev, mask, out=None):
-    """As mpinet.ops.recurrent.lstm_cell_reference: (h, c, out, saved); the step's output is
-    written into ``out`` where it fits (see _destination)."""
+def lstm_cell_forward(gx, gh, c_prev, h_prev, mask, out=None, h_out=None):
+    """As mpinet.ops.recurrent.lstm_cell_reference: (h, c, out, saved); the step's output and
+    next state are written into ``out`` and ``h_out`` where they fit (see _destination)."""
     cp = _compile.cp()
     gx, gh, c_prev, h_prev = _contiguous(gx, gh, c_prev, h_prev)
     n, hidden = c_prev.shape
-    h, c = _empty((n, hidden), c_prev), _empty((n, hidden), c_prev)
+    h, c = _destination(h_out, (n, hidden), c_prev), _empty((n, hidden), c_prev)
     out = _destination(out, (n, hidden), c_prev)
     acts = cp.empty((n, 4 * hidden), dtype=_compute_dtype(c_prev))
     tc = cp.empty((n, hidden), dtype=acts.dtype)
@@ -183,12 +183,14 @@ def lstm_cell_backward(saved, mask, gh, gc, gout, dg=None):
     return dg, dc_prev, dh_carry if mask is not None else None
 
 
-def gru_cell_forward(gx, gh, h_prev, mask, out=None):
-    """As gru_cell_reference: (h, out, saved); the output written into ``out`` where it fits."""
+def gru_cell_forward(gx, gh, h_prev, mask, out=None, h_out=None):
+    """As gru_cell_reference: (h, out, saved); the output and the next state written into
+    ``out`` and ``h_out`` where they fit."""
     cp = _compile.cp()
     gx, gh, h_prev = _contiguous(gx, gh, h_prev)
     n, hidden = h_prev.shape
-    h, out = _empty((n, hidden), h_prev), _destination(out, (n, hidden), h_prev)
+    h = _destination(h_out, (n, hidden), h_prev)
+    out = _destination(out, (n, hidden), h_prev)
     acts = cp.empty((n, 4 * hidden), dtype=_compute_dtype(h_prev))
     m, has_mask = _mask_arg(mask, h_prev)
     _kernel("gru_cell_fwd")(_io(gx), _io(gh), _io(h_prev), m, np.int32(hidden), has_mask,

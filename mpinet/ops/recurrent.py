@@ -87,12 +87,12 @@ def lstm_cell_backward_reference(saved, mask, gh, gc, gout):
     return dg, dc_prev, dh_carry
 
 
-def _lstm_step(gx, gh, c_prev, h_prev, mask, out=None):
+def _lstm_step(gx, gh, c_prev, h_prev, mask, out=None, h_out=None):
     """One LSTM step on raw arrays: the GPU kernel for CuPy arrays, else the reference. The GPU
-    kernel writes the step's output straight into ``out`` where it fits (the reference returns
-    its own arrays: the caller compares and copies)."""
+    kernel writes the step's output and next state straight into ``out`` and ``h_out`` where
+    they fit (the reference returns its own arrays: the caller compares and copies)."""
     if backend.is_gpu_array(gx):
-        return kernels.lstm_cell_forward(gx, gh, c_prev, h_prev, mask, out)
+        return kernels.lstm_cell_forward(gx, gh, c_prev, h_prev, mask, out, h_out)
     return lstm_cell_reference(gx, gh, c_prev, h_prev, mask)
 
 
@@ -102,9 +102,9 @@ def _lstm_step_backward(saved, mask, gh, gc, gout, dg=None):
     return lstm_cell_backward_reference(saved, mask, gh, gc, gout)
 
 
-def _gru_step(gx, gh, h_prev, mask, out=None):
+def _gru_step(gx, gh, h_prev, mask, out=None, h_out=None):
     if backend.is_gpu_array(gx):
-        return kernels.gru_cell_forward(gx, gh, h_prev, mask, out)
+        return kernels.gru_cell_forward(gx, gh, h_prev, mask, out, h_out)
     return gru_cell_reference(gx, gh, h_prev, mask)
 
 
@@ -238,18 +238,22 @@ class Recurrence(Function):
             gx = gx + b_hh.astype(dtype, copy=False)
             per_step_bias = None
         h = h0
-        for t in self._order(steps):
+        order = list(self._order(steps))
+        for k, t in enumerate(order):
             mask = None if self.masks is None else self.masks[t]
-            h_prevs[t] = h
+            if k == 0:
+                h_prevs[t] = h
+            # GPU: the kernel writes the next state straight into its h_prevs slot.
+            h_slot = h_prevs[order[k + 1]] if k + 1 < steps else None
             gh = (h @ w_hh.T).astype(dtype, copy=False)
             if per_step_bias is not None:
                 gh += per_step_bias
             slot = outs[t]
             if self.mode == "LSTM":
-                h, c, out, saved[t] = _lstm_step(gx[t], gh, c, h, mask, slot)
+                h, c, out, saved[t] = _lstm_step(gx[t], gh, c, h, mask, slot, h_slot)
                 c = c.astype(dtype, copy=False)
             elif self.mode == "GRU":
-                h, out, saved[t] = _gru_step(gx[t], gh, h, mask, slot)
+                h, out, saved[t] = _gru_step(gx[t], gh, h, mask, slot, h_slot)
             else:
                 pre = gx[t] + gh
                 h_new = xp.tanh(pre) if self.mode == "RNN_TANH" else xp.maximum(pre, 0)
@@ -260,8 +264,10 @@ class Recurrence(Function):
                     m = mask.astype(dtype, copy=False)
                     h, out = m * h_new + (1 - m) * h, m * h_new
             h = h.astype(dtype, copy=False)
-            if out is not slot:  # (the GPU kernels write into the slot themselves)
+            if out is not slot:  # (the GPU kernels write into the slots themselves)
                 outs[t] = out
+            if h_slot is not None and h is not h_slot:
+                h_slot[...] = h
         self.save(h_prevs, saved, w_hh)
         return (outs, h, c) if self.mode == "LSTM" else (outs, h)
 
