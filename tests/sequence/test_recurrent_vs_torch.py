@@ -338,3 +338,26 @@ def test_attention_and_layer_norm_under_bf16_autocast():
     np.testing.assert_allclose(out.data, want, atol=0.1)
     out.sum().backward()
     assert attn.in_proj_weight.grad.dtype == np.float32 and np.isfinite(xv.grad).all()
+
+
+def test_embedding_and_attention_numerical_gradients():
+    from mpinet.ops import embedding as embedding_ops
+
+    rng = np.random.default_rng(5)
+    idx = np.array([[0, 2, 2], [1, 0, 3]])  # a repeated id: its gradients must add up
+    check_backward(lambda w: embedding_ops.embedding(idx, w), [rng.standard_normal((4, 3))])
+    attn = nn.MultiheadAttention(4, 2, batch_first=True)
+    for p in attn.parameters():
+        p.data = rng.standard_normal(p.shape) * 0.5
+    key_padding = np.array([[False, False, True], [False, False, False]])
+
+    def f(q, kv):
+        return attn(q, kv, kv, key_padding_mask=key_padding)[0]
+
+    check_backward(f, [rng.standard_normal((2, 3, 4)), rng.standard_normal((2, 3, 4))])
+
+    def causal(x):
+        out, weights = attn(x, x, x, is_causal=True)
+        return out + weights[:, :, :1] * 2  # the attention weights get a gradient too
+
+    check_backward(causal, [rng.standard_normal((2, 3, 4))])
