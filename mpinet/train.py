@@ -188,8 +188,11 @@ def _validate_sequence_flags(cfg: dict) -> None:
             raise ConfigError(f"--{key.replace('_', '-')} must be > 0, got {cfg[key]}")
     if int(cfg["seq_len"]) < 1:
         raise ConfigError(f"--seq-len must be >= 1, got {cfg['seq_len']}")
-    if cfg["sample"] and ("seq_len" not in dataset_options(cfg["dataset"])
-                          or cfg["model"] != "char-lstm"):
+    text = "seq_len" in dataset_options(cfg["dataset"])
+    if text and cfg["model"] != "char-lstm":
+        raise ConfigError(f"--dataset {cfg['dataset']} holds character sequences; train a "
+                          f"language model on it (--model char-lstm), not --model {cfg['model']}")
+    if cfg["sample"] and (not text or cfg["model"] != "char-lstm"):
         raise ConfigError(f"--sample needs a language model on a text data set (--model "
                           f"char-lstm --dataset python-source), got --model {cfg['model']} "
                           f"--dataset {cfg['dataset']}")
