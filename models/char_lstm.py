@@ -40,35 +40,51 @@ class CharLSTM(nn.Module):
         return shape_ops.transpose(self.head(out), (0, 2, 1))    # (N, V, T)
 
     def generate(self, prompt_ids, length: int, temperature: float = 1.0, seed: int = 0):
-        """``length`` more token ids after ``prompt_ids`` (1-D, at least one id), sampled from
-        softmax(logits / temperature) with a seeded NumPy generator (0 = greedy argmax)."""
-        prompt = np.asarray(prompt_ids, dtype=np.int64).reshape(1, -1)
-        if prompt.size == 0:
-            raise ValueError("generate: the prompt needs at least one token")
-        if temperature < 0:
-            raise ValueError(f"generate: temperature must be >= 0, got {temperature}")
-        rng = np.random.default_rng(seed)
-        was_training = self.training
-        self.eval()
-        out_ids = []
-        try:
-            with no_grad():
-                state = None
-                tokens = prompt
-                for _ in range(length):
-                    seq, state = self.lstm(self.embed(backend.to_device(tokens)), state)
-                    logits = self.head(seq[:, -1])                  # (1, V)
-                    probs_logits = logits.numpy().astype(np.float64)[0]
-                    if temperature == 0:
-                        nxt = int(probs_logits.argmax())
-                    else:
-                        p = act.softmax(Variable(probs_logits / temperature)).data
-                        nxt = int(rng.choice(len(p), p=p / p.sum()))
-                    out_ids.append(nxt)
-                    tokens = np.array([[nxt]], dtype=np.int64)
-        finally:
-            self.train(was_training)
-        return np.array(out_ids, dtype=np.int64)
+        """``length`` more token ids after ``prompt_ids`` (see ``generate``), carrying the LSTM
+        state from step to step."""
+        state = None
+
+        def next_logits(tokens):  # the new tokens only: the state holds the rest
+            nonlocal state
+            seq, state = self.lstm(self.embed(backend.to_device(tokens)), state)
+            return self.head(seq[:, -1])
+
+        return generate(self, next_logits, prompt_ids, length, temperature, seed,
+                        feed_all=False)
+
+
+def generate(model, next_logits, prompt_ids, length: int, temperature: float, seed: int,
+             feed_all: bool):
+    """Sample ``length`` token ids after ``prompt_ids`` (1-D, at least one id) from
+    softmax(logits / temperature) with a seeded NumPy generator (temperature 0: greedy).
+
+    ``next_logits(tokens (1, t))`` returns the (1, V) logits of the next token: given all
+    tokens so far (``feed_all``) or only the ones not seen yet (a recurrent model's state)."""
+    prompt = np.asarray(prompt_ids, dtype=np.int64).reshape(1, -1)
+    if prompt.size == 0:
+        raise ValueError("generate: the prompt needs at least one token")
+    if temperature < 0:
+        raise ValueError(f"generate: temperature must be >= 0, got {temperature}")
+    rng = np.random.default_rng(seed)
+    was_training = model.training
+    model.eval()
+    ids = list(prompt[0])
+    fresh = prompt
+    try:
+        with no_grad():
+            for _ in range(length):
+                tokens = np.array([ids], dtype=np.int64) if feed_all else fresh
+                logits = next_logits(tokens).numpy().astype(np.float64)[0]
+                if temperature == 0:
+                    nxt = int(logits.argmax())
+                else:
+                    p = act.softmax(Variable(logits / temperature)).data
+                    nxt = int(rng.choice(len(p), p=p / p.sum()))
+                ids.append(nxt)
+                fresh = np.array([[nxt]], dtype=np.int64)
+    finally:
+        model.train(was_training)
+    return np.array(ids[prompt.shape[1]:], dtype=np.int64)
 
 
 def char_lstm(vocab_size: int = 98, embed_dim: int = 64, hidden_size: int = 256,

@@ -1,4 +1,5 @@
-"""Sample text from a trained character-level language model (the zoo's "char-lstm").
+"""Sample text from a trained character-level language model (the zoo's "char-lstm" or
+"char-transformer", chosen with --model).
 
     python -m mpinet.train --model char-lstm --dataset python-source --epochs 1 \\
         --save-weights /tmp/char.safetensors

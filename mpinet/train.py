@@ -189,10 +189,12 @@ def _validate_sequence_flags(cfg: dict) -> None:
     if int(cfg["seq_len"]) < 1:
         raise ConfigError(f"--seq-len must be >= 1, got {cfg['seq_len']}")
     text = "seq_len" in dataset_options(cfg["dataset"])
-    if text and cfg["model"] != "char-lstm":
+    language_models = ("char-lstm", "char-transformer")
+    if text and cfg["model"] not in language_models:
         raise ConfigError(f"--dataset {cfg['dataset']} holds character sequences; train a "
-                          f"language model on it (--model char-lstm), not --model {cfg['model']}")
-    if cfg["sample"] and (not text or cfg["model"] != "char-lstm"):
+                          f"language model on it (--model {' or '.join(language_models)}), "
+                          f"not --model {cfg['model']}")
+    if cfg["sample"] and (not text or cfg["model"] not in language_models):
         raise ConfigError(f"--sample needs a language model on a text data set (--model "
                           f"char-lstm --dataset python-source), got --model {cfg['model']} "
                           f"--dataset {cfg['dataset']}")

@@ -90,3 +90,29 @@ def test_embedding_tokens_out_of_the_vocabulary_are_refused():
     net = build_model("char-lstm", num_classes=10, hidden_size=4, embed_dim=2)
     with pytest.raises(IndexError, match=r"index 12 at position \(0, 1\) .* vocabulary of size 10"):
         net(Variable(np.array([[1, 12]])))
+
+
+def test_char_transformer_is_causal_learns_and_samples():
+    init.manual_seed(0)
+    net = build_model("char-transformer", num_classes=98, embed_dim=16, num_heads=2,
+                      num_layers=1, max_len=24)
+    x = text.encode(text.python_source_text(2000))[:40].reshape(2, 20)
+    with no_grad():
+        before = net(Variable(x)).data
+        changed = x.copy()
+        changed[:, 12] = (changed[:, 12] + 1) % 98
+        after = net(Variable(changed)).data
+    np.testing.assert_array_equal(before[:, :, :12], after[:, :, :12])  # no peeking ahead
+    assert not np.allclose(before[:, :, 12:], after[:, :, 12:])
+    ids = net.generate(text.encode("import "), 6, temperature=0)
+    seq = np.concatenate([text.encode("import "), ids])
+    with no_grad():
+        logits = net(Variable(seq[None, :-1])).data[0]
+    np.testing.assert_array_equal(logits[:, 6:].argmax(0), ids)  # greedy = argmax of forward
+    with pytest.raises(ValueError, match=r"sequences of 30 tokens .* exceed max_len=24"):
+        net(Variable(np.zeros((1, 30), np.int64)))
+    train = get_dataset("python-source", "train", seq_len=16, max_chars=20_000)
+    model = Model(net, create_communicator("mpi", MPI.COMM_SELF))
+    model.compile("adam", lr=0.01, clip_norm=1.0)
+    history = model.fit(train, epochs=1, batch_size=32, verbose=False)
+    assert history.history["loss"][0] < math.log(98)  # below the uniform guess after one epoch
