@@ -1,7 +1,8 @@
-"""Recurrent cells as fused ops, plus the sequence plumbing ops (split into steps, stack steps).
+"""Recurrent cells and layers as ops: the cell steps, a whole layer direction over a sequence
+(``Recurrence``), and the plumbing (split a sequence into steps, stack steps).
 
-One op per cell step, with its gate math written out forward and backward (PyTorch's gate order
-and formulas, so weights copy over from torch.nn.LSTM/GRU unchanged):
+The gate math is written out forward and backward once (PyTorch's gate order and formulas, so
+weights copy over from torch.nn.LSTM/GRU unchanged):
 
   LSTM: g = x W_ih^T + b_ih + h W_hh^T + b_hh, split (i, f, g, o):
         c' = sigmoid(f) c + sigmoid(i) tanh(g);  h' = sigmoid(o) tanh(c')
@@ -9,9 +10,11 @@ and formulas, so weights copy over from torch.nn.LSTM/GRU unchanged):
         r = sigmoid(gx_r + gh_r); z = sigmoid(gx_z + gh_z); n = tanh(gx_n + r gh_n)
         h' = (1 - z) n + z h
 
-The input projections x W_ih^T of all steps are one matmul done before the loop (the layer in
-mpinet.nn.recurrent does it); the cell op is only the elementwise part, which on the GPU is one
-kernel each way (mpinet.kernels.recurrent). The NumPy code here is the reference for it.
+The NumPy functions ``*_reference`` are the specification; on CuPy arrays one fused kernel each
+way takes their place (mpinet.kernels.recurrent). ``lstm_cell``/``gru_cell`` are single steps
+as autograd ops (nn.LSTMCell, hand-written loops); ``recurrence`` runs a layer direction over
+all steps as one op (nn.LSTM/GRU/RNN), the input projections of all steps being one matmul
+done before it.
 
 Variable length: ``mask`` (N, 1) is 1 for sequences still running at this step and 0 past their
 end. Past the end the state is carried unchanged and the step's output is 0, so padded steps
