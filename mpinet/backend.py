@@ -70,6 +70,24 @@ def gpu_available() -> bool:
         return False
 
 
+def gpu_count() -> int:
+    """How many CUDA GPUs this process can see (0 without any); imports cupy only where an
+    NVIDIA device node exists."""
+    if not gpu_available():
+        return 0
+    return int(_cupy().cuda.runtime.getDeviceCount())
+
+
+def gpu_identity(local_rank: int) -> str | None:
+    """The PCI bus id of the GPU ``select_device(local_rank)`` would pick (None without a GPU):
+    two ranks with the same id would share one GPU, which NCCL refuses. Ids, not counts, so a
+    launcher that shows each rank only its own GPU (CUDA_VISIBLE_DEVICES per rank) is fine."""
+    n = gpu_count()
+    if n == 0:
+        return None
+    return str(_cupy().cuda.Device(local_rank % n).pci_bus_id)
+
+
 def select_device(local_rank: int = 0, device: str | None = None) -> Backend:
     """Choose CPU or GPU for this process and make it current.
 

@@ -28,7 +28,7 @@ def sample_text(net, prompt: str, length: int, temperature: float = 0.8, seed: i
 def report_language_model(model, final: dict, cfg: dict, rank: int) -> dict:
     """The CLI's end of a language-model run: val bits per character, and a sample if asked."""
     final = dict(final, bpc=final["loss"] / math.log(2))
-    if cfg.get("sample") and rank == 0:
+    if cfg["sample"] and rank == 0:
         print("sample:\n" + sample_text(model.network, cfg["sample_prompt"], int(cfg["sample"]),
                                         float(cfg["temperature"]), int(cfg["seed"])), flush=True)
     return final

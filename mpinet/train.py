@@ -16,28 +16,30 @@ import json
 import os
 import sys
 
-DEFAULTS = {
-    "model": "mlp", "dataset": "digits", "data_dir": None, "epochs": 30, "batch_size": 32,
-    "lr": 0.05, "optimizer": "sgd", "momentum": 0.9, "weight_decay": 0.0, "nesterov": False,
-    "schedule": "constant", "warmup_steps": 0, "scale_lr": False, "base_batch": 256,
-    "label_smoothing": 0.0, "precision": "fp32", "comm": "auto", "device": "auto",
-    "dp_mode": "backward", "bucket_mb": 25.0, "grad_dtype": None, "accumulation_steps": 1,
-    "augment": False, "sync_batchnorm": False, "checkpoint_dir": None, "checkpoint_every": 0,
-    "keep_checkpoints": 3, "resume": None, "seed": 0, "metrics": None, "log_every": 10,
-    "train_samples": None, "quiet": False, "save_weights": None, "model_opt": None,
-    "cuda_graph": False, "cudnn_benchmark": False, "deterministic": False,
-}
-# Clipping and sequence models (issue 18): flags of their own block, defaults here.
-DEFAULTS.update({"clip_norm": None, "clip_value": None, "seq_len": 128,
-                 "sample": 0, "temperature": 0.8, "sample_prompt": "def "})
+from mpinet.training.config import DEFAULTS, ConfigError, TrainConfig  # noqa: F401 - re-exported
 
 
-class ConfigError(ValueError):
-    """A bad flag or config value; reported once, by rank 0, before training starts."""
+class RankParser(argparse.ArgumentParser):
+    """argparse that speaks once per job: only rank 0 prints (help, usage errors), and a usage
+    error is one line, exit code 2, on every rank (each rank parses the same flags)."""
+
+    def __init__(self, *args, rank: int = 0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.rank = rank
+
+    def _print_message(self, message, file=None):
+        if self.rank == 0:
+            super()._print_message(message, file)
+
+    def error(self, message):
+        if self.rank == 0:
+            print(f"mpinet.train: error: {message} (see --help)", file=sys.stderr, flush=True)
+        sys.exit(2)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+def build_parser(rank: int = 0) -> argparse.ArgumentParser:
+    p = RankParser(
+        rank=rank,
         prog="python -m mpinet.train",
         description="Train an mpinet zoo model, data-parallel under mpirun/srun. With no flags: "
                     "an MLP on scikit-learn's bundled digits (no download).",
@@ -116,40 +118,26 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--metrics", help="JSON-lines metrics file (rank 0 writes)")
     g.add_argument("--log-every", type=int)
     g.add_argument("--quiet", action="store_true", default=None, help="no progress bar")
+    add_reliability_flags(p)
     return p
 
 
-def load_config(argv=None) -> dict:
-    """Defaults < --config file < command-line flags."""
-    args = vars(build_parser().parse_args(argv))
-    cfg = dict(DEFAULTS)
-    path = args.pop("config")
-    if path:
-        cfg.update(_read_config_file(path))
-    cfg.update({k: v for k, v in args.items() if v is not None})
-    return cfg
+def add_reliability_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("reliability (README: Reliability)")
+    g.add_argument("--comm-timeout", type=float, metavar="SECONDS",
+                   help="abort the job, naming the missing ranks, their host and the op, when a "
+                        "collective waits longer than this (default: $MPINET_COMM_TIMEOUT, else "
+                        "600). A rank that is stopped, dead or cut off is named sooner, after "
+                        "$MPINET_COMM_HEARTBEAT_TIMEOUT (default 30) s without a heartbeat")
+    g.add_argument("--straggler-warn", type=float, metavar="SECONDS",
+                   help="warn when the slowest rank runs more than this many seconds behind the "
+                        "median rank in a logging window (the slowest rank and its lag are "
+                        "logged every window: slowest_rank, straggler_s)")
 
 
-def _read_config_file(path: str) -> dict:
-    if not os.path.isfile(path):
-        raise ConfigError(f"--config {path!r}: no such file")
-    with open(path, "rb") as f:
-        raw = f.read()
-    try:
-        if path.endswith(".toml"):
-            import tomllib  # noqa: PLC0415
-
-            data = tomllib.loads(raw.decode())
-        else:
-            data = json.loads(raw)
-    except Exception as e:  # noqa: BLE001 - any parse error becomes a config error
-        raise ConfigError(f"--config {path!r} is not valid {'TOML' if path.endswith('.toml') else 'JSON'}: {e}")
-    data = {k.replace("-", "_"): v for k, v in data.items()}
-    unknown = sorted(set(data) - set(DEFAULTS))
-    if unknown:
-        raise ConfigError(f"--config {path!r} has unknown keys {unknown}; valid keys: "
-                          f"{sorted(DEFAULTS)}")
-    return data
+def load_config(argv=None, rank: int = 0) -> TrainConfig:
+    """Defaults < --config file < command-line flags, typed and checked (ConfigError)."""
+    return TrainConfig.from_args(vars(build_parser(rank).parse_args(argv)))
 
 
 def validate(cfg: dict) -> None:
@@ -165,11 +153,6 @@ def validate(cfg: dict) -> None:
                           f"{', '.join(DATASET_NAMES)}")
     if cfg["data_dir"] is not None and not os.path.isdir(cfg["data_dir"]):
         raise ConfigError(f"--data-dir {cfg['data_dir']!r} does not exist or is not a directory")
-    for key in ("epochs", "batch_size", "accumulation_steps", "log_every", "base_batch"):
-        if int(cfg[key]) <= 0:
-            raise ConfigError(f"--{key.replace('_', '-')} must be > 0, got {cfg[key]}")
-    if cfg["lr"] <= 0:
-        raise ConfigError(f"--lr must be > 0, got {cfg['lr']}")
     if cfg["checkpoint_every"] and not cfg["checkpoint_dir"]:
         raise ConfigError("--checkpoint-every needs --checkpoint-dir")
     if cfg["resume"] == "auto" and not cfg["checkpoint_dir"]:
@@ -180,14 +163,10 @@ def validate(cfg: dict) -> None:
 
 
 def _validate_sequence_flags(cfg: dict) -> None:
-    """The flags of issue 18's block: clipping bounds, text windows, sampling."""
+    """Text data sets need a language model, and --sample one on a text data set (the
+    values themselves are checked by TrainConfig)."""
     from mpinet.data.registry import dataset_options  # noqa: PLC0415
 
-    for key in ("clip_norm", "clip_value"):
-        if cfg[key] is not None and not cfg[key] > 0:
-            raise ConfigError(f"--{key.replace('_', '-')} must be > 0, got {cfg[key]}")
-    if int(cfg["seq_len"]) < 1:
-        raise ConfigError(f"--seq-len must be >= 1, got {cfg['seq_len']}")
     text = "seq_len" in dataset_options(cfg["dataset"])
     language_models = ("char-lstm", "char-transformer")
     if text and cfg["model"] not in language_models:
@@ -290,10 +269,30 @@ def setup(cfg: dict, comm):
     return model, train, test, transform, eval_transform
 
 
+def _one_line(e: Exception) -> str:
+    text = str(e) if isinstance(e, ConfigError) else f"{type(e).__name__}: {e}"
+    return " ".join(text.split())  # one line, whatever the message held
+
+
+def _all_fine(world, error, limit: float, deadline) -> bool:
+    """Collective: False (after rank 0 printed the first error, once) if any rank has one."""
+    with deadline("start-up (exchanging configuration errors)", limit, world):
+        errors = world.allgather(error)
+    if not any(errors):
+        return True
+    if world.Get_rank() == 0:
+        first = next(i for i, e in enumerate(errors) if e)
+        where = "" if all(e == errors[first] for e in errors) else f" (on rank {first})"
+        print(f"mpinet.train: error{where}: {errors[first]}", file=sys.stderr, flush=True)
+    return False
+
+
 def main(argv=None) -> int:
     from mpinet import backend  # noqa: PLC0415
     from mpinet.comm import create_communicator, topology  # noqa: PLC0415
-    from mpinet.comm.failure import install_abort_handler  # noqa: PLC0415
+    from mpinet.comm.base import env_timeout_s  # noqa: PLC0415
+    from mpinet.comm.failure import deadline, install_abort_handler  # noqa: PLC0415
+    from mpinet.training import preflight  # noqa: PLC0415
     from mpi4py import MPI  # noqa: PLC0415
 
     from mpinet.training.preemption import PreemptionFlag  # noqa: PLC0415
@@ -306,31 +305,65 @@ def main(argv=None) -> int:
     preemption = PreemptionFlag()
     preemption.install()
 
+    # Phase 1, no communication (an error on one rank must not strand the others in a
+    # collective): flags, config file, paths, resume.
     error = None
+    limit = env_timeout_s()
     try:
-        cfg = load_config(argv)
+        cfg = load_config(argv, rank)
+        limit = cfg.comm_timeout or limit
         validate(cfg)
-        topo = topology.build(world)[0]
-        backend.select_device(topo.local_rank, cfg["device"])
-        apply_device_options(cfg)
-        comm = create_communicator(cfg["comm"], world)
-        model, train, test, transform, eval_transform = setup(cfg, comm)
-    except SystemExit:  # argparse already printed usage (same on every rank)
+        preflight.check_output_paths(cfg)
+        if rank == 0:  # reads (and checksums) the checkpoint files once, not once per rank
+            preflight.check_resume(cfg)
+    except SystemExit:  # argparse: rank 0 printed one line; every rank exits 2
         raise
     except (ConfigError, ValueError, OSError, KeyError) as e:
-        error = f"{type(e).__name__}: {e}" if not isinstance(e, ConfigError) else str(e)
-    errors = world.allgather(error)
-    if any(errors):
-        if rank == 0:
-            first = next(i for i, e in enumerate(errors) if e)
-            where = "" if all(e == errors[first] for e in errors) else f" (on rank {first})"
-            print(f"mpinet.train: error{where}: {errors[first]}", file=sys.stderr, flush=True)
+        error = _one_line(e)
+    if not _all_fine(world, error, limit, deadline):
+        return 2
+
+    # Phase 2: devices against ranks (one node's answer may differ from another's, so every
+    # rank first learns every rank's GPU, then all judge the same list).
+    with deadline("start-up (ranks per node)", limit, world):
+        topo = topology.build(world)[0]
+    host = MPI.Get_processor_name()
+    try:
+        gpus = backend.gpu_count() if cfg.device != "cpu" else 0
+        mine = (host, backend.gpu_identity(topo.local_rank) if gpus else None)
+    except Exception:  # noqa: BLE001 - a broken driver: judged below as "no usable GPU"
+        gpus, mine = 0, (host, None)
+    with deadline("start-up (GPU placement)", limit, world):
+        placements = world.allgather(mine)  # every rank then judges the same list
+    try:
+        preflight.check_device(cfg, topo.local_size, host, gpus)
+        preflight.check_gpu_sharing(cfg, placements)
+    except ConfigError as e:
+        error = _one_line(e)
+    if not _all_fine(world, error, limit, deadline):
+        return 2
+
+    # Phase 3: devices, communicator, data and model (collective).
+    try:
+        backend.select_device(topo.local_rank, cfg["device"])
+        apply_device_options(cfg)
+        comm = create_communicator(cfg["comm"], world, timeout_s=cfg.comm_timeout)
+        model, train, test, transform, eval_transform = setup(cfg, comm)
+        model.straggler_warn = cfg.straggler_warn
+    except (ConfigError, ValueError, OSError, KeyError) as e:
+        error = _one_line(e)
+    if not _all_fine(world, error, limit, deadline):
         return 2
 
     if rank == 0 and not cfg["quiet"]:
         print(f"mpinet: {cfg['model']} on {cfg['dataset']} ({len(train)} train / {len(test)} "
               f"test), {comm.size} rank(s), comm={comm.name}, device={backend.current()}, "
               f"batch {cfg['batch_size']}/rank, precision {cfg['precision']}", flush=True)
+        if comm.size > 1:  # so a launcher's "PID n RUNNING AT host" can be traced to a rank
+            places = comm.places()
+            shown = ", ".join(f"{r} {h}:{p}" for r, (h, p) in enumerate(places[:16]))
+            print(f"mpinet: ranks (host:pid): {shown}{' ...' if len(places) > 16 else ''}",
+                  flush=True)
     model.fit(train, epochs=cfg["epochs"], batch_size=cfg["batch_size"], validation_data=test,
               seed=cfg["seed"], transform=transform, eval_transform=eval_transform,
               accumulation_steps=cfg["accumulation_steps"],
@@ -340,7 +373,7 @@ def main(argv=None) -> int:
               preemption_flag=preemption)
     if model.preempted:
         return 0  # checkpoint written; a requeued job resumes with --resume auto
-    if world.allreduce(preemption.raised is not None, op=MPI.LOR):
+    if comm.allreduce_obj(preemption.raised is not None, op="lor"):
         # Signalled after the last step: training is complete and its final checkpoint (epoch
         # end) is written; skip the final evaluation and exit cleanly.
         if rank == 0:

@@ -79,7 +79,7 @@ def test_unknown_config_key_is_one_clear_error(tmp_path):
     proc, _ = run_train(2, "--config", str(config), timeout=60)
     errors = [l for l in proc.stderr.splitlines() if l.startswith("mpinet.train: error")]
     assert proc.returncode == 2 and len(errors) == 1, proc.stderr[-2000:]
-    assert "unknown keys ['modle']" in errors[0]
+    assert "unknown key 'modle'; did you mean 'model'?" in errors[0]
 
 
 @pytest.mark.parametrize("flag, setting", [("--cudnn-benchmark", "benchmark"),

@@ -151,6 +151,9 @@ def _read_verified(path: str, name: str, expect: dict) -> bytes:
             data = f.read()
     except FileNotFoundError:
         raise CheckpointError(f"{file_path}: missing from the checkpoint") from None
+    except IsADirectoryError:
+        raise CheckpointError(f"{file_path}: a directory where the checkpoint's tensor file "
+                              f"should be; the checkpoint is damaged") from None
     if len(data) != expect["bytes"]:
         raise CheckpointError(f"{file_path}: {len(data)} bytes, expected {expect['bytes']} "
                               f"({'truncated' if len(data) < expect['bytes'] else 'grown'}); "

@@ -15,18 +15,23 @@ It knows arrays only, never layers. Implementations (``comm.name``):
   * ``auto``         CPU -> mpi; GPU on one node -> nccl; GPU on several nodes -> hierarchical,
                      or nccl when $MPINET_NCCL_ACROSS_NODES=1.
 
-No hangs: each wait is bounded by ``timeout_s`` ($MPINET_COMM_TIMEOUT, default 600 s); past it
-the job is aborted with a report naming the op, element count, dtype and the ranks that did not
-arrive. ``debug`` ($MPINET_COMM_DEBUG=1) checks before each collective that every rank issues
-the same op, shape and dtype, and raises naming the first mismatching rank.
+No hangs: each wait (object collectives and communicator setup included) is bounded by
+``timeout_s`` ($MPINET_COMM_TIMEOUT, or ``--comm-timeout``; default 600 s); past it the job is
+aborted with a report naming the op, element count, dtype and the ranks that did not arrive,
+with their host and pid. A rank that has not arrived and whose heartbeat has stopped (stopped,
+dead, cut off) ends the job sooner: after $MPINET_COMM_HEARTBEAT_TIMEOUT (default 30 s).
+No silent mismatch: every collective posts a tiny signature check (op, element count, dtype,
+sequence number); a rank that entered a different collective raises ``CommError`` naming both
+sides ($MPINET_COMM_CHECK=0 turns it off, for measuring its cost). ``debug``
+($MPINET_COMM_DEBUG=1) also compares shapes, before each collective.
 """
 from __future__ import annotations
 
 import os
 
 from mpinet import backend
-from mpinet.comm import topology
-from mpinet.comm.base import CommError, Communicator, Handle, wait_all
+from mpinet.comm import failure, topology
+from mpinet.comm.base import CommError, Communicator, Handle, env_timeout_s, wait_all
 from mpinet.comm.topology import Topology
 
 IMPLS = ("auto", "mpi", "nccl", "hierarchical")
@@ -47,17 +52,19 @@ def create_communicator(impl: str = "auto", mpi_comm=None, timeout_s=None,
         from mpi4py import MPI  # noqa: PLC0415 - importing mpi4py initialises MPI
 
         mpi_comm = MPI.COMM_WORLD
-    layout = topology.build(mpi_comm)
-    if impl == "auto":
-        impl = _choose(layout[0])
-    if impl == "mpi":
-        from mpinet.comm.mpi import MpiCommunicator as cls  # noqa: PLC0415
-    elif impl == "nccl":
-        from mpinet.comm.nccl import NcclCommunicator as cls  # noqa: PLC0415
-    else:
-        from mpinet.comm.hierarchical import HierarchicalCommunicator as cls  # noqa: PLC0415
-    return cls(mpi_comm, timeout_s=timeout_s, debug=debug, layout=layout)
-
+    # Creating MPI communicators blocks with no timeout of its own: a timer bounds it.
+    limit = float(timeout_s) if timeout_s is not None else env_timeout_s()
+    with failure.deadline("communicator setup", limit, mpi_comm):
+        layout = topology.build(mpi_comm)
+        if impl == "auto":
+            impl = _choose(layout[0])
+        if impl == "mpi":
+            from mpinet.comm.mpi import MpiCommunicator as cls  # noqa: PLC0415
+        elif impl == "nccl":
+            from mpinet.comm.nccl import NcclCommunicator as cls  # noqa: PLC0415
+        else:
+            from mpinet.comm.hierarchical import HierarchicalCommunicator as cls  # noqa: PLC0415
+        return cls(mpi_comm, timeout_s=timeout_s, debug=debug, layout=layout)
 
 def _choose(topo: Topology) -> str:
     if not backend.current().is_gpu:

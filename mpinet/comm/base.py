@@ -4,9 +4,18 @@ Subclasses (mpi.py, nccl.py, hierarchical.py) implement only the ``_i<op>`` meth
 collective on already-checked arrays; everything a user can get wrong is refused here, with the
 op, shape, dtype and the fix in the message. Blocking collectives are the non-blocking ones plus
 ``wait()``, so one code path carries timeouts and debug checks for both.
+
+Every wait is bounded, the object collectives included: they move encoded bytes (wire.py) with
+non-blocking MPI calls polled against the same deadline as the array collectives. While a wait
+lasts, the peers' heartbeats (arrival.py) are watched, so a stopped, dead or cut-off rank ends
+the job after ``silence_s`` naming it, its host and the op, instead of after the full timeout.
+Every collective also posts a tiny signature check (signature.py): a rank that entered a
+different collective (op, element count, dtype) raises ``CommError`` naming both sides.
 """
 from __future__ import annotations
 
+import functools
+import operator
 import os
 import threading
 import time
@@ -15,34 +24,54 @@ from dataclasses import dataclass
 import numpy as np
 
 from mpinet import backend
-from mpinet.comm import failure, topology
+from mpinet.comm import failure, topology, wire
 from mpinet.comm.arrival import OPS, ArrivalTracker
+from mpinet.comm.signature import ENV as CHECK_ENV
+from mpinet.comm.signature import SignatureCheck
 
 TIMEOUT_ENV = "MPINET_COMM_TIMEOUT"
 DEBUG_ENV = "MPINET_COMM_DEBUG"
+SILENCE_ENV = "MPINET_COMM_HEARTBEAT_TIMEOUT"
 DEFAULT_TIMEOUT_S = 600.0
+DEFAULT_SILENCE_S = 30.0
+WATCH_EVERY_S = 0.5  # how often a long wait looks at the peers' heartbeats
 
 DTYPE_NAMES = ("float16", "bfloat16", "float32", "float64", "int32", "int64")
 REDUCE_OPS = ("sum", "mean")
 OBJ_REDUCE_OPS = ("sum", "max", "min", "lor", "land")
+_SIG_REDUCE = REDUCE_OPS + OBJ_REDUCE_OPS[1:]  # reduce-op codes in signatures
+_OBJ_REDUCERS = {"sum": operator.add, "max": max, "min": min,
+                 "lor": lambda a, b: bool(a) or bool(b), "land": lambda a, b: bool(a) and bool(b)}
 
 
 class CommError(RuntimeError):
     """A collective was called wrongly (same on every rank, so raising cannot strand a peer)."""
 
 
-def env_timeout_s() -> float:
-    raw = os.environ.get(TIMEOUT_ENV, "").strip()
+def _env_seconds(name: str, default: float) -> float:
+    raw = os.environ.get(name, "").strip()
     if not raw:
-        return DEFAULT_TIMEOUT_S
+        return default
     try:
         value = float(raw)
     except ValueError:
-        raise ValueError(f"${TIMEOUT_ENV}={raw!r} is not a number of seconds; "
-                         f"set e.g. {TIMEOUT_ENV}=600 or unset it") from None
-    if value <= 0:
-        raise ValueError(f"${TIMEOUT_ENV}={raw!r} must be positive seconds")
+        raise ValueError(f"${name}={raw!r} is not a number of seconds; "
+                         f"set e.g. {name}={default:g} or unset it") from None
+    if not value > 0 or value == float("inf"):
+        raise ValueError(f"${name}={raw!r} must be a positive, finite number of seconds")
     return value
+
+
+def env_timeout_s() -> float:
+    return _env_seconds(TIMEOUT_ENV, DEFAULT_TIMEOUT_S)
+
+
+def env_silence_s() -> float:
+    return _env_seconds(SILENCE_ENV, DEFAULT_SILENCE_S)
+
+
+def env_check() -> bool:
+    return os.environ.get(CHECK_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
 
 
 def env_debug() -> bool:
@@ -99,8 +128,15 @@ def wait_all(handles) -> list:
     return [h.wait() for h in handles]
 
 
+_DTYPE_NAME_CACHE: dict = {}
+
+
 def _dtype_name(dtype) -> str:
-    return np.dtype(dtype).name
+    # Cached: numpy's dtype.name is slow (microseconds), and every collective asks twice.
+    name = _DTYPE_NAME_CACHE.get(dtype)
+    if name is None:
+        name = _DTYPE_NAME_CACHE[dtype] = np.dtype(dtype).name
+    return name
 
 
 class Communicator:
@@ -109,23 +145,32 @@ class Communicator:
     name = "base"
     dtypes: tuple[str, ...] = DTYPE_NAMES
 
-    def __init__(self, mpi_comm=None, timeout_s=None, debug=None, layout=None):
+    def __init__(self, mpi_comm=None, timeout_s=None, debug=None, layout=None, check=None):
         if mpi_comm is None:
             from mpi4py import MPI  # noqa: PLC0415
 
             mpi_comm = MPI.COMM_WORLD
         self.mpi_comm = mpi_comm
         self.timeout_s = float(timeout_s) if timeout_s is not None else env_timeout_s()
+        # A peer whose heartbeat stops ends the job after this long (never longer than timeout).
+        self.silence_s = min(env_silence_s(), self.timeout_s)
         self.debug = bool(debug) if debug is not None else env_debug()
-        topo, self._local_comm, self._cross_comm = layout or topology.build(mpi_comm)
+        self.check = bool(check) if check is not None else env_check()
+        self.waited_s = 0.0  # host time spent blocked in this communicator's waits (stragglers)
+        # Communicator creation is blocking MPI with no non-blocking form: bound it by a timer.
+        with failure.deadline("communicator setup", self.timeout_s, mpi_comm):
+            topo, self._local_comm, self._cross_comm = layout or topology.build(mpi_comm)
+            # Control messages (object collectives, barrier, debug signatures) get their own
+            # comm so they can never match a data collective that a peer has posted.
+            self._ctl = mpi_comm.Dup()
+            self._sig_comm = mpi_comm.Dup()
+            self._tracker = ArrivalTracker(self._ctl, self.timeout_s)
         self.topology = topo
         self.rank, self.size = topo.rank, topo.size
         self.local_rank, self.local_size = topo.local_rank, topo.local_size
         self.node, self.num_nodes = topo.node, topo.num_nodes
-        # Control messages (object collectives, barrier, debug signatures) get their own comm so
-        # they can never match a data collective that a peer has posted.
-        self._ctl = mpi_comm.Dup()
-        self._tracker = ArrivalTracker(self._ctl)
+        self._sig = SignatureCheck(self._sig_comm, self._poll_bounded, OPS, DTYPE_NAMES,
+                                   _SIG_REDUCE)
 
     def __repr__(self):
         return (f"<{type(self).__name__} {self.name} rank {self.rank}/{self.size} "
@@ -134,12 +179,22 @@ class Communicator:
     def close(self) -> None:
         """Free the MPI resources (collective: every rank calls it). Optional: exit frees too."""
         self._drain()
-        for c in self._owned_comms():
-            c.Free()
-        self._tracker.free()
+        self._sig.settle_all()
+        with failure.deadline("closing the communicator", self.timeout_s, self.mpi_comm):
+            for c in self._owned_comms():
+                c.Free()
+            self._tracker.free()
 
     def _owned_comms(self) -> list:
-        return [self._ctl, self._local_comm, self._cross_comm]
+        return [self._ctl, self._sig_comm, self._local_comm, self._cross_comm]
+
+    def host_of(self, rank: int) -> str:
+        """The host name rank ``rank`` (of this communicator) runs on."""
+        return self._tracker.hosts[rank]
+
+    def places(self) -> list[tuple[str, int]]:
+        """(host, pid) of every rank: maps a launcher's "PID ... RUNNING AT host" to a rank."""
+        return list(zip(self._tracker.hosts, self._tracker.pids, strict=True))
 
     # ---- checks -------------------------------------------------------------------------------
 
@@ -188,14 +243,21 @@ class Communicator:
     # ---- bookkeeping every collective goes through ---------------------------------------------
 
     def _enter(self, op: str, x=None, reduce_op: str = "", root: int = -1) -> OpInfo:
-        """Record arrival (for timeout reports) and, in debug mode, check all ranks agree."""
+        """Record arrival (for timeout reports), post the signature check, and in debug mode
+        check shapes on every rank right away."""
         seq = self._tracker.enter(op)
         count = int(x.size) if x is not None else 0
         dtype = _dtype_name(x.dtype) if x is not None else "object"
+        detail = (f", op={reduce_op}" if reduce_op else "") + (f", root={root}" if root >= 0 else "")
+        info = OpInfo(self.name, op, seq, count, dtype, detail)
+        if self.check and not self.debug:  # debug mode's check below is stricter and eager
+            self._sig.settle_finished()
+            self._sig.post(info, (seq, OPS.index(op),
+                                  DTYPE_NAMES.index(dtype) if x is not None else -1, count,
+                                  _SIG_REDUCE.index(reduce_op) if reduce_op else -1, root))
         if self.debug:
             self._debug_check(seq, op, x, reduce_op, root)
-        detail = (f", op={reduce_op}" if reduce_op else "") + (f", root={root}" if root >= 0 else "")
-        return OpInfo(self.name, op, seq, count, dtype, detail)
+        return info
 
     def _debug_check(self, seq, op, x, reduce_op, root) -> None:
         # Signature: seq, op, dtype, reduce op, root, ndim, shape[:6] (-1 padded), element count.
@@ -210,7 +272,7 @@ class Communicator:
         sigs = np.empty((self.size, 13), np.int64)
         req = self._ctl.Iallgather(sig, sigs)
         info = OpInfo(self.name, f"{op} (debug signature check)", seq, 13, "int64")
-        self._wait_requests([req], info)
+        self._poll_bounded([req], info)
         bad = [r for r in range(self.size) if not np.array_equal(sigs[r], sigs[0])]
         if bad:
             raise CommError(f"collective mismatch at collective #{seq}: rank 0 calls "
@@ -219,13 +281,83 @@ class Communicator:
                             f"every rank must issue the same collectives in the same order")
 
     def _wait_requests(self, reqs, info: OpInfo) -> None:
-        """Poll MPI requests to completion, or abort the job with a report after timeout_s."""
+        """Finish a collective: settle its signature check (a mismatch raises CommError before
+        its possibly wrong result is used), then poll its requests, bounded."""
         from mpi4py import MPI  # noqa: PLC0415
 
-        if not poll(lambda: MPI.Request.Testall(reqs), time.monotonic() + self.timeout_s):
-            self._abort_timeout(info)
+        ticket = None
+        if self.check:
+            self._sig.settle_through(info.seq - 1)  # earlier ones: normally complete already
+            ticket = self._sig.take(info.seq)
+        if ticket is None:
+            self._poll_bounded(reqs, info)
+            return
+        checked = []
 
-    def _abort_timeout(self, info: OpInfo, extra: str = "") -> None:
+        def test():  # one poll loop for both: no extra round of scheduling for the check
+            if not checked:
+                if not ticket.req.Test():
+                    return False
+                checked.append(True)
+                self._sig.check(ticket)  # raises CommError on a mismatch, before the data
+            return MPI.Request.Testall(reqs)
+
+        self.wait_until(test, info)
+
+    def _settle_checks(self) -> None:
+        """Settle every posted signature check (before host-synchronising calls)."""
+        if self.check:
+            self._sig.settle_all()
+
+    def _poll_bounded(self, reqs, info: OpInfo) -> None:
+        """Poll MPI requests to completion, or abort the job with a report: after timeout_s,
+        once a peer has been silent (no heartbeat) for silence_s or is seen stopped or gone, or
+        when MPI reports a failed peer."""
+        from mpi4py import MPI  # noqa: PLC0415
+
+        self.wait_until(lambda: MPI.Request.Testall(reqs), info)
+
+    def wait_until(self, test, info: OpInfo, extra=lambda: "") -> None:
+        """Call ``test()`` until true; the bounded, watched wait every blocking call goes through.
+        ``extra()`` adds detail to a timeout report (e.g. which stage was stuck)."""
+        self._tracker.waiting(info.seq)
+        start = time.monotonic()
+        try:
+            self._watched_poll(test, info, extra)
+        finally:
+            self._tracker.waiting(0)
+            self.waited_s += time.monotonic() - start
+
+    def _watched_poll(self, test, info, extra) -> None:
+        from mpi4py import MPI  # noqa: PLC0415
+
+        start = time.monotonic()
+        deadline = start + self.timeout_s
+        watching = False
+        while True:
+            try:
+                if poll(test, min(deadline, time.monotonic() + WATCH_EVERY_S)):
+                    return
+            except MPI.Exception as err:  # a peer failed and MPI noticed (launcher kept us alive)
+                self._abort_timeout(info, extra=f"{extra()}; MPI reported: {err}", failed=True)
+            if time.monotonic() >= deadline:
+                self._abort_timeout(info, extra=extra())
+            if not watching:
+                self._tracker.forget_beats()
+                watching = True
+            silent = self._tracker.silent_ranks(self.silence_s)
+            if silent:
+                failure.abort(f"{info.describe()} cannot complete: {'; '.join(silent)} "
+                              f"(waited {time.monotonic() - start:.1f} s; heartbeat limit "
+                              f"{self.silence_s:g} s, ${SILENCE_ENV}; timeout {self.timeout_s:g} "
+                              f"s, ${TIMEOUT_ENV} or --comm-timeout){extra()}",
+                              before_exit=self._main_thread_before_abort())
+
+    def _main_thread_before_abort(self):
+        return self._before_abort if threading.current_thread() is threading.main_thread() \
+            else None
+
+    def _abort_timeout(self, info: OpInfo, extra: str = "", failed: bool = False) -> None:
         from mpi4py import MPI  # noqa: PLC0415
 
         # The NCCL watchdog calls this from its own thread: reading peers' positions is an MPI
@@ -235,8 +367,9 @@ class Communicator:
             who = self._tracker.missing_report(info.seq)
         else:
             who = "ranks that did not arrive: unknown (MPI lacks THREAD_MULTIPLE for the watchdog)"
-        msg = (f"{info.describe()} did not complete within {self.timeout_s:g} s "
-               f"(${TIMEOUT_ENV}); {who}{extra}")
+        msg = (f"{info.describe()} " + ("failed" if failed else
+               f"did not complete within {self.timeout_s:g} s (${TIMEOUT_ENV} or --comm-timeout)")
+               + f"; {who}{extra}")
         # _before_abort (NCCL abort) frees a stuck GPU stream. Only the main thread may do it:
         # when the NCCL watchdog thread reports, the main thread may be blocked on that very
         # stream, and freeing it lets the main thread run on with an unfinished result before
@@ -310,28 +443,58 @@ class Communicator:
 
     def _gate(self, info: OpInfo) -> None:
         """An Ibarrier polled with the timeout: after it, no peer is missing from the op."""
-        self._wait_requests([self._ctl.Ibarrier()], info)
+        self._settle_checks()
+        self._poll_bounded([self._ctl.Ibarrier()], info)
 
     # ---- small Python values, over the control comm ---------------------------------------------
+    # Encoded by wire.py (no pickle), moved as bytes with non-blocking MPI calls, so they are
+    # bounded and watched exactly like the array collectives.
 
     def bcast_obj(self, obj, root: int = 0):
-        self._gate(self._enter("bcast_obj", root=root))
-        return self._ctl.bcast(obj, root=root)
+        if not 0 <= root < self.size:
+            raise ValueError(f"{self.name} bcast_obj: root={root} is not a rank of this "
+                             f"{self.size}-rank communicator; use 0..{self.size - 1}")
+        info = self._enter("bcast_obj", root=root)
+        self._settle_checks()  # a mismatch is reported before any payload moves
+        return self._bcast_payload(obj, root, info, self._ctl)
 
     def allgather_obj(self, obj) -> list:
-        self._gate(self._enter("allgather_obj"))
-        return self._ctl.allgather(obj)
+        info = self._enter("allgather_obj")
+        self._settle_checks()
+        return self._allgather_payload(obj, info, self._ctl)
 
     def allreduce_obj(self, value, op: str = "sum"):
-        from mpi4py import MPI  # noqa: PLC0415
-
-        ops = {"sum": MPI.SUM, "max": MPI.MAX, "min": MPI.MIN, "lor": MPI.LOR, "land": MPI.LAND}
-        if op not in ops:
+        if op not in OBJ_REDUCE_OPS:
             raise ValueError(f"{self.name} allreduce_obj: op={op!r} is not supported; use one of "
                              f"{', '.join(OBJ_REDUCE_OPS)}")
-        self._gate(self._enter("allreduce_obj", reduce_op=""))
-        result = self._ctl.allreduce(value, op=ops[op])
+        info = self._enter("allreduce_obj", reduce_op=op)
+        self._settle_checks()
+        # Reduced in rank order on every rank: the same result everywhere, bit for bit.
+        values = self._allgather_payload(value, info, self._ctl)
+        result = functools.reduce(_OBJ_REDUCERS[op], values)
         return bool(result) if op in ("lor", "land") else result
+
+    def _bcast_payload(self, obj, root: int, info: OpInfo, comm):
+        """``obj`` of ``root`` on every rank (a fresh copy, root included), bounded."""
+        data = wire.encode(obj) if comm.Get_rank() == root else b""
+        n = np.array([len(data)], np.int64)
+        self._poll_bounded([comm.Ibcast(n, root=root)], info)
+        buf = np.frombuffer(data, np.uint8).copy() if data else np.empty(int(n[0]), np.uint8)
+        self._poll_bounded([comm.Ibcast(buf, root=root)], info)
+        return wire.decode(buf)
+
+    def _allgather_payload(self, obj, info: OpInfo, comm) -> list:
+        """Every rank's ``obj``, in rank order, bounded."""
+        from mpi4py import MPI  # noqa: PLC0415
+
+        data = np.frombuffer(wire.encode(obj), np.uint8)
+        sizes = np.empty(comm.Get_size(), np.int64)
+        self._poll_bounded([comm.Iallgather(np.array([data.size], np.int64), sizes)], info)
+        displs = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+        recv = np.empty(int(sizes.sum()), np.uint8)
+        self._poll_bounded([comm.Iallgatherv(data, [recv, (sizes.tolist(), displs.tolist()),
+                                                    MPI.BYTE])], info)
+        return [wire.decode(recv[d:d + n]) for d, n in zip(displs, sizes, strict=True)]
 
     # ---- implemented by subclasses -------------------------------------------------------------
 

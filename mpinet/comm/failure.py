@@ -6,6 +6,7 @@ then call MPI_Abort, which the launcher (mpirun, mpiexec, srun) turns into the e
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import threading
@@ -51,6 +52,22 @@ def _abort_now(comm, code: int, before_exit=None):
     # MPICH's MPI_Abort was seen to return while the launcher tears the job down; this rank
     # must not run on (it would print results or enter the next collective), so exit now.
     os._exit(code)
+
+
+@contextlib.contextmanager
+def deadline(what: str, seconds: float, mpi_comm=None):
+    """Bound a blocking MPI call that has no non-blocking form (communicator creation, window
+    allocation): if the block takes longer than ``seconds``, a timer thread reports and aborts
+    the job (MPI_Abort from a second thread: mpi4py initialises MPI_THREAD_MULTIPLE)."""
+    timer = threading.Timer(seconds, lambda: abort(
+        f"{what} did not complete within {seconds:g} s ($MPINET_COMM_TIMEOUT or "
+        f"--comm-timeout): a rank is stopped, dead or unreachable", mpi_comm=mpi_comm))
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
 
 
 def install_abort_handler(mpi_comm=None) -> None:

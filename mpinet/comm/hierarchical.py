@@ -25,12 +25,10 @@ they use MPI over the world; on GPU they are staged through host memory over wor
 """
 from __future__ import annotations
 
-import time
-
 import numpy as np
 
 from mpinet import backend
-from mpinet.comm.base import Communicator, Handle, OpInfo, poll
+from mpinet.comm.base import Communicator, Handle, OpInfo
 from mpinet.comm.mpi import (RequestsHandle, buffer_and_op, divide_by, post_allgather,
                              post_bcast, post_reduce_scatter)
 from mpinet.comm.nccl import NCCL_AVG, NCCL_SUM, NCCL_TYPES, DeviceLane, EventHandle
@@ -85,10 +83,11 @@ class StagedHandle(Handle):
     def wait(self):
         if not self.done:
             comm = self._comm
-            if not poll(lambda: comm._advance(upto=self) or self.done,
-                        time.monotonic() + comm.timeout_s):
-                comm._abort_timeout(self._info, extra=f" (stuck in stage {self.started} of "
-                                                      f"{len(self._stages) or '?'})")
+            if comm.check:
+                comm._sig.settle_through(self._info.seq)
+            comm.wait_until(lambda: comm._advance(upto=self) or self.done, self._info,
+                            extra=lambda: f" (stuck in stage {self.started} of "
+                                          f"{len(self._stages) or '?'})")
         return self._result
 
 
@@ -97,7 +96,8 @@ class HierarchicalCommunicator(Communicator):
 
     def __init__(self, mpi_comm=None, timeout_s=None, debug=None, layout=None):
         super().__init__(mpi_comm, timeout_s, debug, layout)
-        sizes = set(self._ctl.allgather(self.local_size))
+        setup = OpInfo(self.name, "setup (ranks per node)", 0, 1, "object")
+        sizes = set(self._allgather_payload(self.local_size, setup, self._ctl))
         if len(sizes) != 1:
             raise ValueError(f"hierarchical: nodes have different numbers of ranks "
                              f"({sorted(sizes)}); the shards would not line up across nodes. "
@@ -122,9 +122,7 @@ class HierarchicalCommunicator(Communicator):
     def _drain(self):
         info = OpInfo(self.name, "barrier (finishing queued collectives)", self._tracker.seq, 0, "-")
         for h in list(self._pending):
-            if not poll(lambda: self._advance(upto=h) or h.done,
-                        time.monotonic() + self.timeout_s):
-                self._abort_timeout(h._info)
+            self.wait_until(lambda h=h: self._advance(upto=h) or h.done, h._info)
         if self._lane.nccl is not None:
             self._lane.drain(info)
 

@@ -60,6 +60,8 @@ class RequestsHandle(Handle):
         from mpi4py import MPI  # noqa: PLC0415
 
         if not self._done and MPI.Request.Testall(self._reqs):
+            if self._comm.check:  # its signature check completes beside it (done: no wait)
+                self._comm._sig.settle_through(self._info.seq)
             self._complete()
         return self._done
 

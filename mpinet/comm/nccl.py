@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import collections
 import os
+import socket
 import threading
 import time
 
 from mpinet import backend
-from mpinet.comm.base import Communicator, Handle, OpInfo, poll
+from mpinet.comm import failure
+from mpinet.comm.base import Communicator, Handle, OpInfo
 
 # ncclDataType_t / ncclRedOp_t values (stable NCCL ABI; cupy does not export AVG or BFLOAT16 in
 # every version).
@@ -68,10 +70,24 @@ class DeviceLane:
             # NCCL init blocks until every rank joins: gate with a timed barrier first so a
             # missing rank is reported instead of hanging in ncclCommInitRank.
             rank, size = self._mpi.Get_rank(), self._mpi.Get_size()
-            self._owner._gate(OpInfo(self._owner.name, "NCCL communicator setup", 0, 0, "-"))
-            uid = self._mpi.bcast(nccl.get_unique_id() if rank == 0 else None, root=0)
+            setup = OpInfo(self._owner.name, "NCCL communicator setup", 0, 0, "-")
+            self._owner._gate(setup)
+            # Two ranks on one GPU would fail inside NCCL (NCCL_ERROR_INVALID_USAGE, then an
+            # abort): every rank sees the same list, so every rank refuses alike, in words.
+            places = self._owner._allgather_payload(
+                (socket.gethostname(), str(cp.cuda.Device().pci_bus_id)), setup, self._mpi)
+            if len(set(places)) < len(places):
+                host, gpu = next(p for p in places if places.count(p) > 1)
+                ranks = [r for r, p in enumerate(places) if p == (host, gpu)]
+                raise ValueError(f"{self._owner.name}: ranks {ranks} (of this communicator) on "
+                                 f"host {host} all use GPU {gpu}; NCCL needs one GPU per rank. "
+                                 f"Start at most as many ranks per node as it has GPUs, and call "
+                                 f"backend.select_device(local_rank) on each")
+            uid = self._owner._bcast_payload(nccl.get_unique_id() if rank == 0 else None, 0,
+                                             setup, self._mpi)
             self.device_id = cp.cuda.Device().id
-            self.nccl = nccl.NcclCommunicator(size, uid, rank)
+            with failure.deadline("NCCL communicator setup", self._owner.timeout_s):
+                self.nccl = nccl.NcclCommunicator(size, uid, rank)
             self.stream = cp.cuda.Stream(non_blocking=True, priority=_stream_priority())
             self.avg = nccl.get_version() >= _AVG_MIN_VERSION
             threading.Thread(target=self._watchdog, args=(self.device_id,),
@@ -116,8 +132,7 @@ class DeviceLane:
             self._check_async(info)
             return event.done
 
-        if not poll(finished, time.monotonic() + self._owner.timeout_s):
-            self._owner._abort_timeout(info, extra="; the NCCL stream is still busy")
+        self._owner.wait_until(finished, info, extra=lambda: "; the NCCL stream is still busy")
 
     def drain(self, info: OpInfo) -> None:
         with self._lock:

@@ -7,7 +7,7 @@ from .activation import (ACTIVATIONS, ELU, GELUTanh, Hardswish, Mish, ReLU6, SiL
 from .basic import Flatten, Identity
 from .dropout import Dropout
 from .linear import Linear
-from .normalization import BatchNorm1d, BatchNorm2d, LayerNorm
+from .normalization import BatchNorm1d, BatchNorm2d, LayerNorm, LocalResponseNorm
 from .attention import MultiheadAttention
 from .embedding import Embedding
 from .recurrent import GRU, LSTM, RNN, GRUCell, LSTMCell
@@ -15,7 +15,8 @@ from .pooling import AdaptiveAvgPool2d, AvgPool2d, GlobalAvgPool2d, MaxPool2d, U
 
 __all__ = ["Module", "Sequential"]
 __all__ += ["Linear", "ReLU", "LeakyReLU", "PReLU", "Sigmoid", "Tanh", "GELU", "Softmax",
-            "LogSoftmax", "Dropout", "BatchNorm1d", "BatchNorm2d", "Flatten", "Identity"]
+            "LogSoftmax", "Dropout", "BatchNorm1d", "BatchNorm2d", "LocalResponseNorm", "Flatten",
+            "Identity"]
 __all__ += ["ELU", "SiLU", "Softplus", "Hardswish", "ReLU6", "Mish", "GELUTanh", "ACTIVATIONS",
             "get_activation"]
 __all__ += ["RNN", "LSTM", "GRU", "LSTMCell", "GRUCell", "Embedding", "LayerNorm",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import amp, backend
-from ..ops import norm
+from ..ops import lrn, norm
 from . import init
 from .basic import input_error
 from .module import Module
@@ -117,3 +117,24 @@ class LayerNorm(Module):
 
     def extra_repr(self) -> str:
         return f"{self.normalized_shape}, eps={self.eps}, affine={self.elementwise_affine}"
+
+
+class LocalResponseNorm(Module):
+    """Local response normalisation across channels (no parameters); see mpinet.ops.lrn.
+
+    y[c] = x[c] * (k + alpha / size * sum of x[c']^2 over the ``size`` channels around c) ** -beta
+    """
+
+    def __init__(self, size: int, alpha: float = 1e-4, beta: float = 0.75, k: float = 1.0):
+        super().__init__()
+        if not isinstance(size, int) or size < 1:
+            raise ValueError(f"LocalResponseNorm: size must be a positive int, got {size!r}")
+        self.size, self.alpha, self.beta, self.k = size, alpha, beta, k
+
+    def forward(self, x):
+        if x.ndim < 3:
+            raise input_error(self, "(N, C, ...) with at least 3 dimensions", x)
+        return lrn.local_response_norm(x, self.size, self.alpha, self.beta, self.k)
+
+    def extra_repr(self) -> str:
+        return f"{self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}"

@@ -30,6 +30,7 @@ from ..nn.module import Module
 from ..optim.clip import build_clipper
 from ..optim.factory import build_optimizer
 from ..parallel.data_parallel import DataParallel
+from ..parallel.straggler import StragglerWatch
 from . import state as training_states
 from .callbacks import Callback, MetricsLogger, ModelCheckpoint
 from .metrics import LOSSES, METRICS, check_names, logs_from_sums, reduce_sums  # noqa: F401
@@ -59,6 +60,10 @@ def check_can_train(train, world_size: int, batch_size: int, accumulation_steps:
 
 
 class Model:
+    # Seconds behind the median rank (per logging window) above which rank 0 warns; the
+    # slowest rank and its lag are logged every window regardless (mpinet.parallel.straggler).
+    straggler_warn: float | None = None
+
     def __init__(self, network: Module, comm=None):
         if comm is None:
             from ..comm import create_communicator  # noqa: PLC0415 - initialises MPI
@@ -249,6 +254,8 @@ class Model:
         window: dict = {}
         samples = window_samples = 0
         t_window = time.perf_counter()
+        stragglers = StragglerWatch(self.comm, self.straggler_warn)
+        window_first = self.global_step + 1
         self.network.train()
         n_steps = len(self.loader)
         for i, (x, y, global_count) in enumerate(self.loader):
@@ -267,6 +274,8 @@ class Model:
                 logs = logs_from_sums(reduced, window_samples)
                 logs.update(img_per_s=window_samples / dt if dt > 0 else 0.0,
                             lr=float(self.optimizer.lr), epoch=epoch)
+                logs.update(stragglers.window_end(window_first, step))
+                window_first = step + 1
                 bar.set_postfix({k: f"{v:.4g}" for k, v in logs.items() if k != "epoch"})
                 self.last_logs = logs
                 window, window_samples, t_window = {}, 0, time.perf_counter()

@@ -4,6 +4,7 @@ a report naming the op, size, dtype and the missing rank. Each case launches its
 import os
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -60,10 +61,12 @@ def test_timeout_names_op_and_missing_rank(impl):
     assert "finished" not in out, out
     assert f"[mpinet] rank 0/2: {impl} allreduce (collective #2) of 1234 elements of float32" in out, out
     assert "did not complete within 1.5 s" in out, out
-    assert "ranks that did not arrive: rank 1 (last entered #1 allreduce)" in out, out
+    assert "ranks that did not arrive: rank 1 (last entered #1 allreduce; pid " in out, out
+    assert f"on host {socket.gethostname()})" in out, out
 
 
 @pytest.mark.gpu
+@pytest.mark.requires_gpus(2)  # two ranks, one GPU each
 @pytest.mark.parametrize("impl", ["nccl", "hierarchical"], ids=["impl-nccl", "impl-hierarchical"])
 def test_gpu_timeout_aborts_with_report(impl):
     proc, elapsed = run_job("late_rank_gpu.py", impl, "60",

@@ -92,7 +92,7 @@ def test_reduce_lr_on_plateau_follows_fit_epochs():
     (["--clip-norm", "0"], "--clip-norm must be > 0"),
     (["--sample", "10"], "--sample needs a language model on a text data set"),
     (["--model", "char-lstm", "--dataset", "python-source", "--seq-len", "0"],
-     "--seq-len must be >= 1"),
+     "--seq-len must be > 0"),
     (["--dataset", "python-source"], "holds character sequences; train a language model"),
 ])
 def test_cli_refuses_bad_sequence_flags(argv, message):

@@ -35,7 +35,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import backend
+from .. import backend
 
 _DDP_PREFIX = "module."
 _COUNTER = "num_batches_tracked"
@@ -102,7 +102,7 @@ def _few(names: list) -> str:
 
 def _read_state(path_or_state) -> "OrderedDict[str, np.ndarray]":
     if isinstance(path_or_state, (str, os.PathLike)):
-        from .checkpoint import load_weights  # noqa: PLC0415 - safetensors reader with checks
+        from ..checkpoint import load_weights  # noqa: PLC0415 - safetensors reader with checks
 
         return load_weights(path_or_state)
     if not hasattr(path_or_state, "items"):
