@@ -14,6 +14,7 @@ from __future__ import annotations
 import inspect
 
 from mpinet import nn
+from mpinet.nn import registry
 
 from .alexnet import alexnet
 from .char_lstm import char_lstm
@@ -82,7 +83,12 @@ def build_model(name: str, num_classes: int | None = None, in_channels: int | No
     if unknown:
         raise ValueError(f"model {name!r} has no option(s) {unknown}; it accepts: "
                          f"{', '.join(accepted)}")
-    return builder(**kwargs)
+    model = builder(**kwargs)
+    # How to rebuild it, for the model file (mpinet.training.model_file): this very call.
+    options = {k: v for k, v in (("num_classes", num_classes), ("in_channels", in_channels),
+                                 ("input_size", input_size)) if v is not None}
+    registry.record(model, "zoo", name, {**options, **opts})
+    return model
 
 
 def _vector_model_args(name: str, num_classes, in_channels, input_size, opts: dict) -> dict:

@@ -23,6 +23,14 @@ def __getattr__(name):
         from .training import Model
 
         return Model
+    if name == "load_model":  # the model file
+        from .training.model_file import load_model
+
+        return load_model
+    if name == "register_model":  # classes a model file can rebuild
+        from .nn.registry import register_model
+
+        return register_model
     if name in ("callbacks", "nn", "ops", "optim", "data", "comm", "parallel", "autograd", "amp",
                 "training", "checkpoint", "random"):
         import importlib

@@ -114,6 +114,11 @@ def build_parser(rank: int = 0) -> argparse.ArgumentParser:
     g.add_argument("--keep-checkpoints", type=int)
     g.add_argument("--resume", help="'auto' (newest good checkpoint in --checkpoint-dir) or a path")
     g.add_argument("--save-weights", help="write the final weights (safetensors) here")
+    g.add_argument("--save-model", metavar="PATH",
+                   help="write the model file here at the end (architecture, weights, "
+                        "normalisation, class names; mpinet.load_model / python -m "
+                        "mpinet.predict read it); default: CHECKPOINT_DIR/model.mpinet when "
+                        "--checkpoint-dir is given")
     g.add_argument("--seed", type=int)
     g.add_argument("--metrics", help="JSON-lines metrics file (rank 0 writes)")
     g.add_argument("--log-every", type=int)
@@ -159,7 +164,22 @@ def validate(cfg: dict) -> None:
         raise ConfigError("--resume auto needs --checkpoint-dir to look in")
     if cfg["resume"] not in (None, "auto") and not os.path.exists(cfg["resume"]):
         raise ConfigError(f"--resume {cfg['resume']!r}: no such checkpoint")
+    if cfg["save_model"]:
+        _check_writable_file("--save-model", cfg["save_model"])
     _validate_sequence_flags(cfg)
+
+
+def _check_writable_file(flag: str, path: str) -> None:
+    """Refuse before training a path the end of the run could not write."""
+    if os.path.isdir(path):
+        raise ConfigError(f"{flag} {path!r} is a directory; give a file name, e.g. "
+                          f"{os.path.join(path, 'model.mpinet')!r}")
+    folder = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(folder):  # makedirs will create the missing part
+        folder = os.path.dirname(folder)
+    if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+        raise ConfigError(f"{flag} {path!r}: cannot write there ({folder!r} is "
+                          f"{'not a directory' if not os.path.isdir(folder) else 'not writable'})")
 
 
 def _validate_sequence_flags(cfg: dict) -> None:
@@ -266,6 +286,11 @@ def setup(cfg: dict, comm):
         transform = aug.Augment(crop_padding=4 if h >= 32 else 2, flip=True, mean=mean, std=std,
                                 seed=cfg["seed"])
         eval_transform = aug.Augment(mean=mean, std=std)  # same normalization, no randomness
+    # What the model file records, and checkpoints carry for --resume.
+    from mpinet.data.preprocess import Preprocess
+
+    model.preprocess = Preprocess.from_transform(eval_transform, train.input_shape)
+    model.class_names = train.class_names
     return model, train, test, transform, eval_transform
 
 
@@ -388,6 +413,30 @@ def main(argv=None) -> int:
         final = report_language_model(model, final, cfg, rank)
     if rank == 0:
         print("final test: " + ", ".join(f"{k} {v:.4f}" for k, v in final.items()), flush=True)
+    return save_model_file(cfg, model, final, rank)
+
+
+def save_model_file(cfg: dict, model, final: dict, rank: int) -> int:
+    """Write the model file (--save-model, or CHECKPOINT_DIR/model.mpinet) with the final test
+    figures recorded; 2 if it cannot be written (the same one-line error on every rank)."""
+    path = cfg["save_model"] or (os.path.join(cfg["checkpoint_dir"], "model.mpinet")
+                                 if cfg["checkpoint_dir"] else None)
+    if not path:
+        return 0
+    try:
+        from mpinet.data.registry import dataset_options
+
+        # How setup() read the test split: get_dataset(dataset, split, data_dir, **options).
+        options = {"raw": True} if "raw" in dataset_options(cfg["dataset"]) else {}
+        model.save(path, evaluation={"dataset": cfg["dataset"], "split": "test",
+                                     "data_dir": cfg["data_dir"], "options": options,
+                                     "figures": final})
+    except ValueError as e:
+        if rank == 0:
+            print(f"mpinet.train: error: {e}", file=sys.stderr, flush=True)
+        return 2
+    if rank == 0 and not cfg["quiet"]:
+        print(f"model file: {path}", flush=True)
     return 0
 
 

@@ -61,6 +61,13 @@ class TensorDataset:
                              f"match along axis 0")
         self.x, self.y, self.name = x, y, name
 
+    class_names = None  # (class-label data sets name their classes; arrays do not)
+
+    @property
+    def input_shape(self) -> tuple:
+        """The shape of one input sample, e.g. (T,) token ids or (C, H, W) pixels."""
+        return tuple(int(d) for d in self.x.shape[1:])
+
     # The loader and older code read .images/.labels.
     @property
     def images(self) -> np.ndarray:

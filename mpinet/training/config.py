@@ -58,10 +58,11 @@ _RULES: dict[str, tuple] = {
     "clip_value": ("float", (0, math.inf, False, False)),
     "seq_len": ("int", 1), "sample": ("int", 0),
     "temperature": ("float", (0, math.inf, True, False)), "sample_prompt": ("str", None),
+    "save_model": ("path", None),
 }
 OPTIONAL = {"data_dir", "grad_dtype", "checkpoint_dir", "resume", "metrics", "train_samples",
             "save_weights", "model_opt", "comm_timeout", "straggler_warn", "clip_norm",
-            "clip_value"}
+            "clip_value", "save_model"}
 
 
 def check_value(key: str, value, where: str = ""):
@@ -163,6 +164,8 @@ class TrainConfig:
     sample: int = 0
     temperature: float = 0.8
     sample_prompt: str = "def "
+    # The model file written at the end (None: CHECKPOINT_DIR/model.mpinet if a dir is given).
+    save_model: str | None = None
 
     def __post_init__(self):
         for f in dataclasses.fields(self):

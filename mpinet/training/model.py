@@ -21,7 +21,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .. import backend, checkpoint
-from ..amp import Precision
+from ..amp import Precision, autocast
 from ..autograd import Variable, no_grad
 from ..data import arrays as data_arrays
 from ..data.loader import DataLoader
@@ -33,7 +33,8 @@ from ..parallel.data_parallel import DataParallel
 from ..parallel.straggler import StragglerWatch
 from . import state as training_states
 from .callbacks import Callback, MetricsLogger, ModelCheckpoint
-from .metrics import LOSSES, METRICS, check_names, logs_from_sums, reduce_sums  # noqa: F401
+from .metrics import (LOSSES, METRICS, check_names, compute_loss,  # noqa: F401
+                      logs_from_sums, metric_sums, reduce_sums)
 from .preemption import PreemptionFlag
 from .step import TrainStep
 
@@ -89,6 +90,8 @@ class Model:
         self.config = None  # the CLI's flags, recorded in each checkpoint's meta.json
         self.transform = None  # fit's training transform and the one evaluate/predict apply
         self.eval_transform = None
+        self.preprocess = None  # mpinet.data.preprocess.Preprocess: input shape, normalisation
+        self.class_names = None  # what the model file records (mpinet.training.model_file)
         self.checkpoint_dir = None
         self.keep_checkpoints = 3
         self.stop_training = False
@@ -311,34 +314,36 @@ class Model:
         """Loss and metrics over ``data``, each sample counted exactly once across ranks.
 
         ``data``: a dataset, or NumPy inputs x with targets ``y`` (Keras' ``evaluate(x, y)``).
-        ``transform`` defaults to the ``eval_transform`` given to ``fit`` (normalization)."""
-        self._require_compiled("evaluate")
+        ``transform`` defaults to the ``eval_transform`` given to ``fit`` (normalization), else
+        ``preprocess``. Without compile() (a loaded model): its recorded loss and metrics."""
+        if self.dp is not None:
+            self.dp.synchronize()
+            if self.comm.size > 1:
+                self.dp.average_buffers()
+        loss_fn = self.loss_name or "cross_entropy"
+        metrics = self.metrics or ("accuracy",)
         data = data_arrays.as_dataset(data, y, "evaluate")
-        data_arrays.check_targets(self.loss_name, data, "evaluate")
-        training_ignore = self.trainstep.ignore_index  # fit's, restored below
-        self._use_targets_of(data)
-        self.dp.synchronize()
-        if self.comm.size > 1:
-            self.dp.average_buffers()
+        data_arrays.check_targets(loss_fn, data, "evaluate")
+        # Padded per-step targets (SequenceDataset) are skipped by the class-label losses.
+        ignore = data_arrays.PAD_TARGET if data_arrays.has_padded_targets(data) else None
         sampler = ShardSampler(len(data), batch_size, self.comm.rank, self.comm.size)
         self.network.eval()
         sums: dict = {}
         count = 0
         with no_grad():
             loader = DataLoader(data, sampler, prefetch=1,
-                                transform=transform or self.eval_transform)
+                                transform=transform or self.eval_transform or self.preprocess)
             for x, y, _ in loader:
                 n = data_arrays.num_samples(x)
                 if n == 0:
                     continue
-                out = self.trainstep.forward(x)
-                loss = self.trainstep.loss(out, y)
+                out = self._predict_forward(x)
+                loss = compute_loss(loss_fn, out, y, self.label_smoothing, ignore)
                 sums["loss"] = sums.get("loss", 0) + loss.data * n
-                for k, v in self.trainstep.metric_sums(out.data, y).items():
+                for k, v in metric_sums(metrics, out.data, y).items():
                     sums[k] = sums.get(k, 0) + v
                 count += n
         self.network.train()
-        self.trainstep.ignore_index = training_ignore
         sums["_count"] = count
         reduced = reduce_sums(self.comm, sums)
         total = int(reduced.pop("_count"))
@@ -346,10 +351,11 @@ class Model:
 
     def predict(self, x, batch_size: int = 256) -> np.ndarray:
         """Network outputs for host array ``x`` (N, ...) in [0, 1] (the eval_transform given to
-        ``fit`` is applied), computed in shards over the ranks and gathered so every rank
-        returns the full (N, ...) NumPy array. ``x`` may also be a dataset with ``batch()``
-        (e.g. a SequenceDataset: padded per batch, its targets unused); then each sample's
-        output must have one shape (per-sequence outputs, or per-step ones of a fixed length)."""
+        ``fit``, else ``preprocess``, is applied), computed in shards over the ranks and
+        gathered so every rank returns the full (N, ...) NumPy array. No compile() needed.
+        ``x`` may also be a dataset with ``batch()`` (e.g. a SequenceDataset: padded per batch,
+        its targets unused); then each sample's output must have one shape (per-sequence
+        outputs, or per-step ones of a fixed length)."""
         if self._compiled:
             self.dp.synchronize()
         n = len(x)
@@ -365,8 +371,9 @@ class Model:
                         else backend.to_device(data_arrays.model_input(rows))
                 else:
                     xb = backend.to_device(data_arrays.model_input(x[start:stop]))
-                if self.eval_transform is not None and not isinstance(xb, tuple):
-                    xb, _ = self.eval_transform(xb, None, None)  # image transforms only
+                transform = self.eval_transform or self.preprocess
+                if transform is not None and not isinstance(xb, tuple):  # image transforms only
+                    xb, _ = transform(xb, None, None)
                 outs.append(backend.to_numpy(self._predict_forward(xb).data))
         self.network.train()
         mine = np.concatenate(outs) if outs else None
@@ -374,8 +381,16 @@ class Model:
         return np.concatenate([p for p in parts if p is not None])
 
     def _predict_forward(self, x) -> Variable:
-        """The compiled step's forward (its precision), or the plain network before compile."""
-        return self.trainstep.forward(x) if self.trainstep is not None else self.network(Variable(x))
+        """The compiled step's forward (its precision); before compile, the network under
+        ``self.precision`` (a loaded model's, from its file), each layer casting its weight."""
+        if self.trainstep is not None:
+            return self.trainstep.forward(x)
+        precision = Precision.parse(self.precision)
+        x, extra = (x[0], x[1:]) if isinstance(x, tuple) else (x, ())  # (padded, lengths)
+        if precision.compute_dtype is None:
+            return self.network(Variable(x), *extra)
+        with autocast(precision):
+            return self.network(Variable(x), *extra)
 
     # ---- checkpoints ----------------------------------------------------------------------
     def training_state(self) -> dict:
@@ -402,6 +417,13 @@ class Model:
         if self._compiled:
             self.dp.synchronize()
         checkpoint.save_weights(path, self.network, self.comm)
+
+    def save(self, path: str, **options) -> str:
+        """The model file: architecture, weights, preprocessing, class names, precision (see
+        mpinet.training.model_file; ``mpinet.load_model`` reads it). Collective: every rank calls."""
+        from . import model_file  # loaded when first saving
+
+        return model_file.save(self, path, **options)
 
     def load_weights(self, path: str) -> None:
         if self.trainstep is not None:

@@ -24,6 +24,7 @@ def training_state(model) -> dict:
         "global_step": model.global_step,
         "world_size": model.comm.size,
         "config": model.config,  # the CLI's flags, recorded in meta.json
+        "preprocess": model.preprocess.to_dict() if model.preprocess is not None else None,
         "rng": random.rng_states(),
     }
 
@@ -43,5 +44,9 @@ def load_training_state(model, state: dict) -> None:
     if state.get("transform") is not None and hasattr(model.transform, "load_state_dict"):
         model.transform.load_state_dict(state["transform"])
     model.global_step = int(state.get("global_step", 0))
+    if state.get("preprocess") is not None:
+        from ..data.preprocess import Preprocess
+
+        model.preprocess = Preprocess.from_dict(state["preprocess"])
     if state.get("rng") is not None:
         random.set_rng_states(state["rng"])
