@@ -4,7 +4,8 @@
 # that MPI on this machine. Why each variable (measured on our machines; docs/ARCHITECTURE.md lists the facts):
 #   NCCL_NVLS_ENABLE=0     NVLink multicast off (our GPU machines); a value you set is kept.
 #   NCCL_DEBUG             passed through to every rank when you set it (e.g. NCCL_DEBUG=INFO).
-#   OMP_NUM_THREADS        one BLAS thread pool per rank sized to its share of the cores, unless set.
+#   OMP_NUM_THREADS        passed to every rank only when you set it (mpinet sizes each rank's BLAS
+#                          pool to its share of the cores itself: mpinet/threads.py).
 #   Open MPI as root       OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 (mpirun refuses
 #                          root without them); only when running as root.
 #   more ranks than cores  Open MPI: --oversubscribe (Open MPI 5: the PRTE mapping policy variable)
@@ -86,12 +87,12 @@ mpinet_set_env() {
   local flavor=$1 ranks_here=$2 cores
   cores=$(mpinet_count_cores)
   MPINET_LAUNCH_FLAGS=()
-  MPINET_EXPORT_VARS=(NCCL_NVLS_ENABLE OMP_NUM_THREADS)
+  MPINET_EXPORT_VARS=(NCCL_NVLS_ENABLE)
+  # Threads per rank: mpinet decides (mpinet/threads.py); a value you set is forwarded.
+  if [ -n "${OMP_NUM_THREADS:-}" ]; then export OMP_NUM_THREADS; MPINET_EXPORT_VARS+=(OMP_NUM_THREADS); fi
 
   export NCCL_NVLS_ENABLE=${NCCL_NVLS_ENABLE:-0}
   if [ -n "${NCCL_DEBUG:-}" ]; then export NCCL_DEBUG; MPINET_EXPORT_VARS+=(NCCL_DEBUG); fi
-  local per_rank=$((cores / ranks_here))
-  export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$((per_rank > 0 ? per_rank : 1))}
 
   local oversubscribed=0
   [ "$ranks_here" -gt "$cores" ] && oversubscribed=1

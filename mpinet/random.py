@@ -31,6 +31,7 @@ _MASK64 = (1 << 64) - 1
 # Key words that keep the keyed streams of one seed apart.
 SHUFFLE_STREAM = 0x5348554646  # "SHUFF": the sampler's epoch order
 AUGMENT_STREAM = 0x4155474D  # "AUGM": augmentation's crops and flips
+DIHEDRAL_STREAM = 0x44494845  # "DIHE": the microscopy preset's flips and rotations (data/presets)
 
 
 # ---- keyed streams: a pure function of (key..., counter) ---------------------------------

@@ -50,14 +50,24 @@ def build_parser(rank: int = 0) -> argparse.ArgumentParser:
     g = p.add_argument_group("model and data")
     g.add_argument("--model", help="zoo model name (see mpinet.models.available_models())")
     g.add_argument("--dataset", help="data set name: digits, fashion-mnist, mnist, cifar10, "
-                                     "cifar100, image-folder, synthetic, synthetic-segmentation")
+                                     "cifar100, image-folder, mask-folder, synthetic, "
+                                     "synthetic-segmentation")
     g.add_argument("--data-dir", help="directory of the data set's files")
+    g.add_argument("--mask-values", help="mask-folder: comma-separated mask pixel values, the "
+                                         "k-th is class k (default: 0 background, else foreground)")
     g.add_argument("--train-samples", type=int, help="use only the first N training samples")
     g.add_argument("--model-opt", action="append", metavar="KEY=VALUE",
                    help="extra model option, repeatable (e.g. base_width=16 for unet; values "
                         "parsed as JSON when they can be, else kept as strings)")
-    g.add_argument("--augment", action="store_true", default=None,
-                   help="random crop (padding 4 for 32px, 2 below) + horizontal flip")
+    g.add_argument("--workers", type=int,
+                   help="decode processes per rank for image and mask folders (default: the "
+                        "rank's cores minus one, from the thread budget; 0 decodes in the loader "
+                        "thread)")
+    g.add_argument("--augment", nargs="?", const="auto", default=None,
+                   choices=["auto", "digits", "photo", "microscopy", "none"],
+                   help="augmentation preset (mpinet.data.presets); alone: the data set's kind "
+                        "(digits: normalization only; photo: crop + horizontal flip; "
+                        "microscopy: flips and 90-degree rotations, masks too)")
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int)
     g.add_argument("--batch-size", type=int, help="samples per rank per step")
@@ -73,6 +83,10 @@ def build_parser(rank: int = 0) -> argparse.ArgumentParser:
                    help="linear scaling rule: lr * global_batch / --base-batch")
     g.add_argument("--base-batch", type=int)
     g.add_argument("--label-smoothing", type=float)
+    g.add_argument("--loss", choices=["cross_entropy", "dice", "bce", "dice+ce"],
+                   help="segmentation data: the loss (default cross_entropy); "
+                        "see mpinet.ops.segmentation_loss")
+    g.add_argument("--class-weights", help="segmentation: comma-separated weight per class")
     g.add_argument("--accumulation-steps", type=int,
                    help="split each rank's batch into this many micro-batches (no comm between)")
     g = p.add_argument_group("gradient clipping and sequence models")
@@ -94,6 +108,9 @@ def build_parser(rank: int = 0) -> argparse.ArgumentParser:
                    help="when gradients are reduced: overlapped with backprop (backward), "
                         "waited per layer before its next forward (forward, cxxnet style), or "
                         "after backprop (sync)")
+    g.add_argument("--threads", type=int,
+                   help="BLAS/OpenMP threads per rank (default: OMP_NUM_THREADS if set, else the "
+                        "cores each rank owns on its node; see mpinet.threads)")
     g.add_argument("--bucket-mb", type=float, help="gradient bucket size in MiB")
     g.add_argument("--grad-dtype", choices=["bf16", "fp16"], help="compress gradients on the wire")
     g.add_argument("--sync-batchnorm", action="store_true", default=None,
@@ -216,6 +233,28 @@ def _pick_model_opts(cfg: dict, train) -> dict:
     return opts
 
 
+def _pick_loss(cfg: dict, train):
+    """cross_entropy, or a segmentation loss (--loss, --class-weights) for per-pixel labels."""
+    if cfg["loss"] is None and cfg["class_weights"] is None:
+        return "cross_entropy"
+    if not train.is_segmentation:
+        raise ConfigError("--loss and --class-weights are for segmentation data (per-pixel "
+                          f"labels); --dataset {cfg['dataset']} has one label per image")
+    from mpinet.ops.segmentation_loss import segmentation_loss
+
+    weights = None
+    if cfg["class_weights"] is not None:
+        try:
+            weights = [float(w) for w in str(cfg["class_weights"]).split(",")]
+        except ValueError:
+            raise ConfigError(f"--class-weights {cfg['class_weights']!r} must be numbers "
+                              "separated by commas, one per class") from None
+        if len(weights) != train.num_classes:
+            raise ConfigError(f"--class-weights has {len(weights)} values for "
+                              f"{train.num_classes} classes")
+    return segmentation_loss(cfg["loss"] or "cross_entropy", weights)
+
+
 def apply_device_options(cfg: dict) -> None:
     """Settings of the GPU paths that the config selects (no effect on the CPU)."""
     from mpinet.kernels import cudnn  # noqa: PLC0415 - imports no CUDA module
@@ -229,7 +268,6 @@ def apply_device_options(cfg: dict) -> None:
 def setup(cfg: dict, comm):
     """Data, model, compiled Model; raises ConfigError/ValueError/OSError on bad input."""
     from mpinet.optim.factory import build_schedule  # noqa: PLC0415
-    from mpinet.data import augment as aug  # noqa: PLC0415
     from mpinet.data.registry import dataset_options, get_dataset  # noqa: PLC0415
     from mpinet.training import Model, check_can_train  # noqa: PLC0415
     from mpinet.models import build_model  # noqa: PLC0415
@@ -237,11 +275,23 @@ def setup(cfg: dict, comm):
 
     # uint8 where the reader offers it: a quarter of the host memory and host-to-device copy.
     opts = {"raw": True} if "raw" in dataset_options(cfg["dataset"]) else {}
+    if "stream" in dataset_options(cfg["dataset"]):  # file trees: decode per batch, not up front
+        opts["stream"] = True
+    if cfg["mask_values"] is not None:
+        if "mask_values" not in dataset_options(cfg["dataset"]):
+            raise ConfigError(f"--mask-values is for --dataset mask-folder, not {cfg['dataset']}")
+        try:
+            opts["mask_values"] = [int(v) for v in str(cfg["mask_values"]).split(",")]
+        except ValueError:
+            raise ConfigError(f"--mask-values {cfg['mask_values']!r} must be integers separated "
+                              "by commas, e.g. 0,128,255") from None
     if "seq_len" in dataset_options(cfg["dataset"]):  # text data sets (issue 18)
         opts["seq_len"] = int(cfg["seq_len"])
     train = get_dataset(cfg["dataset"], "train", data_dir=cfg["data_dir"], **opts)
     test = get_dataset(cfg["dataset"], "test", data_dir=cfg["data_dir"], **opts)
-    if cfg["train_samples"] and hasattr(train, "head"):  # TensorDataset (e.g. text)
+    if cfg["train_samples"] and hasattr(train, "subset"):  # file-backed (mpinet.data.streaming)
+        train = train.subset(int(cfg["train_samples"]))
+    elif cfg["train_samples"] and hasattr(train, "head"):  # TensorDataset (e.g. text)
         train = train.head(int(cfg["train_samples"]))
     elif cfg["train_samples"]:
         from mpinet.data.dataset import ArrayDataset  # noqa: PLC0415
@@ -250,6 +300,9 @@ def setup(cfg: dict, comm):
         train = ArrayDataset(train.images[:n], train.labels[:n], train.num_classes, train.name,
                              class_names=train.class_names)
     check_can_train(train, comm.size, cfg["batch_size"], cfg["accumulation_steps"])
+    if cfg["workers"] and not hasattr(train, "read_batch"):
+        raise ConfigError(f"--workers {cfg['workers']}: decode workers read image files, but "
+                          f"--dataset {cfg['dataset']} is held in memory; drop --workers")
     init.manual_seed(cfg["seed"])
     net = build_model(cfg["model"], **_pick_model_opts(cfg, train))
     # Same initial weights everywhere (rank 0's are broadcast anyway), but each rank its own
@@ -268,9 +321,9 @@ def setup(cfg: dict, comm):
     lr = cfg["lr"] * global_batch / cfg["base_batch"] if cfg["scale_lr"] else cfg["lr"]
     steps_per_epoch = -(-len(train) // global_batch)
     total_steps = steps_per_epoch * cfg["epochs"]
-    model.compile(cfg["optimizer"], loss="cross_entropy", lr=lr, momentum=cfg["momentum"],
+    model.compile(cfg["optimizer"], loss=_pick_loss(cfg, train), lr=lr, momentum=cfg["momentum"],
                   weight_decay=cfg["weight_decay"], nesterov=cfg["nesterov"],
-                  metrics=("iou", "accuracy") if train.labels.ndim == 3 else ("accuracy",),
+                  metrics=("iou", "accuracy") if train.is_segmentation else ("accuracy",),
                   schedule=lambda opt: build_schedule(
                       cfg["schedule"], opt, total_steps=total_steps,
                       warmup_steps=cfg["warmup_steps"]),
@@ -280,18 +333,36 @@ def setup(cfg: dict, comm):
                   cuda_graph=bool(cfg["cuda_graph"]),
                   clip_norm=cfg["clip_norm"], clip_value=cfg["clip_value"])
     transform = eval_transform = None
-    if cfg["augment"]:
-        h = train.input_shape[1]
-        mean, std = aug.channel_stats(train.images)
-        transform = aug.Augment(crop_padding=4 if h >= 32 else 2, flip=True, mean=mean, std=std,
-                                seed=cfg["seed"])
-        eval_transform = aug.Augment(mean=mean, std=std)  # same normalization, no randomness
+    preset = _augment_preset(cfg)
+    if preset != "none":
+        from mpinet.data.presets import build_augmentation
+        from mpinet.data.streaming import dataset_channel_stats
+
+        mean, std = dataset_channel_stats(train, comm=comm)
+        transform, eval_transform = build_augmentation(  # eval: same normalization, no randomness
+            preset, train.input_shape, mean, std, seed=cfg["seed"],
+            segmentation=train.is_segmentation)
     # What the model file records, and checkpoints carry for --resume.
     from mpinet.data.preprocess import Preprocess
 
     model.preprocess = Preprocess.from_transform(eval_transform, train.input_shape)
     model.class_names = train.class_names
     return model, train, test, transform, eval_transform
+
+
+def _augment_preset(cfg: dict) -> str:
+    """--augment: a preset name; alone (or true in a config file) the data set's own kind."""
+    from mpinet.data.presets import PRESETS, preset_for_dataset
+
+    value = cfg["augment"]
+    if value is True or value == "auto":
+        return preset_for_dataset(cfg["dataset"])
+    if value is False or value is None:
+        return "none"
+    if value not in PRESETS:
+        raise ConfigError(f"--augment {value!r} is unknown; choose one of: {', '.join(PRESETS)} "
+                          "(or --augment alone for the data set's kind)")
+    return value
 
 
 def _one_line(e: Exception) -> str:
@@ -370,6 +441,9 @@ def main(argv=None) -> int:
 
     # Phase 3: devices, communicator, data and model (collective).
     try:
+        from mpinet.threads import apply_thread_budget  # before any compute
+
+        apply_thread_budget(world, cfg["threads"], verbose=not cfg["quiet"])
         backend.select_device(topo.local_rank, cfg["device"])
         apply_device_options(cfg)
         comm = create_communicator(cfg["comm"], world, timeout_s=cfg.comm_timeout)
@@ -395,7 +469,7 @@ def main(argv=None) -> int:
               log_every=cfg["log_every"], verbose=not cfg["quiet"], metrics_file=cfg["metrics"],
               checkpoint_dir=cfg["checkpoint_dir"], checkpoint_every=cfg["checkpoint_every"],
               keep_checkpoints=cfg["keep_checkpoints"], resume=cfg["resume"],
-              preemption_flag=preemption)
+              preemption_flag=preemption, workers=cfg["workers"])
     if model.preempted:
         return 0  # checkpoint written; a requeued job resumes with --resume auto
     if comm.allreduce_obj(preemption.raised is not None, op="lor"):
@@ -413,6 +487,12 @@ def main(argv=None) -> int:
         final = report_language_model(model, final, cfg, rank)
     if rank == 0:
         print("final test: " + ", ".join(f"{k} {v:.4f}" for k, v in final.items()), flush=True)
+    if train.is_segmentation:
+        from mpinet.training.segmentation_metrics import format_report, segmentation_report
+
+        report = segmentation_report(model, test)
+        if rank == 0:
+            print("final test " + format_report(report, test.class_names), flush=True)
     return save_model_file(cfg, model, final, rank)
 
 
@@ -428,6 +508,10 @@ def save_model_file(cfg: dict, model, final: dict, rank: int) -> int:
 
         # How setup() read the test split: get_dataset(dataset, split, data_dir, **options).
         options = {"raw": True} if "raw" in dataset_options(cfg["dataset"]) else {}
+        if "stream" in dataset_options(cfg["dataset"]):
+            options["stream"] = True
+        if cfg["mask_values"] is not None:
+            options["mask_values"] = [int(v) for v in str(cfg["mask_values"]).split(",")]
         model.save(path, evaluation={"dataset": cfg["dataset"], "split": "test",
                                      "data_dir": cfg["data_dir"], "options": options,
                                      "figures": final})

@@ -64,14 +64,15 @@ mpinet_build_srun() {
   mpinet_detect_library || return 1
   plugin=$(mpinet_mpi_plugin) || return 1
   export SRUN_CPUS_PER_TASK=${SLURM_CPUS_PER_TASK:-1}
-  export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$SRUN_CPUS_PER_TASK}
+  # No OMP_NUM_THREADS here: mpinet sizes each rank's threads itself (capped by
+  # SLURM_CPUS_PER_TASK; mpinet/threads.py). A value the user exported still wins.
   # SLURM_TASKS_PER_NODE looks like "2" or "2(x3),1": the first count is this (the first) node's.
   tasks_here=${SLURM_TASKS_PER_NODE:-1}
   tasks_here=${tasks_here%%[(,]*}
   mpinet_set_env "$MPINET_LIB_FLAVOR" "$tasks_here"
   read -r -a program_words <<<"${MPINET_PROGRAM:-${PYTHON:-python} -m mpinet.train}"
   MPINET_SRUN=(srun --mpi="$plugin" --kill-on-bad-exit=1 "${program_words[@]}" "$@")
-  echo "[mpinet] environment: NCCL_NVLS_ENABLE=$NCCL_NVLS_ENABLE OMP_NUM_THREADS=$OMP_NUM_THREADS" \
+  echo "[mpinet] environment: NCCL_NVLS_ENABLE=$NCCL_NVLS_ENABLE OMP_NUM_THREADS=${OMP_NUM_THREADS:-<per rank: mpinet decides>}" \
        "SRUN_CPUS_PER_TASK=$SRUN_CPUS_PER_TASK${NCCL_DEBUG:+ NCCL_DEBUG=$NCCL_DEBUG}"
   mpinet_print_cmd "${MPINET_SRUN[@]}"
 }

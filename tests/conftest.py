@@ -26,6 +26,16 @@ def _world():
     return MPI.COMM_WORLD if MPI.COMM_WORLD.Get_size() > 1 else None
 
 
+def pytest_sessionstart(session):
+    """Under mpiexec, the test ranks get the thread budget mpinet gives every rank (run.sh sets
+    no thread variables, as users set none): 4 ranks on 2 cores must not run 8 BLAS threads."""
+    world = _world()
+    if world is not None:
+        from mpinet.threads import apply_thread_budget
+
+        apply_thread_budget(world, verbose=False)
+
+
 def _ranks_on_this_node() -> int:
     world = _world()
     if world is None:

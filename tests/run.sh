@@ -10,8 +10,8 @@ MPI_TIMEOUT=${MPI_TIMEOUT:-900}
 # Oversubscribed ranks busy-poll; let them yield the core (MPICH / Open MPI respectively).
 export MPIR_CVAR_ENABLE_HEAVY_YIELD=1 OMPI_MCA_mpi_yield_when_idle=1
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-# One BLAS thread per rank: 4 ranks on 2 cores must not fight over 8 threads.
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-1}
+# No thread variables: mpinet sizes each rank's BLAS threads to its cores (mpinet/threads.py;
+# tests/conftest.py applies the same budget to the pytest ranks), as it does for users.
 
 status=0
 echo "== single-process tests"

@@ -101,7 +101,7 @@ def test_error_on_one_rank_of_a_user_script_ends_the_job(tmp_path):
         "    raise RuntimeError('deliberate failure on rank 1')\n"
         "m.fit(get_dataset('digits', 'train'), epochs=100, verbose=False)\n"
         "print('rank', m.comm.rank, 'finished')\n")
-    env = dict(os.environ, PYTHONPATH=root, OMP_NUM_THREADS="1",
+    env = dict(os.environ, PYTHONPATH=root,  # threads: mpinet.Model sizes them (mpinet/threads.py)
                MPIR_CVAR_ENABLE_HEAVY_YIELD="1", MPINET_COMM_TIMEOUT="600")
     t = time.monotonic()
     proc = subprocess.run(["mpiexec", "-n", "2", sys.executable, str(script)], env=env,

@@ -62,6 +62,7 @@ class TensorDataset:
         self.x, self.y, self.name = x, y, name
 
     class_names = None  # (class-label data sets name their classes; arrays do not)
+    is_segmentation = False  # no per-pixel class masks (what the CLI's metrics ask)
 
     @property
     def input_shape(self) -> tuple:

@@ -86,6 +86,11 @@ class ArrayDataset:
         return tuple(int(d) for d in self.images.shape[1:])
 
     @property
+    def is_segmentation(self) -> bool:
+        """True when labels are per-pixel masks (N, H, W)."""
+        return self.labels.ndim == 3
+
+    @property
     def is_raw(self) -> bool:
         """True when images are uint8 in [0, 255] (converted to float32 / 255 by the loader)."""
         return self.images.dtype == np.uint8

@@ -27,8 +27,20 @@ def _class_dirs(root: Path) -> list[str]:
     return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
+def looks_like_mask_tree(data_dir) -> bool:
+    """True when data_dir (or its train/ split) holds images/ and masks/ folders: a segmentation
+    tree (mpinet.data.masks), which read as classes would be two classes named images and masks."""
+    data_dir = Path(data_dir)
+    return any((d / "images").is_dir() and (d / "masks").is_dir()
+               for d in (data_dir, data_dir / "train"))
+
+
 def _split_root(data_dir: Path, split: str) -> tuple[Path, Path]:
     """(folder of this split's class tree, folder whose subfolders define the classes)."""
+    if looks_like_mask_tree(data_dir):
+        raise ValueError(f"image-folder: {data_dir} holds images/ and masks/ folders: a "
+                         "segmentation tree, not classes; read it with the mask reader "
+                         "(--dataset mask-folder, or get_dataset('mask-folder', ...))")
     train_root = data_dir / "train"
     for name in _SPLIT_DIRS[split]:
         if (data_dir / name).is_dir():

@@ -50,11 +50,15 @@ class DataLoader:
 
     prefetch: batches prepared ahead (>= 1); 0 prepares each batch in the consumer's thread, which
     is simpler to debug and gives the same batches.
+    workers: decode processes for a file-backed data set (mpinet.data.workers; same batches);
+    None = one per core this rank owns beyond its first (mpinet.threads), 0 for in-memory data.
     """
 
-    def __init__(self, dataset: ArrayDataset, sampler, transform=None, prefetch: int = 2, device=None):
+    def __init__(self, dataset: ArrayDataset, sampler, transform=None, prefetch: int = 2,
+                 device=None, workers: int | None = None):
         if prefetch < 0:
             raise ValueError(f"prefetch must be >= 0 batches, got {prefetch}")
+        self.workers = _resolve_workers(dataset, workers)
         if getattr(sampler, "num_samples", len(dataset)) != len(dataset):
             raise ValueError(f"sampler covers {sampler.num_samples} samples but the data set has "
                              f"{len(dataset)}; build the sampler with num_samples=len(dataset)")
@@ -82,6 +86,8 @@ class DataLoader:
         idx = batch.indices
         if hasattr(self.dataset, "batch"):  # the dataset protocol (mpinet.data.arrays)
             return self.dataset.batch(idx)
+        if hasattr(self.dataset, "read_batch"):  # file-backed: decode only this batch's files
+            return self._read_files(idx)
         images, labels = self.dataset.images, self.dataset.labels
         if self.device.is_gpu and len(idx):  # (an empty batch needs no pinned buffer)
             import cupyx  # noqa: PLC0415 - GPU only
@@ -92,6 +98,17 @@ class DataLoader:
             np.take(labels, idx, axis=0, out=y)
             return x, y
         return images[idx], labels[idx]
+
+    def _read_files(self, idx):
+        """A file-backed data set's batch (mpinet.data.streaming), into pinned memory on GPU."""
+        ds = self.dataset
+        if not (self.device.is_gpu and len(idx)):
+            return ds.read_batch(idx)
+        import cupyx  # GPU only
+
+        out = (cupyx.empty_pinned((len(idx), *ds.input_shape), dtype=np.uint8),
+               cupyx.empty_pinned((len(idx), *ds.label_shape), dtype=np.int64))
+        return ds.read_batch(idx, out=out)
 
     def _finish(self, x, y, batch):
         """Array-module part: uint8 -> float32 / 255, then the transform (numpy or cupy alike)."""
@@ -110,6 +127,40 @@ class DataLoader:
         if not self.device.is_gpu:
             x, y = self._finish(x, y, batch)
         return x, y, batch
+
+    def _host_items(self):
+        """(x, y, batch) for each batch of the sampler, host part done: in this thread, or by the
+        decode workers (in order) with the rest of the host part here."""
+        self._where = "the sampler, before the first batch"  # for errors raised in this thread
+        if not self.workers:
+            for batch in self.sampler:
+                self._where = (f"epoch {batch.epoch}, offset {batch.offset} "
+                               f"({batch.local_count} samples)")
+                item = self._prepare_host(batch)
+                self._where = f"the sampler, after the batch at {self._where}"
+                yield item
+            return
+        self._where = "the decode workers or the sampler"
+        from ..threads import loader_worker_threads, make_room_for_workers  # lazy
+        from .workers import shared_pool  # lazy
+
+        threads_each = loader_worker_threads(self.workers)
+        make_room_for_workers(self.workers, threads_each)
+        # On the CPU the workers do the whole host part (decode, float, augment) when the
+        # transform can travel to them; on the GPU they decode and the device does the rest.
+        finish = not self.device.is_gpu and _runs_in_workers(self.transform)
+        pool = shared_pool(self.dataset, self.workers, self.sampler.batch_size,
+                           threads=threads_each, transform=self.transform if finish else None,
+                           finish=finish)
+        for batch, (x, y) in pool.imap(self.sampler):
+            if self.device.is_gpu and len(x):
+                import cupyx  # GPU only: pinned, so the copy to the device can be async
+
+                x = _to_pinned(cupyx, x)
+                y = _to_pinned(cupyx, y)
+            elif not self.device.is_gpu and not finish:
+                x, y = self._finish(x, y, batch)
+            yield x, y, batch
 
     # ---- iteration -----------------------------------------------------------------------
     def __iter__(self):
@@ -137,7 +188,7 @@ class DataLoader:
     def _iterate(self):
         pending = collections.deque()  # (event, pinned x, pinned y): kept alive until the copy is done
         if self.prefetch == 0:
-            source, stop = (self._prepare_host(b) for b in self.sampler), None
+            source, stop = self._host_items(), None
         else:
             source, stop = self._start_thread()
         try:
@@ -182,16 +233,13 @@ class DataLoader:
         def produce():
             if self.device.is_gpu:  # pinned memory belongs to this rank's GPU context
                 self.device.xp.cuda.Device(self.device.device_id).use()
-            where = "the sampler, before the first batch"
             try:
-                for batch in self.sampler:
-                    where = f"epoch {batch.epoch}, offset {batch.offset} ({batch.local_count} samples)"
-                    if not put(self._prepare_host(batch)):
+                for item in self._host_items():
+                    if not put(item):
                         return
-                    where = f"the sampler, after the batch at {where}"
                 put(_DONE)
             except BaseException as e:  # noqa: BLE001 - carried to the consumer and re-raised there
-                put(_Failure(e, where))
+                put(_Failure(e, self._where))
 
         thread = threading.Thread(target=produce, name="mpinet-data-loader", daemon=True)
         thread.start()
@@ -216,3 +264,40 @@ class DataLoader:
             thread.join()
 
         return items(), stop
+
+
+def _runs_in_workers(transform) -> bool:
+    """Can the workers apply this transform? mpinet's own (Augment, the presets' Dihedral and
+    Compose: plain data, sent to the spawned workers) yes; any other callable (a lambda, a
+    closure, a user's class) stays in the loader thread."""
+    from .augment import Augment  # lazy: augment's home may move
+    from .presets import Compose, Dihedral
+
+    if transform is None or type(transform) in (Augment, Dihedral):
+        return True
+    if type(transform) is Compose:
+        return all(_runs_in_workers(t) for t in transform.transforms)
+    return False
+
+
+def _to_pinned(cupyx, a):
+    out = cupyx.empty_pinned(a.shape, dtype=a.dtype)
+    out[...] = a
+    return out
+
+
+def _resolve_workers(dataset, workers) -> int:
+    """The decode worker count: the given one, else the default from the thread budget."""
+    file_backed = hasattr(dataset, "read_batch")
+    if workers is None:
+        if not file_backed:
+            return 0
+        from ..threads import default_loader_workers  # lazy
+
+        return default_loader_workers()
+    if workers < 0:
+        raise ValueError(f"workers must be >= 0, got {workers}")
+    if workers and not file_backed:
+        raise ValueError(f"workers={workers}: decode workers read files, but this data set is in "
+                         "memory already (nothing to decode); use workers=0")
+    return int(workers)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import builtin, cifar, idx, image_folder, text
+from . import builtin, cifar, idx, image_folder, masks, streaming, text
 from .dataset import ArrayDataset, check_split
 
 
@@ -19,6 +19,14 @@ def _load_mnist(data_dir, split="train", raw=False):
     return idx.load_idx_dataset(data_dir, split, raw, name="mnist")
 
 
+def _load_image_folder(data_dir, split="train", size=None, grayscale=False, raw=False,
+                       stream=False):
+    """stream=True: a file-backed ImageFolderFiles (index in memory, decoded per batch)."""
+    if stream:
+        return streaming.ImageFolderFiles(data_dir, split, size=size, grayscale=grayscale)
+    return image_folder.load_image_folder(data_dir, split, size=size, grayscale=grayscale, raw=raw)
+
+
 # name -> (loader, needs a data dir?, default data dir or None)
 _DATASETS = {
     "digits": (builtin.load_digits, False, None),
@@ -26,7 +34,8 @@ _DATASETS = {
     "mnist": (_load_mnist, True, None),
     "cifar10": (cifar.load_cifar10, True, None),
     "cifar100": (cifar.load_cifar100, True, None),
-    "image-folder": (image_folder.load_image_folder, True, None),
+    "image-folder": (_load_image_folder, True, None),
+    "mask-folder": (masks.load_mask_folder, True, None),
     "synthetic": (builtin.load_synthetic, False, None),
     "synthetic-segmentation": (builtin.load_synthetic_segmentation, False, None),
     "python-source": (text.load_python_source, False, None),  # text: the stdlib's own source
@@ -42,7 +51,8 @@ _OPTIONS = {
     "mnist": ("raw",),
     "cifar10": ("raw",),
     "cifar100": ("raw", "label"),
-    "image-folder": ("size", "grayscale", "raw"),
+    "image-folder": ("size", "grayscale", "raw", "stream"),
+    "mask-folder": ("size", "grayscale", "mask_values"),
     "synthetic": ("num_samples", "input_shape", "num_classes", "seed", "raw"),
     "synthetic-segmentation": ("num_samples", "size", "channels", "max_shapes", "noise",
                                "shape_classes", "seed"),

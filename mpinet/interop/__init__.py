@@ -17,21 +17,21 @@ from .torchvision import LoadResult, load_torchvision_weights
 
 def export_onnx(model, path, input_shape=None, **kwargs):
     """See mpinet.interop.onnx_export.export_onnx."""
-    from .onnx_export import export_onnx as _export  # noqa: PLC0415 - needs the onnx package
+    from .onnx_export import export_onnx as _export
 
     return _export(model, path, input_shape, **kwargs)
 
 
 def import_onnx(path):
     """See mpinet.interop.onnx_import.import_onnx."""
-    from .onnx_import import import_onnx as _import  # noqa: PLC0415 - needs the onnx package
+    from .onnx_import import import_onnx as _import
 
     return _import(path)
 
 
 def import_caffe(prototxt, caffemodel=None, **kwargs):
     """See mpinet.interop.caffe.import_caffe."""
-    from .caffe import import_caffe as _import  # noqa: PLC0415 - needs the protobuf package
+    from .caffe import import_caffe as _import
 
     return _import(prototxt, caffemodel, **kwargs)
 

@@ -9,9 +9,10 @@ protobuf text format; fields the subset leaves out (data sources, loss settings,
 
 Layers (Caffe type -> mpinet):
   Convolution (2-D; groups, dilation, pad/stride/kernel in both the repeated and the _h/_w forms,
-  bias_term) -> Conv2d; Deconvolution (the same parameters) -> ConvTranspose2d; InnerProduct (flattens from ``axis``, ``transpose``) -> a Linear over the
-  flattened input; Pooling MAX/AVE (``round_mode`` CEIL, Caffe's default, or FLOOR; padding;
-  global_pooling) -> MaxPool2d/AvgPool2d, whose ceil rounding and clipped last window are Caffe's;
+  bias_term) -> Conv2d; Deconvolution (the same parameters) -> ConvTranspose2d; InnerProduct
+  (flattens from ``axis``, ``transpose``) -> a Linear over the flattened input; Pooling MAX/AVE
+  (``round_mode`` CEIL, Caffe's default, or FLOOR; padding; global_pooling) -> MaxPool2d/AvgPool2d,
+  whose ceil rounding and clipped last window are Caffe's;
   ReLU (negative_slope -> LeakyReLU); PReLU (channel_shared); BatchNorm (blobs mean*s, var*s, s:
   divided by the scale factor s as Caffe does, 0 when s = 0) followed by Scale on its output ->
   one BatchNorm2d whose weight/bias are the Scale's gamma/beta; a BatchNorm alone -> BatchNorm2d
@@ -208,7 +209,7 @@ class Eltwise(nn.Module):
     def forward(self, *xs):
         if self.operation == "SUM":
             y = None
-            for x, c in zip(xs, self.coeffs):
+            for x, c in zip(xs, self.coeffs, strict=True):
                 term = x if c == 1.0 else arith.mul(x, float(c))
                 y = term if y is None else arith.add(y, term)
             return y
@@ -472,9 +473,9 @@ class CaffeNet(nn.Module):
         return f"{self.source!r}, input {self.input_blob!r} {self.input_shape}"
 
 
-SUPPORTED_LAYERS = ("Convolution", "Deconvolution", "InnerProduct", "Pooling", "ReLU", "PReLU", "BatchNorm",
-                    "Scale", "LRN", "Dropout", "Concat", "Eltwise", "Softmax", "Sigmoid", "TanH",
-                    "Split", "Flatten", "Input", *sorted(DATA_LAYERS))
+SUPPORTED_LAYERS = ("Convolution", "Deconvolution", "InnerProduct", "Pooling", "ReLU", "PReLU",
+                    "BatchNorm", "Scale", "LRN", "Dropout", "Concat", "Eltwise", "Softmax",
+                    "Sigmoid", "TanH", "Split", "Flatten", "Input", *sorted(DATA_LAYERS))
 
 
 def _zeros(shape):
@@ -509,7 +510,7 @@ def _per_channel_scale(layer) -> bool:
 def _caffe_pooled(hw, kernel, stride, pad, ceil_mode: bool) -> tuple:
     """Caffe's PoolingLayer::Reshape output size (the clipping only with padding)."""
     out = []
-    for n, k, s, p in zip(hw, kernel, stride, pad):
+    for n, k, s, p in zip(hw, kernel, stride, pad, strict=True):
         o = (math.ceil if ceil_mode else math.floor)((n + 2 * p - k) / s) + 1
         if (pad[0] or pad[1]) and (o - 1) * s >= n + p:
             o -= 1
@@ -587,8 +588,8 @@ def main(argv=None) -> int:
     """python -m mpinet.interop.caffe NET.prototxt [WEIGHTS.caffemodel] [--input-shape C H W]
     [--onnx OUT.onnx]: import, print a summary, optionally write the model as ONNX; exit 2 on
     any error (one line on stderr)."""
-    import argparse  # noqa: PLC0415 - command line only
-    import sys  # noqa: PLC0415
+    import argparse
+    import sys
 
     parser = argparse.ArgumentParser(prog="python -m mpinet.interop.caffe",
                                      description="import a Caffe model into mpinet")
@@ -605,7 +606,7 @@ def main(argv=None) -> int:
         if net.skipped:
             line += f"; skipped {', '.join(net.skipped)}"
         if args.onnx:
-            from .onnx_export import export_onnx  # noqa: PLC0415 - needs the onnx package
+            from .onnx_export import export_onnx
 
             export_onnx(net, args.onnx)
             line += f"; wrote {args.onnx}"

@@ -50,8 +50,8 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def _export(args) -> str:
-    from .. import checkpoint  # noqa: PLC0415 - only export with --weights needs it
-    from ..models import build_model  # noqa: PLC0415
+    from .. import checkpoint
+    from ..models import build_model
 
     net = build_model(args.model, num_classes=args.num_classes, in_channels=args.in_channels,
                       input_size=args.input_size, **dict(args.opt))

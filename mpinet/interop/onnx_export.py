@@ -102,7 +102,8 @@ def trace_to_onnx(network, input_shape: tuple, batch_size: int = 2,
                 f"{type(network).__name__}'s forward) has no ONNX mapping; supported ops: "
                 f"{', '.join(sorted(_CONVERTERS))}")
         outputs = converter(builder, func, [builder.value(v) for v in func.inputs])
-        for ref, name in zip(func.outputs, outputs if isinstance(outputs, list) else [outputs]):
+        names = outputs if isinstance(outputs, list) else [outputs]
+        for ref, name in zip(func.outputs, names, strict=False):  # unused outputs have no name
             out = ref()
             if out is not None:
                 builder.names[id(out)] = name
@@ -209,7 +210,7 @@ def _common_prefix(names: list) -> str:
         return ""
     parts = [n.split(".")[:-1] for n in names]
     prefix = []
-    for group in zip(*parts):
+    for group in zip(*parts, strict=False):  # up to the shortest name
         if any(g != group[0] for g in group):
             break
         prefix.append(group[0])
@@ -316,8 +317,9 @@ def _resize(b, f, ins):
     """mpinet's (PyTorch's) upsampling formulas as ONNX Resize coordinate modes."""
     in_hw, out_hw = f.inputs[0].shape[2:], f.out_hw
     factors = f.scale_factors if f.scale_factors[0] is not None else \
-        tuple(o / i for o, i in zip(out_hw, in_hw))  # a fixed size: its ratio keeps N dynamic
-    if any(int(np.floor(i * np.float32(r))) != o for i, r, o in zip(in_hw, factors, out_hw)):
+        tuple(o / i for o, i in zip(out_hw, in_hw, strict=True))  # a size: its ratio keeps N free
+    if any(int(np.floor(i * np.float32(r))) != o
+           for i, r, o in zip(in_hw, factors, out_hw, strict=True)):
         raise OnnxExportError(f"export_onnx: upsampling {tuple(in_hw)} -> {tuple(out_hw)} has no "
                               f"float32 scale that ONNX Resize rounds back to that size; use a "
                               f"scale_factor (e.g. 2) or sizes that are whole multiples")

@@ -1,6 +1,7 @@
 """Weights from PyTorch: load a torchvision-style state dict into the matching mpinet zoo model.
 
-    # with torch, once:  safetensors.torch.save_file(torchvision_model.state_dict(), "r18.safetensors")
+    # with torch, once:
+    #   safetensors.torch.save_file(torchvision_model.state_dict(), "r18.safetensors")
     net = mpinet.models.build_model("resnet18", num_classes=1000, input_size=224)
     interop.load_torchvision_weights(net, "r18.safetensors")
 
@@ -45,7 +46,7 @@ class LoadResult(NamedTuple):
     loaded: list      # mpinet names that received a value
     missing: list     # model entries the state did not provide
     unexpected: list  # state entries the model does not have
-    skipped: list     # state entries dropped on purpose (num_batches_tracked without a buffer, exclude)
+    skipped: list     # entries dropped on purpose (num_batches_tracked without a buffer, exclude)
 
 
 def load_torchvision_weights(model, path_or_state, strict: bool = True,
@@ -102,7 +103,7 @@ def _few(names: list) -> str:
 
 def _read_state(path_or_state) -> "OrderedDict[str, np.ndarray]":
     if isinstance(path_or_state, (str, os.PathLike)):
-        from ..checkpoint import load_weights  # noqa: PLC0415 - safetensors reader with checks
+        from ..checkpoint import load_weights
 
         return load_weights(path_or_state)
     if not hasattr(path_or_state, "items"):
@@ -112,10 +113,10 @@ def _read_state(path_or_state) -> "OrderedDict[str, np.ndarray]":
 
 
 def _to_numpy(value, name) -> np.ndarray:
-    if hasattr(value, "detach") and hasattr(value, "cpu"):  # a torch tensor, without importing torch
+    if hasattr(value, "detach") and hasattr(value, "cpu"):  # a torch tensor; torch not imported
         t = value.detach().cpu()
         if str(t.dtype) == "torch.bfloat16":  # NumPy has no bfloat16: go through float32
-            import ml_dtypes  # noqa: PLC0415
+            import ml_dtypes
 
             return t.float().numpy().astype(ml_dtypes.bfloat16)
         return t.numpy()
@@ -132,7 +133,8 @@ def _as_dtype(value: np.ndarray, dtype: np.dtype, name: str, counter: bool) -> n
         return value
     if counter:
         return value.astype(dtype)
-    if value.dtype.kind in "iub" and dtype.kind == "f" or value.dtype.kind == "f" and dtype.kind in "iu":
+    if (value.dtype.kind in "iub" and dtype.kind == "f"
+            or value.dtype.kind == "f" and dtype.kind in "iu"):
         raise ValueError(f"load_torchvision_weights: {name!r} is {value.dtype} in the state but "
                          f"{dtype} in the model; integer and floating entries do not convert")
     return value.astype(dtype)

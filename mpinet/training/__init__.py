@@ -6,6 +6,7 @@
     scale, accumulate, allreduce wait, unscale, overflow check, clip, optimizer step), for
     every precision and for CUDA graphs;
   * ``metrics``: losses and metrics as sums over ranks; ``state``: what a checkpoint holds;
+  * ``segmentation_metrics``: per-class IoU and Dice from a confusion matrix summed over ranks;
   * ``callbacks``, ``cuda_graph`` (the step captured and replayed), ``preemption`` (signals).
 Importing this package initialises nothing (no MPI, no CUDA): ``Model`` does, when built.
 """

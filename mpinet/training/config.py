@@ -44,7 +44,10 @@ _RULES: dict[str, tuple] = {
     "device": ("choice", ("auto", "cpu", "gpu")),
     "dp_mode": ("choice", ("backward", "forward", "sync")),
     "bucket_mb": ("float", (0, math.inf, False, False)), "grad_dtype": ("choice", ("bf16", "fp16")),
-    "accumulation_steps": ("int", 1), "augment": ("bool", None), "sync_batchnorm": ("bool", None),
+    "accumulation_steps": ("int", 1), "sync_batchnorm": ("bool", None),
+    # --augment: a preset of mpinet.data.presets, "auto" (the data set's kind), or a bool
+    # (true = "auto", as config files wrote it before the presets).
+    "augment": ("bool_or_choice", ("auto", "digits", "photo", "microscopy", "none")),
     "checkpoint_dir": ("path", None), "checkpoint_every": ("int", 0),
     "keep_checkpoints": ("int", 1), "resume": ("path", None), "seed": ("int", 0),
     "metrics": ("path", None), "log_every": ("int", 1), "train_samples": ("int", 1),
@@ -59,10 +62,14 @@ _RULES: dict[str, tuple] = {
     "seq_len": ("int", 1), "sample": ("int", 0),
     "temperature": ("float", (0, math.inf, True, False)), "sample_prompt": ("str", None),
     "save_model": ("path", None),
+    "threads": ("int", 1), "workers": ("int", 0),
+    "mask_values": ("str", None), "class_weights": ("str", None),
+    "loss": ("choice", ("cross_entropy", "dice", "bce", "dice+ce")),
 }
 OPTIONAL = {"data_dir", "grad_dtype", "checkpoint_dir", "resume", "metrics", "train_samples",
-            "save_weights", "model_opt", "comm_timeout", "straggler_warn", "clip_norm",
-            "clip_value", "save_model"}
+            "save_weights", "model_opt", "comm_timeout", "straggler_warn", "save_model",
+            "threads", "workers", "mask_values", "class_weights", "loss", "clip_norm",
+            "clip_value"}
 
 
 def check_value(key: str, value, where: str = ""):
@@ -96,6 +103,11 @@ def check_value(key: str, value, where: str = ""):
     if kind == "choice":
         if value not in detail:
             raise ConfigError(f"{name}: {value!r} is not one of {', '.join(detail)}")
+        return value
+    if kind == "bool_or_choice":
+        if not isinstance(value, bool) and value not in detail:
+            raise ConfigError(f"{name}: {value!r} is not true, false or one of "
+                              f"{', '.join(detail)}")
         return value
     if kind == "bool":
         if not isinstance(value, bool):
@@ -135,7 +147,7 @@ class TrainConfig:
     bucket_mb: float = 25.0
     grad_dtype: str | None = None
     accumulation_steps: int = 1
-    augment: bool = False
+    augment: bool | str = False
     sync_batchnorm: bool = False
     checkpoint_dir: str | None = None
     checkpoint_every: int = 0
@@ -166,6 +178,14 @@ class TrainConfig:
     sample_prompt: str = "def "
     # The model file written at the end (None: CHECKPOINT_DIR/model.mpinet if a dir is given).
     save_model: str | None = None
+    # BLAS threads per rank (None: mpinet.threads decides) and decode workers per rank.
+    threads: int | None = None
+    workers: int | None = None
+    # Segmentation: mask pixel values per class, the loss and per-class weights (strings as
+    # on the command line: "0,128,255", "1,2").
+    mask_values: str | None = None
+    loss: str | None = None
+    class_weights: str | None = None
 
     def __post_init__(self):
         for f in dataclasses.fields(self):

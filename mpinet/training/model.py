@@ -70,6 +70,10 @@ class Model:
             from ..comm import create_communicator  # noqa: PLC0415 - initialises MPI
 
             comm = create_communicator("auto")
+        # Each rank's BLAS pools sized to its cores (once per process; mpinet.threads).
+        from ..threads import apply_thread_budget  # collective: needs the comm
+
+        apply_thread_budget(getattr(comm, "mpi_comm", None))
         self.network = network.to(backend.current())
         self.comm = comm
         if comm.size > 1:
@@ -167,13 +171,16 @@ class Model:
             accumulation_steps: int = 1, log_every: int = 10, verbose: bool = True,
             metrics_file: str | None = None, checkpoint_dir: str | None = None,
             checkpoint_every: int = 0, keep_checkpoints: int = 3, resume=None,
-            handle_preemption: bool = True, preemption_flag: "PreemptionFlag | None" = None
-            ) -> History:
+            handle_preemption: bool = True, preemption_flag: "PreemptionFlag | None" = None,
+            workers: int | None = None) -> History:
         """Train for ``epochs`` epochs of ``train``; ``batch_size`` per rank.
 
-        ``train``: a dataset (ArrayDataset, TensorDataset, SequenceDataset, or anything with the
-        protocol of mpinet.data.arrays), or NumPy inputs x of any rank with targets ``y``
-        (Keras' ``fit(x, y, ...)``); ``validation_data`` likewise a dataset or a tuple (x, y).
+        ``train``: a dataset (ArrayDataset, a file-backed data set of mpinet.data.streaming /
+        masks, TensorDataset, SequenceDataset, or anything with the protocol of
+        mpinet.data.arrays), or NumPy inputs x of any rank with targets ``y`` (Keras'
+        ``fit(x, y, ...)``); ``validation_data`` likewise a dataset or a tuple (x, y).
+        ``workers``: decode processes for a file-backed set (None: the rank's cores minus one;
+        mpinet.data.workers).
 
         transform: the training transform (augmentation + normalization, on the device);
         eval_transform: what evaluate/predict apply instead (the same normalization, no random
@@ -195,7 +202,8 @@ class Model:
         check_can_train(train, self.comm.size, batch_size, accumulation_steps)
         self.sampler = DistributedSampler(len(train), batch_size, self.comm.rank, self.comm.size,
                                           seed=seed, shuffle=shuffle)
-        self.loader = DataLoader(train, self.sampler, transform=transform)
+        # workers: decode processes for a file-backed data set (None: from the thread budget)
+        self.loader = DataLoader(train, self.sampler, transform=transform, workers=workers)
         self.transform = transform
         self.eval_transform = eval_transform
         callbacks = list(callbacks)

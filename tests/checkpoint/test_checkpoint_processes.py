@@ -1,7 +1,7 @@
 """Checkpoints across processes: elastic resume (saved on 4 ranks, resumed on 2), SIGKILL in the
 middle of a save, SIGTERM to ``python -m mpinet.train`` and ``--resume auto``.
 
-Each test starts its programs with ``timeout``; mpiexec ranks run with OMP_NUM_THREADS=1 and
+Each test starts its programs with ``timeout``; mpiexec ranks run with the threads mpinet chooses and
 MPICH's heavy yield so oversubscribed ranks on a 2-core machine do not spin.
 """
 from __future__ import annotations

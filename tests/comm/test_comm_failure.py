@@ -29,7 +29,7 @@ def launcher():
 def run_job(script, *args, env_extra=None, limit_s=30):
     env = mpi_env()
     env.update({"PYTHONPATH": ROOT + os.pathsep + env.get("PYTHONPATH", ""),
-                "OMP_NUM_THREADS": "1", "MPIR_CVAR_ENABLE_HEAVY_YIELD": "1",
+                "MPIR_CVAR_ENABLE_HEAVY_YIELD": "1",
                 "OMPI_MCA_mpi_yield_when_idle": "1", "OMPI_ALLOW_RUN_AS_ROOT": "1",
                 "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1", "NCCL_NVLS_ENABLE": "0",
                 **(env_extra or {})})

@@ -329,7 +329,8 @@ def test_batchnorm_scale_factor_zero_means_zero_statistics(tmp_path):
 
 DECONV = """
 name: "Deconv"
-layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 4 dim: 5 dim: 5 } } }
+layer { name: "data" type: "Input" top: "data"
+        input_param { shape { dim: 2 dim: 4 dim: 5 dim: 5 } } }
 layer { name: "up" type: "Deconvolution" bottom: "data" top: "up"
         convolution_param { num_output: 6 kernel_size: 4 stride: 2 pad: 1 group: 2 } }
 layer { name: "sig" type: "Sigmoid" bottom: "up" top: "sig" }

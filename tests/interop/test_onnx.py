@@ -308,7 +308,7 @@ def test_a_file_from_pytorchs_exporter_imports(tmp_path):
         torch.onnx.export(net, (x,), str(path), dynamo=False, opset_version=17,
                           input_names=["input"], output_names=["output"],
                           dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
-    except Exception as e:  # noqa: BLE001 - the TorchScript exporter may be gone in a later torch
+    except Exception as e:
         pytest.skip(f"torch.onnx.export(dynamo=False) unavailable: {e}")
     imported = import_onnx(path).eval()
     want = net(x).detach().numpy()

@@ -143,14 +143,16 @@ def test_hosts_runs_ranks_per_host_from_a_hostfile(tmp_path):
 def test_hosts_open_mpi_places_blocks_and_forwards_environment(tmp_path, fake_open_mpi):
     hostfile = tmp_path / "hosts"
     hostfile.write_text("node1\nnode2 slots=4\n")
-    env = {**fake_open_mpi("4.1.6"), "NCCL_SOCKET_IFNAME": "ib0"}
+    env = {**fake_open_mpi("4.1.6"), "NCCL_SOCKET_IFNAME": "ib0", "OMP_NUM_THREADS": "3"}
     out = run(HOSTS, "-f", str(hostfile), "-N", "4", "--dry-run", env=env)
     assert out.returncode == 0, out.stderr
     cmd = command_line(out)
     assert "-n 8 --host node1:4,node2:4 --map-by slot" in cmd, cmd
     assert "--oversubscribe" not in cmd, cmd  # host:4 declares 4 slots per host
     for var in ("NCCL_NVLS_ENABLE", "NCCL_SOCKET_IFNAME", "PATH", "OMP_NUM_THREADS"):
-        assert f"-x {var} " in cmd, (var, cmd)
+        assert f"-x {var} " in cmd, (var, cmd)  # OMP_NUM_THREADS: the user's value, forwarded
+    unset = run(HOSTS, "-f", str(hostfile), "-N", "4", "--dry-run", env=fake_open_mpi("4.1.6"))
+    assert "OMP_NUM_THREADS" not in command_line(unset), command_line(unset)  # mpinet decides
 
 
 def test_hosts_needs_a_hostfile_with_hosts(tmp_path):

@@ -22,7 +22,7 @@ def test_defaults_typed_frozen_and_dict_like():
     ({"epochs": True}, "--epochs: True is not an integer"),
     ({"momentum": -0.5}, "--momentum must be >= 0, got -0.5"),
     ({"optimizer": "lion"}, "--optimizer: 'lion' is not one of sgd, adam, adamw"),
-    ({"augment": "yes"}, "--augment: 'yes' is not true or false"),
+    ({"augment": "yes"}, "--augment: 'yes' is not true, false or one of auto, digits, photo"),
     ({"straggler_warn": float("inf")}, "--straggler-warn must be a finite number"),
 ])
 def test_each_key_is_checked(changes, message):

@@ -90,7 +90,7 @@ class Slurm:
         env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
         env.update(MPINET_SLURM_GPUS="0", MPINET_SLURM_TASKS_PER_NODE="2",
                    MPINET_SLURM_CPUS_PER_TASK="1", MPINET_PROGRAM=program,
-                   PYTHON=sys.executable, OMP_NUM_THREADS="1", PYTHONPATH=_pythonpath())
+                   PYTHON=sys.executable, PYTHONPATH=_pythonpath())
         env.update(extra)
         return env
 
