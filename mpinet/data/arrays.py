@@ -171,7 +171,11 @@ class SequenceDataset:
 
 
 def is_dataset(obj) -> bool:
-    return hasattr(obj, "__len__") and (hasattr(obj, "batch") or hasattr(obj, "images"))
+    """A data set object (ArrayDataset, file-backed, TensorDataset, anything with ``batch``),
+    as opposed to arrays (NumPy/CuPy: shape and dtype) or a list/tuple of them."""
+    if isinstance(obj, (list, tuple)) or (hasattr(obj, "shape") and hasattr(obj, "dtype")):
+        return False
+    return hasattr(obj, "__len__")
 
 
 def as_dataset(x, y=None, what: str = "fit"):
