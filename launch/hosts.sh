@@ -2,7 +2,7 @@
 # Start mpinet on several hosts listed in a hostfile, the same number of ranks on each.
 #
 #   launch/hosts.sh -f hosts.txt                  # one rank per GPU of each host
-#   launch/hosts.sh -f hosts.txt -N 8 -- --model resnet50 --dataset imagenet --data-dir /data
+#   launch/hosts.sh -f hosts.txt -N 8 -- --model resnet50 --dataset image-folder --data-dir /data
 #   launch/hosts.sh -f hosts.txt -N 2 --dry-run   # print the command only
 #
 # Options:

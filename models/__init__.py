@@ -17,6 +17,8 @@ from mpinet import nn
 from mpinet.nn import registry
 
 from .alexnet import alexnet
+from .char_lstm import char_lstm
+from .char_transformer import char_transformer
 from .lenet import lenet5, small_cnn
 from .mlp import linear_regression, mlp
 from .resnet import resnet18, resnet34, resnet50
@@ -42,7 +44,9 @@ _IMAGE_MODELS = {
     "unet": unet,
 }
 _VECTOR_MODELS = {"linear-regression": linear_regression, "mlp": mlp}
-_BUILDERS = {**_VECTOR_MODELS, **_IMAGE_MODELS}
+# Sequence models take token ids; num_classes is their vocabulary size.
+_SEQUENCE_MODELS = {"char-lstm": char_lstm, "char-transformer": char_transformer}
+_BUILDERS = {**_VECTOR_MODELS, **_IMAGE_MODELS, **_SEQUENCE_MODELS}
 
 
 def available_models() -> list[str]:
@@ -65,6 +69,10 @@ def build_model(name: str, num_classes: int | None = None, in_channels: int | No
         raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(_BUILDERS)}")
     if name in _VECTOR_MODELS:
         kwargs = _vector_model_args(name, num_classes, in_channels, input_size, opts)
+    elif name in _SEQUENCE_MODELS:  # char-lstm, char-transformer: num_classes = vocabulary size
+        kwargs = dict(opts)
+        if num_classes is not None:
+            kwargs.setdefault("vocab_size", num_classes)
     else:
         kwargs = {k: v for k, v in (("num_classes", num_classes), ("in_channels", in_channels),
                                     ("input_size", input_size)) if v is not None}
@@ -101,6 +109,7 @@ def _vector_model_args(name: str, num_classes, in_channels, input_size, opts: di
     return kwargs
 
 
-__all__ = ["available_models", "build_model", "linear_regression", "mlp", "lenet5", "small_cnn",
-           "alexnet", "vgg11", "vgg11_bn", "vgg16", "vgg16_bn", "squeezenet1_0",
-           "squeezenet1_1", "resnet18", "resnet34", "resnet50", "unet"]
+__all__ = ["available_models", "build_model", "char_lstm", "char_transformer",
+           "linear_regression", "mlp", "lenet5", "small_cnn", "alexnet", "vgg11", "vgg11_bn",
+           "vgg16", "vgg16_bn", "squeezenet1_0", "squeezenet1_1", "resnet18", "resnet34",
+           "resnet50", "unet"]

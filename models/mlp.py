@@ -45,8 +45,11 @@ def linear_regression(in_features: int, out_features: int = 1,
 
 def mlp(in_features: int, hidden: tuple = (256, 128), num_classes: int = 10,
         dropout: float = 0.0, batchnorm: bool = False,
-        input_shape: tuple | None = None) -> nn.Sequential:
+        input_shape: tuple | None = None, activation: str = "relu") -> nn.Sequential:
     """Flatten -> [Linear -> (BatchNorm1d) -> ReLU -> (Dropout)] per hidden width -> Linear.
+
+    ``activation``: any name of ``nn.ACTIVATIONS`` instead of ReLU (e.g. "gelu", "mish"; on the
+    CLI ``--model-opt activation=mish``).
 
     Layers are one Sequential, numbered in order: with ``batchnorm=False, dropout=0`` and
     hidden=(256, 128) they are 0 Flatten, 1 Linear, 2 ReLU, 3 Linear, 4 ReLU, 5 Linear.
@@ -57,13 +60,14 @@ def mlp(in_features: int, hidden: tuple = (256, 128), num_classes: int = 10,
     hidden = tuple(check_positive("mlp", "hidden width", h) for h in hidden)
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"mlp: dropout must be in [0, 1), got {dropout!r}")
+    nn.get_activation(activation)  # an unknown name fails here, before any layer is built
     layers = [nn.Flatten(1)]
     width = in_features
     for h in hidden:
         layers.append(nn.Linear(width, h))
         if batchnorm:
             layers.append(nn.BatchNorm1d(h))
-        layers.append(nn.ReLU())
+        layers.append(nn.get_activation(activation))
         if dropout > 0:
             layers.append(nn.Dropout(dropout))
         width = h

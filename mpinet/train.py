@@ -76,7 +76,8 @@ def build_parser(rank: int = 0) -> argparse.ArgumentParser:
     g.add_argument("--momentum", type=float)
     g.add_argument("--weight-decay", type=float)
     g.add_argument("--nesterov", action="store_true", default=None)
-    g.add_argument("--schedule", choices=["constant", "step", "cosine"])
+    g.add_argument("--schedule", choices=["constant", "step", "cosine", "exponential",
+                                          "multistep", "onecycle", "polynomial", "plateau"])
     g.add_argument("--warmup-steps", type=int, help="linear LR warmup steps")
     g.add_argument("--scale-lr", action="store_true", default=None,
                    help="linear scaling rule: lr * global_batch / --base-batch")
@@ -88,6 +89,17 @@ def build_parser(rank: int = 0) -> argparse.ArgumentParser:
     g.add_argument("--class-weights", help="segmentation: comma-separated weight per class")
     g.add_argument("--accumulation-steps", type=int,
                    help="split each rank's batch into this many micro-batches (no comm between)")
+    g = p.add_argument_group("gradient clipping and sequence models")
+    g.add_argument("--clip-norm", type=float, help="clip the reduced gradient to this global "
+                                                   "L2 norm before each update")
+    g.add_argument("--clip-value", type=float, help="clamp each reduced gradient element to "
+                                                    "[-v, v] before each update")
+    g.add_argument("--seq-len", type=int, help="characters per training sequence (text data "
+                                               "sets, e.g. --dataset python-source)")
+    g.add_argument("--sample", type=int, help="after training, print this many characters "
+                                              "sampled from a language model (rank 0)")
+    g.add_argument("--temperature", type=float, help="sampling temperature for --sample")
+    g.add_argument("--sample-prompt", help="text the --sample continues")
     g = p.add_argument_group("parallelism and precision")
     g.add_argument("--comm", choices=["auto", "mpi", "nccl", "hierarchical"])
     g.add_argument("--device", choices=["auto", "cpu", "gpu"])
@@ -113,6 +125,10 @@ def build_parser(rank: int = 0) -> argparse.ArgumentParser:
     g.add_argument("--deterministic", action="store_true", default=None,
                    help="GPU: never choose cuDNN engines marked non-deterministic, so a run (and "
                         "a resumed run) repeats bit for bit; may be slower")
+    g.add_argument("--preflight", action="store_true", default=None,
+                   help="before training, check every rank's host, GPU, library versions and "
+                        "network, and time the communicator's allreduce (mpinet.comm.check); "
+                        "exit 2 if a check fails")
     g = p.add_argument_group("checkpoints and output")
     g.add_argument("--checkpoint-dir")
     g.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (0: per epoch)")
@@ -171,6 +187,7 @@ def validate(cfg: dict) -> None:
         raise ConfigError(f"--resume {cfg['resume']!r}: no such checkpoint")
     if cfg["save_model"]:
         _check_writable_file("--save-model", cfg["save_model"])
+    _validate_sequence_flags(cfg)
 
 
 def _check_writable_file(flag: str, path: str) -> None:
@@ -186,9 +203,29 @@ def _check_writable_file(flag: str, path: str) -> None:
                           f"{'not a directory' if not os.path.isdir(folder) else 'not writable'})")
 
 
+def _validate_sequence_flags(cfg: dict) -> None:
+    """Text data sets need a language model, and --sample one on a text data set (the
+    values themselves are checked by TrainConfig)."""
+    from mpinet.data.registry import dataset_options  # noqa: PLC0415
+
+    text = "seq_len" in dataset_options(cfg["dataset"])
+    language_models = ("char-lstm", "char-transformer")
+    if text and cfg["model"] not in language_models:
+        raise ConfigError(f"--dataset {cfg['dataset']} holds character sequences; train a "
+                          f"language model on it (--model {' or '.join(language_models)}), "
+                          f"not --model {cfg['model']}")
+    if cfg["sample"] and (not text or cfg["model"] not in language_models):
+        raise ConfigError(f"--sample needs a language model on a text data set (--model "
+                          f"char-lstm --dataset python-source), got --model {cfg['model']} "
+                          f"--dataset {cfg['dataset']}")
+
+
 def _pick_model_opts(cfg: dict, train) -> dict:
-    c, h, _ = train.input_shape
-    opts = {"num_classes": train.num_classes, "in_channels": c, "input_size": h}
+    if hasattr(train, "vocab_size"):  # text: token ids in, one class per vocabulary entry
+        opts = {"num_classes": train.vocab_size}
+    else:
+        c, h, _ = train.input_shape
+        opts = {"num_classes": train.num_classes, "in_channels": c, "input_size": h}
     for item in cfg["model_opt"] or ():
         key, sep, value = str(item).partition("=")
         if not sep or not key:
@@ -252,10 +289,14 @@ def setup(cfg: dict, comm):
         except ValueError:
             raise ConfigError(f"--mask-values {cfg['mask_values']!r} must be integers separated "
                               "by commas, e.g. 0,128,255") from None
+    if "seq_len" in dataset_options(cfg["dataset"]):  # text data sets (issue 18)
+        opts["seq_len"] = int(cfg["seq_len"])
     train = get_dataset(cfg["dataset"], "train", data_dir=cfg["data_dir"], **opts)
     test = get_dataset(cfg["dataset"], "test", data_dir=cfg["data_dir"], **opts)
     if cfg["train_samples"] and hasattr(train, "subset"):  # file-backed (mpinet.data.streaming)
         train = train.subset(int(cfg["train_samples"]))
+    elif cfg["train_samples"] and hasattr(train, "head"):  # TensorDataset (e.g. text)
+        train = train.head(int(cfg["train_samples"]))
     elif cfg["train_samples"]:
         from mpinet.data.dataset import ArrayDataset  # noqa: PLC0415
 
@@ -293,7 +334,8 @@ def setup(cfg: dict, comm):
                   precision=cfg["precision"],
                   label_smoothing=cfg["label_smoothing"], dp_mode=cfg["dp_mode"],
                   bucket_mb=cfg["bucket_mb"], grad_dtype=cfg["grad_dtype"],
-                  cuda_graph=bool(cfg["cuda_graph"]))
+                  cuda_graph=bool(cfg["cuda_graph"]),
+                  clip_norm=cfg["clip_norm"], clip_value=cfg["clip_value"])
     transform = eval_transform = None
     preset = _augment_preset(cfg)
     if preset != "none":
@@ -416,6 +458,17 @@ def main(argv=None) -> int:
     if not _all_fine(world, error, limit, deadline):
         return 2
 
+    if rank == 0:  # which communicator, why, and which ranks run on which host
+        print(f"mpinet: {getattr(comm, 'choice', 'comm=' + comm.name)}", flush=True)
+    if cfg["preflight"]:
+        from mpinet.comm.check import preflight as run_preflight  # noqa: PLC0415
+
+        if run_preflight(world, [comm.name], size_mb=16.0, iters=3,
+                         out=lambda line: print(line, flush=True)):
+            if rank == 0:
+                print("mpinet.train: error: the preflight found problems (above); fix them or "
+                      "run without --preflight", file=sys.stderr, flush=True)
+            return 2
     if rank == 0 and not cfg["quiet"]:
         print(f"mpinet: {cfg['model']} on {cfg['dataset']} ({len(train)} train / {len(test)} "
               f"test), {comm.size} rank(s), comm={comm.name}, device={backend.current()}, "
@@ -443,6 +496,10 @@ def main(argv=None) -> int:
     if cfg["save_weights"]:
         model.save_weights(cfg["save_weights"])
     final = model.evaluate(test)
+    if hasattr(test, "vocab_size"):  # a language model: the loss in bits per character too
+        from mpinet.sample import report_language_model  # noqa: PLC0415
+
+        final = report_language_model(model, final, cfg, rank)
     if rank == 0:
         print("final test: " + ", ".join(f"{k} {v:.4f}" for k, v in final.items()), flush=True)
     if train.is_segmentation:

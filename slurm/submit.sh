@@ -4,7 +4,8 @@
 #   slurm/submit.sh [sbatch options...] SCRIPT [program arguments...]
 #
 #   slurm/submit.sh slurm/train_1node.sbatch --model resnet18 --dataset cifar10 --epochs 90
-#   slurm/submit.sh --nodes=4 slurm/train_multinode.sbatch --model resnet50 --dataset imagenet
+#   slurm/submit.sh --nodes=4 slurm/train_multinode.sbatch --model resnet50 --dataset image-folder \
+#       --data-dir /data/imagenet64
 #   slurm/submit.sh slurm/train_preemptible.sbatch --epochs 200
 #   slurm/submit.sh slurm/sweep_array.sbatch --epochs 20
 #

@@ -10,10 +10,14 @@ It knows arrays only, never layers. Implementations (``comm.name``):
   * ``nccl``         CuPy arrays via cupy.cuda.nccl on a dedicated stream ordered after the
                      compute stream with events.
   * ``hierarchical`` reduce-scatter inside the node -> allreduce of this rank's shard across nodes
-                     over MPI (through pinned host buffers on GPU) -> allgather inside the node.
+                     over MPI (device buffers if MPI is CUDA-aware, else pinned host memory in
+                     chunks that overlap the copies with the network) -> allgather inside.
                      On CPU the same algorithm with MPI at both levels.
-  * ``auto``         CPU -> mpi; GPU on one node -> nccl; GPU on several nodes -> hierarchical,
-                     or nccl when $MPINET_NCCL_ACROSS_NODES=1.
+  * ``auto``         every rank on the CPU -> mpi; every rank with a GPU -> nccl, on any number
+                     of nodes (NCCL crosses nodes by itself, over IB or sockets, and its
+                     collectives can be captured in CUDA graphs); a mix -> an error naming the
+                     ranks without a GPU. ``comm.choice`` says what was chosen and why (the
+                     trainer prints it at start). ``hierarchical`` stays an explicit choice.
 
 No hangs: each wait (object collectives and communicator setup included) is bounded by
 ``timeout_s`` ($MPINET_COMM_TIMEOUT, or ``--comm-timeout``; default 600 s); past it the job is
@@ -27,15 +31,12 @@ sides ($MPINET_COMM_CHECK=0 turns it off, for measuring its cost). ``debug``
 """
 from __future__ import annotations
 
-import os
-
 from mpinet import backend
 from mpinet.comm import failure, topology
 from mpinet.comm.base import CommError, Communicator, Handle, env_timeout_s, wait_all
 from mpinet.comm.topology import Topology
 
 IMPLS = ("auto", "mpi", "nccl", "hierarchical")
-NCCL_ACROSS_NODES_ENV = "MPINET_NCCL_ACROSS_NODES"
 
 __all__ = ["create_communicator", "Communicator", "Handle", "wait_all", "Topology", "CommError"]
 
@@ -56,19 +57,31 @@ def create_communicator(impl: str = "auto", mpi_comm=None, timeout_s=None,
     limit = float(timeout_s) if timeout_s is not None else env_timeout_s()
     with failure.deadline("communicator setup", limit, mpi_comm):
         layout = topology.build(mpi_comm)
+        # Which ranks have a GPU: the choice must be the same on every rank.
+        gpu_ranks = mpi_comm.allgather(bool(backend.current().is_gpu))
         if impl == "auto":
-            impl = _choose(layout[0])
+            impl, why = choose(layout[0], gpu_ranks)
+        else:
+            why = "asked for"
         if impl == "mpi":
             from mpinet.comm.mpi import MpiCommunicator as cls  # noqa: PLC0415
         elif impl == "nccl":
             from mpinet.comm.nccl import NcclCommunicator as cls  # noqa: PLC0415
         else:
             from mpinet.comm.hierarchical import HierarchicalCommunicator as cls  # noqa: PLC0415
-        return cls(mpi_comm, timeout_s=timeout_s, debug=debug, layout=layout)
+        comm = cls(mpi_comm, timeout_s=timeout_s, debug=debug, layout=layout)
+    comm.choice = f"comm={impl} ({why}); {topology.describe(layout[0])}"
+    return comm
 
-def _choose(topo: Topology) -> str:
-    if not backend.current().is_gpu:
-        return "mpi"
-    if topo.num_nodes == 1 or os.environ.get(NCCL_ACROSS_NODES_ENV, "") == "1":
-        return "nccl"
-    return "hierarchical"
+
+def choose(topo: Topology, gpu_ranks) -> tuple[str, str]:
+    """``auto``'s pick and the reason, from whether each rank (index = rank) has a GPU."""
+    where = f"{topo.size} rank(s) on {topo.num_nodes} node(s)"
+    if not any(gpu_ranks):
+        return "mpi", f"auto: no rank has a GPU; {where}"
+    if all(gpu_ranks):
+        return "nccl", (f"auto: every rank has a GPU; {where}: NCCL inside and across nodes")
+    missing = [r for r, g in enumerate(gpu_ranks) if not g]
+    raise ValueError(f"comm 'auto': ranks {missing} have no GPU but the others do; every rank "
+                     f"must use the same device kind. Give every rank a GPU (one per rank), or "
+                     f"run all on the CPU (--device cpu)")

@@ -11,7 +11,9 @@ nothing on the fast path. Only when a wait times out does the waiting rank read 
 slot with ``Rget`` inside a passive-target epoch opened once at creation; the target does not
 have to call MPI for that (shared memory, or RDMA between nodes), so a rank that sleeps or spins
 in Python is still readable. A rank whose slot cannot be read within a few seconds is reported
-as unreachable rather than waited for, so the timeout report itself can never hang.
+as unreachable rather than waited for; and where posting the read itself blocks (MPICH over tcp
+retries the connection to a dead peer inside ``Rget``), a watchdog ends this rank naming the
+peer it was stuck on (``comm/guard.py``), so the timeout report itself can never hang.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ import time
 import numpy as np
 
 from mpinet.comm import failure
+from mpinet.comm.guard import deadline
 
 # Op codes stored in the window (and in debug signatures); the order is part of no file format.
 OPS = ("allreduce", "bcast", "allgather", "reduce_scatter", "barrier",
@@ -79,6 +82,8 @@ class ArrivalTracker:
             list(range(mpi_comm.Get_size())), MPI.COMM_WORLD.Get_group())
         self.seq = 0
         self.timeout_s = timeout_s
+        self._reading = None  # the rank whose slot is being requested (for a stuck Rget)
+        self._my_rank = mpi_comm.Get_rank()  # read by the watchdog thread, which calls no MPI
         # Silence watch state: per rank, the last heartbeat seen and when it last changed.
         self._beats: dict[int, tuple[int | None, float]] = {}
         # Where each rank runs, for reports ("rank 1 (pid 4242 on host node07)").
@@ -141,15 +146,35 @@ class ArrivalTracker:
         ranks = list(range(self._comm.Get_size())) if ranks is None else list(ranks)
         size = len(ranks)
         bufs = [np.zeros(_SLOT, np.int64) for _ in range(size)]
-        reqs = [self._win.Rget(bufs[i], r, (0, _SLOT, MPI.INT64_T)) for i, r in enumerate(ranks)]
-        done = [False] * size
-        deadline = time.monotonic() + read_timeout_s
-        while not all(done) and time.monotonic() < deadline:
-            for r, req in enumerate(reqs):
-                done[r] = done[r] or req.Test()
-            time.sleep(0.001)
+        # Posting an Rget can itself block when the target's process is gone (MPICH over tcp):
+        # a watchdog names the rank being read and ends this process (guard.py).
+        with deadline(read_timeout_s + 5.0, self._stuck_report):
+            reqs = []
+            for i, r in enumerate(ranks):
+                self._reading = r
+                reqs.append(self._win.Rget(bufs[i], r, (0, _SLOT, MPI.INT64_T)))
+            self._reading = None
+            done = [False] * size
+            until = time.monotonic() + read_timeout_s
+            while not all(done) and time.monotonic() < until:
+                for r, req in enumerate(reqs):
+                    done[r] = done[r] or req.Test()
+                time.sleep(0.001)
         return [(self._world_ranks[r], int(b[0]), OPS[b[1]] if b[1] >= 0 else "none", int(b[2]),
                  int(b[4])) if ok else None for r, b, ok in zip(ranks, bufs, done, strict=True)]
+
+    def _stuck_report(self) -> str:
+        """What a blocked position read was doing (called by the watchdog thread: no MPI)."""
+        me, r = self._my_rank, self._reading
+        stuck = (f"MPI blocked reading the position of rank {self._world_ranks[r]} "
+                 f"({self.where(r)})" if r is not None else "MPI blocked reading peers' positions")
+        order = [self.hosts[me], *sorted({h for h in self.hosts if h != self.hosts[me]})]
+        per_host = {h: [self._world_ranks[i] for i, x in enumerate(self.hosts) if x == h]
+                    for h in order}
+        return (f"[mpinet] rank {self._world_ranks[me]}: waiting for a collective, {stuck}: "
+                f"that rank's process is gone or its host unreachable; ending this rank so the "
+                f"launcher ends the job. Ranks per host: "
+                + ", ".join(f"{h}: {ranks}" for h, ranks in per_host.items()))
 
     def process_state(self, rank: int) -> str:
         """What can be seen of a peer's process: "exited", "stopped" (SIGSTOP/SIGTSTP) or ""

@@ -3,9 +3,13 @@
 Each rank sends only 1/local_size of the data across nodes (its shard), so the slow inter-node
 link carries the minimum; the fast intra-node links do the rest.
 
-  * GPU (CuPy arrays): NCCL reduce-scatter on the node's GPUs, shard copied to pinned host memory,
-    MPI allreduce of the shard between the ranks with the same local rank on every node (the MPI
-    here is not CUDA-aware: device pointers crash it), copied back, NCCL allgather in the node.
+  * GPU (CuPy arrays): NCCL reduce-scatter on the node's GPUs, MPI allreduce of the shard between
+    the ranks with the same local rank on every node, NCCL allgather in the node. The MPI leg
+    takes the device shard directly when MPI is CUDA-aware (detected: staging.mpi_cuda_support);
+    otherwise (the usual PyPI/Debian builds, which crash on device pointers) the shard is copied
+    to pinned host memory in chunks and each chunk's allreduce is posted as soon as its copy has
+    landed, so the copies overlap the network (staging.PostQueue keeps the posting order).
+    This communicator is an explicit choice: ``auto`` picks nccl on GPUs on any number of nodes.
   * CPU (NumPy arrays): the same algorithm with MPI at both levels, so CI tests the logic.
   * GPU on a single node: reduce-scatter then allgather, both queued on the GPU at once.
 
@@ -28,8 +32,9 @@ from __future__ import annotations
 import numpy as np
 
 from mpinet import backend
+from mpinet.comm import staging
 from mpinet.comm.base import Communicator, Handle, OpInfo
-from mpinet.comm.mpi import (RequestsHandle, buffer_and_op, divide_by, post_allgather,
+from mpinet.comm.mpi import (_HALF, RequestsHandle, buffer_and_op, divide_by, post_allgather,
                              post_bcast, post_reduce_scatter)
 from mpinet.comm.nccl import NCCL_AVG, NCCL_SUM, NCCL_TYPES, DeviceLane, EventHandle
 
@@ -108,6 +113,14 @@ class HierarchicalCommunicator(Communicator):
         self._data = self.mpi_comm.Dup()
         self._lane = DeviceLane(self._local_comm.Dup(), self)
         self._pending: list[StagedHandle] = []
+        # Cross-node chunk posts, in one order on every rank (see staging.PostQueue).
+        self._posts = staging.PostQueue()
+        self._chunk_bytes = staging.chunk_bytes()
+        # Device buffers to MPI only if every rank's MPI takes them (decided once, the same
+        # everywhere; a probe that fails means "no").
+        aware, self.mpi_cuda_aware_reason = staging.mpi_cuda_support()
+        probe = OpInfo(self.name, "setup (CUDA-aware MPI?)", 0, 1, "object")
+        self.mpi_cuda_aware = all(self._allgather_payload(aware, probe, self._ctl))
 
     def _before_abort(self):
         self._lane.abort()
@@ -211,23 +224,40 @@ class HierarchicalCommunicator(Communicator):
         if self.num_nodes == 1:
             return self._iallreduce_one_node(cp, src, dst, shard, m, t, in_node_op, op, out,
                                              unpad, info, keep=(x, out, src, dst, shard))
+        if self.mpi_cuda_aware and x.dtype.name not in _HALF:
+            # (16-bit floats are summed by a Python MPI op that reads host memory: staged.)
+            return self._iallreduce_gpu_direct(cp, src, dst, shard, m, t, in_node_op, op, out,
+                                               unpad, info)
         host = cupyx.empty_pinned((m,), dtype=x.dtype)
-        nbytes = shard.nbytes
+        item = x.dtype.itemsize
+        bounds = staging.chunk_bounds(m, max(1, self._chunk_bytes // item))
+        copied = [None] * len(bounds)  # per chunk: event fired when its device->host copy lands
         keep = (x, out, src, dst, shard, host)
 
         def reduce_in_node():
             def fn(c, s):
                 c.reduceScatter(src.data.ptr, shard.data.ptr, m, t, in_node_op, s)
-                cp.cuda.runtime.memcpyAsync(host.ctypes.data, shard.data.ptr, nbytes,
-                                            _DEVICE_TO_HOST, s)
+                for i, (a, b) in enumerate(bounds):
+                    cp.cuda.runtime.memcpyAsync(host.ctypes.data + a * item,
+                                                shard.data.ptr + a * item, (b - a) * item,
+                                                _DEVICE_TO_HOST, s)
+                    ev = cp.cuda.Event(disable_timing=True)
+                    ev.record(lane.stream)
+                    copied[i] = ev
 
-            done = lane.launch(cp, fn, info, keep)
-            return lambda: done.done
+            lane.launch(cp, fn, info, keep)
+            return lambda: True  # the chunks' events gate the next stage, one by one
 
         def reduce_across_nodes():
-            d, mpi_op = buffer_and_op(host)
-            req = self._cross_comm.Iallreduce(MPI.IN_PLACE, d, op=mpi_op)
-            return lambda: req.Test()
+            _, mpi_op = buffer_and_op(host)
+
+            def post_chunk(view):
+                d, _ = buffer_and_op(view)
+                req = self._cross_comm.Iallreduce(MPI.IN_PLACE, d, op=mpi_op)
+                return req.Test
+
+            return staging.pipelined_allreduce(self._posts, host, bounds,
+                                               lambda i: copied[i].done, post_chunk)
 
         def gather_in_node():
             if op == "mean":
@@ -235,7 +265,7 @@ class HierarchicalCommunicator(Communicator):
                 host[...] = host / divisor
 
             def fn(c, s):
-                cp.cuda.runtime.memcpyAsync(shard.data.ptr, host.ctypes.data, nbytes,
+                cp.cuda.runtime.memcpyAsync(shard.data.ptr, host.ctypes.data, shard.nbytes,
                                             _HOST_TO_DEVICE, s)
                 c.allGather(shard.data.ptr, dst.data.ptr, m, t, s)
 
@@ -246,6 +276,43 @@ class HierarchicalCommunicator(Communicator):
                   Stage(gather_in_node, in_wait_only=True)]
         # The GPU-side wait is queued when the last stage starts; unpadding then runs on the
         # compute stream, after that wait.
+        return self._chain(stages, out, info, unpad, keep=keep)
+
+    def _iallreduce_gpu_direct(self, cp, src, dst, shard, m, t, in_node_op, op, out, unpad,
+                               info):
+        """CUDA-aware MPI: the device shard goes to MPI as it is, no host copy."""
+        from mpi4py import MPI  # noqa: PLC0415
+
+        lane = self._lane
+        keep = (src, dst, shard, out)
+
+        def reduce_in_node():
+            def fn(c, s):
+                c.reduceScatter(src.data.ptr, shard.data.ptr, m, t, in_node_op, s)
+
+            done = lane.launch(cp, fn, info, keep)
+            return lambda: done.done  # MPI reads the shard: it must be complete on the device
+
+        def reduce_across_nodes():
+            req = self._cross_comm.Iallreduce(MPI.IN_PLACE, shard, op=MPI.SUM)
+            return req.Test
+
+        def gather_in_node():
+            divisor = None
+            if op == "mean":
+                divisor = self.num_nodes if in_node_op == NCCL_AVG else self.size
+
+            def fn(c, s):
+                if divisor is not None:
+                    with lane.stream:
+                        cp.divide(shard, divisor, out=shard)
+                c.allGather(shard.data.ptr, dst.data.ptr, m, t, s)
+
+            done = lane.launch(cp, fn, info, keep, after_compute=False)
+            return lambda: _gpu_order_after(cp, done) or True
+
+        stages = [Stage(reduce_in_node), Stage(reduce_across_nodes),
+                  Stage(gather_in_node, in_wait_only=True)]
         return self._chain(stages, out, info, unpad, keep=keep)
 
     def _iallreduce_one_node(self, cp, src, dst, shard, m, t, nccl_op, op, out, unpad, info,

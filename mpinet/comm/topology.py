@@ -11,6 +11,7 @@ a topology is built, so a test can set it (monkeypatch) before creating a commun
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass
 
 EMULATE_ENV = "MPINET_EMULATE_NODES"
@@ -25,6 +26,21 @@ class Topology:
     node: int  # node index, 0..num_nodes-1, ordered by the lowest world rank on each node
     num_nodes: int
     emulated: bool = False  # True when MPINET_EMULATE_NODES drew the nodes
+    hosts: tuple[str, ...] = ()  # host name of every rank (index = world rank)
+
+
+def describe(topo: Topology) -> str:
+    """Which ranks run where, e.g. "node1: ranks 0-1, node2: ranks 2-3" (contiguous runs)."""
+    if not topo.hosts:
+        return f"{topo.size} rank(s) on {topo.num_nodes} node(s)"
+    runs: list[list] = []  # [host, first rank, last rank]
+    for r, h in enumerate(topo.hosts):
+        if runs and runs[-1][0] == h and runs[-1][2] == r - 1:
+            runs[-1][2] = r
+        else:
+            runs.append([h, r, r])
+    parts = [f"{h}: rank {a}" if a == b else f"{h}: ranks {a}-{b}" for h, a, b in runs]
+    return ", ".join(parts)
 
 
 def _emulated_nodes(size: int) -> int | None:
@@ -64,5 +80,7 @@ def build(mpi_comm):
     leaders = sorted(set(mpi_comm.allgather(leader)))
     node = leaders.index(leader)
     cross = mpi_comm.Split(color=local_rank, key=node)
-    topo = Topology(rank, size, local_rank, local_size, node, len(leaders), emulated=k is not None)
+    hosts = tuple(mpi_comm.allgather(socket.gethostname()))
+    topo = Topology(rank, size, local_rank, local_size, node, len(leaders), emulated=k is not None,
+                    hosts=hosts)
     return topo, local, cross

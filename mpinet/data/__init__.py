@@ -12,6 +12,7 @@ Images are float32 in [0, 1] by default, or uint8 with ``raw=True`` (the loader 
 device); labels are int64. Modules: dataset (ArrayDataset, DataFormatError), idx (MNIST format),
 cifar, image_folder, builtin (digits, synthetic), registry (get_dataset), sampler, augment, loader.
 """
+from .arrays import SequenceDataset, TensorDataset
 from .augment import Augment, channel_stats, flip_horizontal, normalize, pad_crop
 from .dataset import ArrayDataset, DataFormatError
 from .loader import DataLoader
@@ -19,7 +20,8 @@ from .registry import DATASET_NAMES, DEFAULT_DATASET, get_dataset
 from .sampler import Batch, DistributedSampler, ShardSampler, even_split, shard_indices
 
 __all__ = [
-    "ArrayDataset", "Augment", "Batch", "DATASET_NAMES", "DEFAULT_DATASET", "DataFormatError",
+    "ArrayDataset", "SequenceDataset", "TensorDataset",
+    "Augment", "Batch", "DATASET_NAMES", "DEFAULT_DATASET", "DataFormatError",
     "DataLoader", "DistributedSampler", "ShardSampler", "channel_stats", "even_split",
     "flip_horizontal", "get_dataset", "normalize", "pad_crop", "shard_indices",
 ]

@@ -61,6 +61,12 @@ class ArrayDataset:
             raise ValueError(f"{len(labels)} labels for {len(images)} images: counts must match")
         if labels.ndim not in (1, 3):
             raise ValueError(f"labels must be (N,) or (N, H, W), got shape {labels.shape}")
+        if labels.dtype.kind not in "iub":
+            # Truncating real-valued targets to int64 would train on wrong targets silently.
+            raise TypeError(f"ArrayDataset: labels has dtype {labels.dtype} (shape "
+                            f"{labels.shape}), but this data set holds integer class labels; "
+                            f"for real-valued (regression) targets use "
+                            f"mpinet.data.TensorDataset(x, y) or Model.fit(x, y)")
         if labels.dtype != np.int64:
             labels = labels.astype(np.int64)
         if labels.size and (labels.min() < 0 or labels.max() >= num_classes):

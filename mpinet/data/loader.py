@@ -84,6 +84,8 @@ class DataLoader:
     def _gather(self, batch):
         """Host part: rows of the batch. On GPU into pinned memory so the copy can be async."""
         idx = batch.indices
+        if hasattr(self.dataset, "batch"):  # the dataset protocol (mpinet.data.arrays)
+            return self.dataset.batch(idx)
         if hasattr(self.dataset, "read_batch"):  # file-backed: decode only this batch's files
             return self._read_files(idx)
         images, labels = self.dataset.images, self.dataset.labels
@@ -110,6 +112,8 @@ class DataLoader:
 
     def _finish(self, x, y, batch):
         """Array-module part: uint8 -> float32 / 255, then the transform (numpy or cupy alike)."""
+        if isinstance(x, tuple):  # (padded sequences, lengths): no pixel conversion
+            return x, y
         xp = backend_mod.xp_of(x)
         if x.dtype == np.uint8:
             x = x.astype(xp.float32) / xp.float32(255.0)  # as the readers do: raw or not, same floats
@@ -205,7 +209,9 @@ class DataLoader:
         cp = self.device.xp
         while pending and pending[0][0].done:  # copies finished: their host buffers may go
             pending.popleft()
-        x = cp.asarray(x_pinned)  # asynchronous on the current stream (source is pinned)
+        # asynchronous on the current stream where the source is pinned
+        x = tuple(cp.asarray(a) for a in x_pinned) if isinstance(x_pinned, tuple) \
+            else cp.asarray(x_pinned)
         y = cp.asarray(y_pinned)
         pending.append((cp.cuda.get_current_stream().record(), x_pinned, y_pinned))
         return self._finish(x, y, batch)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import builtin, cifar, idx, image_folder, masks, streaming
+from . import builtin, cifar, idx, image_folder, masks, streaming, text
 from .dataset import ArrayDataset, check_split
 
 
@@ -38,6 +38,7 @@ _DATASETS = {
     "mask-folder": (masks.load_mask_folder, True, None),
     "synthetic": (builtin.load_synthetic, False, None),
     "synthetic-segmentation": (builtin.load_synthetic_segmentation, False, None),
+    "python-source": (text.load_python_source, False, None),  # text: the stdlib's own source
 }
 DATASET_NAMES = tuple(_DATASETS)
 DEFAULT_DATASET = "digits"
@@ -55,6 +56,7 @@ _OPTIONS = {
     "synthetic": ("num_samples", "input_shape", "num_classes", "seed", "raw"),
     "synthetic-segmentation": ("num_samples", "size", "channels", "max_shapes", "noise",
                                "shape_classes", "seed"),
+    "python-source": ("seq_len", "max_chars", "test_fraction"),
 }
 
 

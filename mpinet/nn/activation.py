@@ -82,3 +82,69 @@ class LogSoftmax(Module):
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}"
+
+
+class ELU(Module):
+    def __init__(self, alpha: float = 1.0):
+        super().__init__()
+        self.alpha = alpha
+
+    def forward(self, x):
+        return act.elu(x, self.alpha)
+
+    def extra_repr(self) -> str:
+        return f"alpha={self.alpha}"
+
+
+class SiLU(Module):
+    def forward(self, x):
+        return act.silu(x)
+
+
+class Softplus(Module):
+    def __init__(self, beta: float = 1.0, threshold: float = 20.0):
+        super().__init__()
+        self.beta, self.threshold = beta, threshold
+
+    def forward(self, x):
+        return act.softplus(x, self.beta, self.threshold)
+
+    def extra_repr(self) -> str:
+        return f"beta={self.beta}, threshold={self.threshold}"
+
+
+class Hardswish(Module):
+    def forward(self, x):
+        return act.hardswish(x)
+
+
+class ReLU6(Module):
+    def forward(self, x):
+        return act.relu6(x)
+
+
+class Mish(Module):
+    def forward(self, x):
+        return act.mish(x)
+
+
+class GELUTanh(Module):
+    """GELU, tanh approximation (torch's GELU(approximate='tanh'))."""
+
+    def forward(self, x):
+        return act.gelu_tanh(x)
+
+
+# Activation names (for models and configs that choose one by string): name -> layer class.
+ACTIVATIONS = {
+    "relu": ReLU, "leaky_relu": LeakyReLU, "prelu": PReLU, "sigmoid": Sigmoid, "tanh": Tanh,
+    "gelu": GELU, "gelu_tanh": GELUTanh, "elu": ELU, "silu": SiLU, "swish": SiLU,
+    "softplus": Softplus, "hardswish": Hardswish, "relu6": ReLU6, "mish": Mish,
+}
+
+
+def get_activation(name: str, **opts) -> Module:
+    """A new activation layer by name (see ACTIVATIONS), e.g. get_activation("elu", alpha=0.5)."""
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; choose one of: {', '.join(ACTIVATIONS)}")
+    return ACTIVATIONS[name](**opts)

@@ -200,11 +200,14 @@ class Module:
         return "\n".join(lines) + (")" if len(lines) == 1 else "\n)")
 
     # ---- Keras-style summary ------------------------------------------------------------
-    def summary(self, input_shape: tuple, batch_size: int = 1, dtype=np.float32) -> str:
+    def summary(self, input_shape: tuple, batch_size: int = 1, dtype=None) -> str:
         """A table of each layer's output shape and parameter count (runs one dummy forward).
 
-        ``input_shape`` excludes the batch, e.g. (3, 32, 32). Returns the text (print it).
+        ``input_shape`` excludes the batch, e.g. (3, 32, 32). ``dtype`` of the dummy input:
+        default the model's ``input_dtype`` attribute (int64 token ids for language models),
+        else float32. Returns the text (print it).
         """
+        dtype = dtype or getattr(self, "input_dtype", np.float32)
         rows: list[tuple[str, str, str, int]] = []
         originals = {}
         for name, module in self.named_modules():
@@ -217,7 +220,9 @@ class Module:
 
             def recording(*args, _m=module, _n=name, _own=own, **kw):
                 out = originals[id(_m)](*args, **kw)
-                shape = out.shape if hasattr(out, "shape") else "?"
+                # (output, state) of a recurrent layer: the output's shape
+                shown = out[0] if isinstance(out, tuple) and out else out
+                shape = shown.shape if hasattr(shown, "shape") else "?"
                 rows.append((_n, type(_m).__name__, str(tuple(shape)), _own))
                 return out
 

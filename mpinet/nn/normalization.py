@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import backend
+from .. import amp, backend
 from ..ops import lrn, norm
 from . import init
 from .basic import input_error
@@ -80,6 +80,43 @@ class BatchNorm2d(_BatchNorm):
 
     _ranks = (4,)
     _layout = "(N, {C}, H, W)"
+
+
+class LayerNorm(Module):
+    """Normalize over the last ``len(normalized_shape)`` axes of each sample (torch's LayerNorm):
+    y = (x - mean) / sqrt(var + eps) * weight + bias, biased variance; weight ones, bias zeros.
+
+    Built from differentiable ops (mean, pow, mul), so its backward is autograd's."""
+
+    def __init__(self, normalized_shape, eps: float = 1e-5, elementwise_affine: bool = True):
+        super().__init__()
+        shape = (normalized_shape,) if isinstance(normalized_shape, int) else \
+            tuple(normalized_shape)
+        if not shape or any(int(d) < 1 for d in shape):
+            raise ValueError(f"LayerNorm: normalized_shape must be positive sizes, got "
+                             f"{normalized_shape}")
+        self.normalized_shape, self.eps = tuple(int(d) for d in shape), float(eps)
+        self.elementwise_affine = elementwise_affine
+        if elementwise_affine:
+            self.weight = init.constant(self.normalized_shape, 1.0)
+            self.bias = init.constant(self.normalized_shape, 0.0)
+
+    def forward(self, x):
+        k = len(self.normalized_shape)
+        if tuple(x.shape[-k:]) != self.normalized_shape:
+            raise input_error(self, f"(..., {', '.join(map(str, self.normalized_shape))})", x)
+        axes = tuple(range(x.ndim - k, x.ndim))
+        if x.dtype.itemsize < 4:  # bf16/fp16 activations: the statistics in fp32 (as torch)
+            x = amp.cast(x, np.dtype(np.float32))
+        centered = x - x.mean(axis=axes, keepdims=True)
+        var = (centered * centered).mean(axis=axes, keepdims=True)
+        y = centered * (var + self.eps) ** -0.5
+        if self.elementwise_affine:
+            y = y * self.weight + self.bias
+        return y
+
+    def extra_repr(self) -> str:
+        return f"{self.normalized_shape}, eps={self.eps}, affine={self.elementwise_affine}"
 
 
 class LocalResponseNorm(Module):

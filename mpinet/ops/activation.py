@@ -308,3 +308,140 @@ def softmax(x, axis: int = -1):
 
 def log_softmax(x, axis: int = -1):
     return LogSoftmax(axis).apply(x)
+
+
+# ---- ELU, SiLU, Softplus, Hardswish, ReLU6, Mish, tanh-GELU ------------------------------------
+class _Pointwise(Function):
+    """y = f(x) elementwise, with f'(x) computed alongside in the forward pass (>= float32).
+
+    Subclasses define ``value_and_slope(x) -> (f(x), f'(x))``; backward is gy * f'(x).
+    """
+
+    def forward(self, x):
+        xc = x.astype(_compute_dtype(x), copy=False)
+        y, slope = self.value_and_slope(xc)
+        self.save(slope)
+        return y.astype(x.dtype, copy=False)
+
+    def backward(self, gy):
+        (slope,) = self.saved
+        return ((gy * slope).astype(gy.dtype, copy=False),)
+
+    def value_and_slope(self, x):
+        raise NotImplementedError
+
+
+def _sigmoid_array(x):
+    xp = backend.xp_of(x)
+    e = xp.exp(-xp.abs(x))
+    return xp.where(x >= 0, 1 / (1 + e), e / (1 + e))
+
+
+def _softplus_array(x):
+    """log(1 + e^x) without overflow."""
+    xp = backend.xp_of(x)
+    return xp.log1p(xp.exp(-xp.abs(x))) + xp.maximum(x, 0)
+
+
+class ELU(_Pointwise):
+    def __init__(self, alpha: float = 1.0):
+        self.alpha = alpha
+
+    def value_and_slope(self, x):
+        xp = backend.xp_of(x)
+        a = x.dtype.type(self.alpha)
+        em1 = xp.expm1(xp.minimum(x, 0))
+        return xp.where(x > 0, x, a * em1), xp.where(x > 0, x.dtype.type(1), a * (em1 + 1))
+
+
+class SiLU(_Pointwise):
+    """x * sigmoid(x) (swish)."""
+
+    def value_and_slope(self, x):
+        s = _sigmoid_array(x)
+        return x * s, s * (1 + x * (1 - s))
+
+
+class Softplus(_Pointwise):
+    """log(1 + exp(beta x)) / beta, linear where beta x > threshold (torch's Softplus)."""
+
+    def __init__(self, beta: float = 1.0, threshold: float = 20.0):
+        if beta <= 0:
+            raise ValueError(f"softplus: beta must be > 0, got {beta}")
+        self.beta, self.threshold = beta, threshold
+
+    def value_and_slope(self, x):
+        xp = backend.xp_of(x)
+        bx = x * x.dtype.type(self.beta)
+        linear = bx > self.threshold
+        y = xp.where(linear, x, _softplus_array(bx) / x.dtype.type(self.beta))
+        return y, xp.where(linear, x.dtype.type(1), _sigmoid_array(bx))
+
+
+class Hardswish(_Pointwise):
+    """x * relu6(x + 3) / 6."""
+
+    def value_and_slope(self, x):
+        xp = backend.xp_of(x)
+        y = x * xp.clip(x + 3, 0, 6) / 6
+        slope = xp.where(x < -3, 0, xp.where(x > 3, 1, (2 * x + 3) / 6)).astype(x.dtype)
+        return y, slope
+
+
+class ReLU6(_Pointwise):
+    """min(max(x, 0), 6)."""
+
+    def value_and_slope(self, x):
+        xp = backend.xp_of(x)
+        return xp.clip(x, 0, 6), ((x > 0) & (x < 6)).astype(x.dtype)
+
+
+class Mish(_Pointwise):
+    """x * tanh(softplus(x))."""
+
+    def value_and_slope(self, x):
+        xp = backend.xp_of(x)
+        t = xp.tanh(_softplus_array(x))
+        return x * t, t + x * (1 - t * t) * _sigmoid_array(x)
+
+
+class GELUTanh(_Pointwise):
+    """GELU's tanh approximation, 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
+    (torch's GELU(approximate='tanh'))."""
+
+    def value_and_slope(self, x):
+        xp = backend.xp_of(x)
+        k = x.dtype.type(math.sqrt(2 / math.pi))
+        c = x.dtype.type(0.044715)
+        t = xp.tanh(k * (x + c * x * x * x))
+        slope = 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * k * (1 + 3 * c * x * x)
+        return 0.5 * x * (1 + t), slope
+
+
+def elu(x, alpha: float = 1.0):
+    return ELU(alpha).apply(x)
+
+
+def silu(x):
+    return SiLU().apply(x)
+
+
+def softplus(x, beta: float = 1.0, threshold: float = 20.0):
+    return Softplus(beta, threshold).apply(x)
+
+
+def hardswish(x):
+    return Hardswish().apply(x)
+
+
+def relu6(x):
+    return ReLU6().apply(x)
+
+
+def mish(x):
+    return Mish().apply(x)
+
+
+def gelu_tanh(x):
+    """GELU with the tanh approximation (torch's gelu(x, approximate='tanh'))."""
+    return GELUTanh().apply(x)

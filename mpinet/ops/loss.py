@@ -171,3 +171,264 @@ def cross_entropy(logits, labels, label_smoothing: float = 0.0, reduction: str =
 def mse(y, t, reduction: str = "mean"):
     """Mean squared error; ``t`` may be a constant array or a Variable."""
     return MSE(reduction).apply(y, t)
+
+
+# ---- elementwise losses: BCE, BCE with logits, L1, SmoothL1, Huber, KL, and NLL -------------
+class _PointwiseLoss(Function):
+    """A loss that is a sum/mean of per-element terms l(y, t), with dl/dy known in closed form.
+
+    Subclasses define ``pointwise(y, t) -> (l, dl_dy)`` on raw arrays (computed in >= float32).
+    Targets are constants (no gradient), as in every training use of these losses.
+    """
+
+    op = "loss"
+
+    def __init__(self, reduction: str):
+        _check_reduction(self.op, reduction)
+        self.reduction = reduction
+
+    def forward(self, y, t):
+        if tuple(y.shape) != tuple(t.shape):
+            raise ValueError(f"{self.op}: input shape {tuple(y.shape)} and target shape "
+                             f"{tuple(t.shape)} differ; they must match")
+        dtype = _loss_dtype(y)
+        loss, dy = self.pointwise(y.astype(dtype, copy=False), t.astype(dtype, copy=False))
+        self.save(dy)
+        self.y_dtype = y.dtype
+        return _reduce(loss, self.reduction)
+
+    def backward(self, gy):
+        (dy,) = self.saved
+        if self.reduction == "mean":
+            g = dy * (gy.astype(dy.dtype) / dy.dtype.type(max(dy.size, 1)))
+        else:
+            g = dy * gy.astype(dy.dtype)
+        return g.astype(self.y_dtype, copy=False), None
+
+    def pointwise(self, y, t):
+        raise NotImplementedError
+
+
+def _reduce(loss, reduction: str):
+    if reduction == "none":
+        return loss
+    xp = backend.xp_of(loss)
+    return xp.asarray(loss.mean() if reduction == "mean" else loss.sum())
+
+
+class BCE(_PointwiseLoss):
+    """-(t log p + (1 - t) log(1 - p)) of probabilities p, logs clamped at -100 (as torch)."""
+
+    op = "binary_cross_entropy"
+
+    def pointwise(self, p, t):
+        xp = backend.xp_of(p)
+        if p.size and bool(((p < 0) | (p > 1)).any()):
+            raise ValueError(f"{self.op}: input must be probabilities in [0, 1] (apply sigmoid "
+                             f"first, or use binary_cross_entropy_with_logits); got values in "
+                             f"[{float(p.min())}, {float(p.max())}]")
+        log_p = xp.maximum(xp.log(p), -100)
+        log_1p = xp.maximum(xp.log1p(-p), -100)
+        loss = -(t * log_p + (1 - t) * log_1p)
+        eps = p.dtype.type(1e-12)  # torch's clamp of the gradient's denominator
+        grad = (p - t) / xp.maximum((1 - p) * p, eps)
+        return loss, grad
+
+
+class BCEWithLogits(_PointwiseLoss):
+    """BCE of sigmoid(x) from logits x, stably; ``pos_weight`` weighs the positive term
+    (torch's: loss = (1 - t) x + (1 + (pos_weight - 1) t) softplus(-x))."""
+
+    op = "binary_cross_entropy_with_logits"
+
+    def __init__(self, reduction: str, pos_weight=None):
+        super().__init__(reduction)
+        self.pos_weight = pos_weight
+
+    def pointwise(self, x, t):
+        xp = backend.xp_of(x)
+        softplus_neg = xp.log1p(xp.exp(-xp.abs(x))) + xp.maximum(-x, 0)  # log(1 + e^-x)
+        sig_neg = xp.exp(-(softplus_neg + x))  # sigmoid(-x) = exp(-softplus(x)), softplus(x) >= 0
+        if self.pos_weight is None:
+            log_weight = 1
+        else:
+            pw = xp.asarray(self.pos_weight, dtype=x.dtype)
+            log_weight = 1 + (pw - 1) * t
+        loss = (1 - t) * x + log_weight * softplus_neg
+        return loss, (1 - t) - log_weight * sig_neg
+
+
+class L1(_PointwiseLoss):
+    op = "l1"
+
+    def pointwise(self, y, t):
+        xp = backend.xp_of(y)
+        d = y - t
+        return xp.abs(d), xp.sign(d)
+
+
+class SmoothL1(_PointwiseLoss):
+    """0.5 d^2 / beta where |d| < beta, else |d| - 0.5 beta (torch's SmoothL1Loss)."""
+
+    op = "smooth_l1"
+
+    def __init__(self, reduction: str, beta: float = 1.0):
+        super().__init__(reduction)
+        if beta < 0:
+            raise ValueError(f"smooth_l1: beta must be >= 0, got {beta}")
+        self.beta = float(beta)
+
+    def pointwise(self, y, t):
+        xp = backend.xp_of(y)
+        d = y - t
+        a = xp.abs(d)
+        if self.beta == 0:
+            return a, xp.sign(d)
+        small = a < self.beta
+        beta = y.dtype.type(self.beta)
+        return xp.where(small, 0.5 * d * d / beta, a - 0.5 * beta), \
+            xp.where(small, d / beta, xp.sign(d))
+
+
+class Huber(_PointwiseLoss):
+    """0.5 d^2 where |d| <= delta, else delta (|d| - 0.5 delta) (torch's HuberLoss)."""
+
+    op = "huber"
+
+    def __init__(self, reduction: str, delta: float = 1.0):
+        super().__init__(reduction)
+        if delta <= 0:
+            raise ValueError(f"huber: delta must be > 0, got {delta}")
+        self.delta = float(delta)
+
+    def pointwise(self, y, t):
+        xp = backend.xp_of(y)
+        d = y - t
+        a = xp.abs(d)
+        delta = y.dtype.type(self.delta)
+        small = a <= delta
+        return xp.where(small, 0.5 * d * d, delta * (a - 0.5 * delta)), \
+            xp.where(small, d, delta * xp.sign(d))
+
+
+class KLDiv(_PointwiseLoss):
+    """KL divergence from log-probabilities ``x`` to target probabilities ``t`` (or
+    log-probabilities with ``log_target``): t (log t - x), 0 where t = 0 (torch's kl_div).
+    ``reduction="batchmean"`` divides the sum by the batch size (the true KL per sample)."""
+
+    op = "kl_div"
+
+    def __init__(self, reduction: str, log_target: bool = False):
+        self.batchmean = reduction == "batchmean"
+        super().__init__("sum" if self.batchmean else reduction)
+        self.log_target = log_target
+
+    def forward(self, x, t):
+        out = super().forward(x, t)
+        if self.batchmean:
+            self.batch = max(int(x.shape[0]) if x.ndim else 1, 1)
+            out = out / out.dtype.type(self.batch)
+        return out
+
+    def backward(self, gy):
+        if self.batchmean:
+            gy = gy / gy.dtype.type(self.batch)
+        return super().backward(gy)
+
+    def pointwise(self, x, t):
+        xp = backend.xp_of(x)
+        if self.log_target:
+            return xp.exp(t) * (t - x), -xp.exp(t)
+        log_t = xp.log(xp.where(t > 0, t, 1))
+        return xp.where(t > 0, t * (log_t - x), 0), -t
+
+
+class NLL(Function):
+    """Negative log-likelihood of log-probabilities (N, C, ...) at integer labels (N, ...);
+    labels equal to ``ignore_index`` add nothing and are not counted by the mean."""
+
+    def __init__(self, reduction: str, ignore_index: int | None):
+        _check_reduction("nll", reduction)
+        self.reduction, self.ignore_index = reduction, ignore_index
+
+    def forward(self, logp, labels):
+        xp = backend.xp_of(logp)
+        _check_shapes(logp, labels)
+        valid = None if self.ignore_index is None else labels != self.ignore_index
+        _check_label_range(labels, valid, logp.shape[1])
+        safe = labels if valid is None else xp.where(valid, labels, 0)
+        idx = xp.expand_dims(safe.astype(np.int64, copy=False), 1)
+        loss = -xp.take_along_axis(logp.astype(_loss_dtype(logp), copy=False), idx, 1).squeeze(1)
+        if valid is not None:
+            loss = loss * valid
+        self.count = max(int(valid.sum()) if valid is not None else loss.size, 1)
+        self.save(idx, valid)
+        self.in_shape, self.in_dtype = logp.shape, logp.dtype
+        if self.reduction == "none":
+            return loss
+        total = loss.sum()
+        return xp.asarray(total / total.dtype.type(self.count) if self.reduction == "mean"
+                          else total)
+
+    def backward(self, gy):
+        idx, valid = self.saved
+        xp = backend.xp_of(idx)
+        scale = gy.astype(np.float64 if self.in_dtype == np.float64 else np.float32)
+        if self.reduction == "mean":
+            scale = scale / scale.dtype.type(self.count)
+        per = xp.broadcast_to(scale, idx.squeeze(1).shape).astype(scale.dtype)
+        if valid is not None:
+            per = per * valid
+        grad = xp.zeros(self.in_shape, per.dtype)
+        xp.put_along_axis(grad, idx, -xp.expand_dims(per, 1), axis=1)
+        return grad.astype(self.in_dtype, copy=False), None
+
+
+def binary_cross_entropy(p, t, reduction: str = "mean"):
+    """BCE of probabilities ``p`` in [0, 1] against targets ``t`` (floats in [0, 1])."""
+    return BCE(reduction).apply(p, t)
+
+
+def binary_cross_entropy_with_logits(x, t, reduction: str = "mean", pos_weight=None):
+    """BCE of sigmoid(x), computed stably from logits; ``pos_weight`` (scalar or per class,
+    broadcast over the last axis) multiplies the positive term."""
+    return BCEWithLogits(reduction, pos_weight).apply(x, t)
+
+
+def l1(y, t, reduction: str = "mean"):
+    """Mean absolute error |y - t|."""
+    return L1(reduction).apply(y, t)
+
+
+def smooth_l1(y, t, reduction: str = "mean", beta: float = 1.0):
+    return SmoothL1(reduction, beta).apply(y, t)
+
+
+def huber(y, t, reduction: str = "mean", delta: float = 1.0):
+    return Huber(reduction, delta).apply(y, t)
+
+
+def kl_div(log_q, p, reduction: str = "mean", log_target: bool = False):
+    """KL(p || q) terms from log-probabilities ``log_q`` and target probabilities ``p``;
+    reduction "mean" (over elements, torch's default), "batchmean", "sum" or "none"."""
+    return KLDiv(reduction, log_target).apply(log_q, p)
+
+
+def nll(log_probs, labels, reduction: str = "mean", ignore_index: int | None = -100):
+    """Negative log-likelihood of log-probabilities (N, C, ...) (e.g. from log_softmax)."""
+    return NLL(reduction, ignore_index).apply(log_probs, labels)
+
+
+# Loss names for Model.compile(loss=...) and the CLI: name -> fn(output, target).
+LOSS_FUNCTIONS = {
+    "cross_entropy": cross_entropy,
+    "mse": mse,
+    "nll": nll,
+    "bce": binary_cross_entropy,
+    "bce_with_logits": binary_cross_entropy_with_logits,
+    "l1": l1,
+    "mae": l1,
+    "smooth_l1": smooth_l1,
+    "huber": huber,
+    "kl_div": kl_div,
+}

@@ -35,7 +35,8 @@ _RULES: dict[str, tuple] = {
     "optimizer": ("choice", ("sgd", "adam", "adamw")),
     "momentum": ("float", (0, math.inf, True, False)),
     "weight_decay": ("float", (0, math.inf, True, False)), "nesterov": ("bool", None),
-    "schedule": ("choice", ("constant", "step", "cosine")), "warmup_steps": ("int", 0),
+    "schedule": ("choice", ("constant", "step", "cosine", "exponential", "multistep",
+                            "onecycle", "polynomial", "plateau")), "warmup_steps": ("int", 0),
     "scale_lr": ("bool", None), "base_batch": ("int", 1),
     "label_smoothing": ("float", (0, 1, True, False)),
     "precision": ("choice", ("fp32", "bf16", "fp16")),
@@ -55,6 +56,12 @@ _RULES: dict[str, tuple] = {
     "deterministic": ("bool", None),
     "comm_timeout": ("float", (0, math.inf, False, False)),
     "straggler_warn": ("float", (0, math.inf, True, False)),
+    "preflight": ("bool", None),
+    # gradient clipping and sequence models (issue 18)
+    "clip_norm": ("float", (0, math.inf, False, False)),
+    "clip_value": ("float", (0, math.inf, False, False)),
+    "seq_len": ("int", 1), "sample": ("int", 0),
+    "temperature": ("float", (0, math.inf, True, False)), "sample_prompt": ("str", None),
     "save_model": ("path", None),
     "threads": ("int", 1), "workers": ("int", 0),
     "mask_values": ("str", None), "class_weights": ("str", None),
@@ -62,7 +69,8 @@ _RULES: dict[str, tuple] = {
 }
 OPTIONAL = {"data_dir", "grad_dtype", "checkpoint_dir", "resume", "metrics", "train_samples",
             "save_weights", "model_opt", "comm_timeout", "straggler_warn", "save_model",
-            "threads", "workers", "mask_values", "class_weights", "loss"}
+            "threads", "workers", "mask_values", "class_weights", "loss", "clip_norm",
+            "clip_value"}
 
 
 def check_value(key: str, value, where: str = ""):
@@ -160,6 +168,18 @@ class TrainConfig:
     comm_timeout: float | None = None
     # Warn when the slowest rank runs this many seconds per logging window behind the others.
     straggler_warn: float | None = None
+    # Check hosts, GPUs, versions, network and allreduce bandwidth before training
+    # (mpinet.comm.check).
+    preflight: bool = False
+    # Gradient clipping on the reduced gradient (None: none), and sequence models: characters
+    # per training window of a text data set, characters to sample after training, sampling
+    # temperature and prompt.
+    clip_norm: float | None = None
+    clip_value: float | None = None
+    seq_len: int = 128
+    sample: int = 0
+    temperature: float = 0.8
+    sample_prompt: str = "def "
     # The model file written at the end (None: CHECKPOINT_DIR/model.mpinet if a dir is given).
     save_model: str | None = None
     # BLAS threads per rank (None: mpinet.threads decides) and decode workers per rank.

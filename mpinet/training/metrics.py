@@ -7,9 +7,10 @@ import numpy as np
 
 from .. import amp, backend
 from ..autograd import Variable
+from ..data import arrays as data_arrays
 from ..ops import loss as loss_ops
 
-LOSSES = ("cross_entropy", "mse")
+LOSSES = tuple(loss_ops.LOSS_FUNCTIONS)  # the names of mpinet.ops.loss's registry
 METRICS = ("accuracy", "iou", "mae")
 
 
@@ -22,15 +23,24 @@ def check_names(loss, metrics) -> None:
         raise ValueError(f"unknown metrics {bad}; available: {METRICS}")
 
 
-def compute_loss(loss, out: Variable, y, label_smoothing: float = 0.0) -> Variable:
-    """``loss`` (a name of LOSSES or a callable(output, target)) of ``out`` against ``y``, in fp32."""
+def compute_loss(loss, out: Variable, y, label_smoothing: float = 0.0,
+                 ignore_index: int | None = None) -> Variable:
+    """``loss`` (a name of LOSSES or a callable(output, target)) of ``out`` against ``y``, in fp32.
+
+    ``ignore_index``: the target value of padded steps (SequenceDataset's per-step targets),
+    which the class-label losses skip; None otherwise (counting the valid labels would cost a
+    host sync per step on the GPU). Elementwise losses take targets shaped like the output
+    ((N,) targets for an (N, 1) output are reshaped; anything else mismatched is refused)."""
     if out.dtype != np.float32 and out.dtype.kind == "f":
         out = amp.cast(out, np.dtype(np.float32))  # losses in fp32
     if callable(loss):
         return loss(out, y)
     if loss == "cross_entropy":
-        return loss_ops.cross_entropy(out, y, label_smoothing=label_smoothing)
-    return loss_ops.mse(out, Variable(y.reshape(out.shape).astype(out.dtype)))
+        return loss_ops.cross_entropy(out, y, label_smoothing=label_smoothing,
+                                      ignore_index=ignore_index)
+    if loss in data_arrays.CLASS_LABEL_LOSSES:
+        return loss_ops.LOSS_FUNCTIONS[loss](out, y, ignore_index=ignore_index)
+    return loss_ops.LOSS_FUNCTIONS[loss](out, Variable(data_arrays.regression_target(out, y, loss)))
 
 
 def metric_sums(metrics, out, y) -> dict:
@@ -45,8 +55,9 @@ def metric_sums(metrics, out, y) -> dict:
         pred_fg, true_fg = out.argmax(axis=1) > 0, y > 0
         sums["intersection"] = (pred_fg & true_fg).sum()
         sums["union"] = (pred_fg | true_fg).sum()
-    if "mae" in metrics:
-        sums["abs_err"] = xp.abs(out.reshape(y.shape) - y).sum()
+    if "mae" in metrics:  # in samples' worth: the mean over each sample's elements
+        per_sample = max(int(np.prod(y.shape[1:])), 1)
+        sums["abs_err"] = xp.abs(out.reshape(y.shape) - y).sum() / per_sample
     return sums
 
 

@@ -23,9 +23,11 @@ from tqdm import tqdm
 from .. import backend, checkpoint
 from ..amp import Precision, autocast
 from ..autograd import Variable, no_grad
+from ..data import arrays as data_arrays
 from ..data.loader import DataLoader
 from ..data.sampler import DistributedSampler, ShardSampler
 from ..nn.module import Module
+from ..optim.clip import build_clipper
 from ..optim.factory import build_optimizer
 from ..parallel.data_parallel import DataParallel
 from ..parallel.straggler import StragglerWatch
@@ -110,12 +112,15 @@ class Model:
                 lr: float = 0.1, momentum: float = 0.9, weight_decay: float = 0.0,
                 nesterov: bool = False, schedule=None, precision: str = "fp32",
                 label_smoothing: float = 0.0, dp_mode: str = "backward", bucket_mb: float = 25.0,
-                grad_dtype=None, cuda_graph: bool = False) -> "Model":
+                grad_dtype=None, cuda_graph: bool = False, clip_norm: float | None = None,
+                clip_value: float | None = None) -> "Model":
         """Choose loss, metrics, optimizer (name or instance over ``model.parameters``), LR
         schedule (an mpinet.optim schedule, stepped once per optimizer step), precision
         ('fp32', 'bf16', 'fp16' with dynamic loss scaling) and the data-parallel mode.
         ``cuda_graph``: on GPU, replay each training step as one CUDA graph after a few eager
-        steps (see mpinet.training.cuda_graph; refused with the reason where it would be wrong)."""
+        steps (see mpinet.training.cuda_graph; refused with the reason where it would be wrong).
+        ``clip_norm``/``clip_value``: clip the gradient by global norm / by value after the
+        allreduce, before each update (mpinet.optim.clip; the same on every rank)."""
         check_names(loss, metrics)
         self.loss_name, self.metrics = loss, tuple(metrics)
         self.label_smoothing = float(label_smoothing)
@@ -132,7 +137,9 @@ class Model:
             else schedule
         self.trainstep = TrainStep(self.network, self.dp, optimizer, self.comm,
                                    precision=self.precision, loss=loss, metrics=self.metrics,
-                                   label_smoothing=self.label_smoothing, cuda_graph=cuda_graph)
+                                   label_smoothing=self.label_smoothing,
+                                   clip=build_clipper(clip_norm, clip_value, dp_mode),
+                                   cuda_graph=cuda_graph)
         self._compiled = True
         return self
 
@@ -159,16 +166,21 @@ class Model:
         self.global_step += 1
 
     # ---- fit ------------------------------------------------------------------------------
-    def fit(self, train, epochs: int = 1, batch_size: int = 32, validation_data=None,
+    def fit(self, train, y=None, epochs: int = 1, batch_size: int = 32, validation_data=None,
             callbacks=(), seed: int = 0, shuffle: bool = True, transform=None, eval_transform=None,
             accumulation_steps: int = 1, log_every: int = 10, verbose: bool = True,
             metrics_file: str | None = None, checkpoint_dir: str | None = None,
             checkpoint_every: int = 0, keep_checkpoints: int = 3, resume=None,
             handle_preemption: bool = True, preemption_flag: "PreemptionFlag | None" = None,
             workers: int | None = None) -> History:
-        """Train for ``epochs`` epochs of ``train`` (an ArrayDataset, or a file-backed data set
-        of mpinet.data.streaming / masks); ``batch_size`` per rank. ``workers``: decode
-        processes for a file-backed set (None: the rank's cores minus one; mpinet.data.workers).
+        """Train for ``epochs`` epochs of ``train``; ``batch_size`` per rank.
+
+        ``train``: a dataset (ArrayDataset, a file-backed data set of mpinet.data.streaming /
+        masks, TensorDataset, SequenceDataset, or anything with the protocol of
+        mpinet.data.arrays), or NumPy inputs x of any rank with targets ``y`` (Keras'
+        ``fit(x, y, ...)``); ``validation_data`` likewise a dataset or a tuple (x, y).
+        ``workers``: decode processes for a file-backed set (None: the rank's cores minus one;
+        mpinet.data.workers).
 
         transform: the training transform (augmentation + normalization, on the device);
         eval_transform: what evaluate/predict apply instead (the same normalization, no random
@@ -180,6 +192,13 @@ class Model:
         is not lost); otherwise fit installs its own for its duration.
         """
         self._require_compiled("fit")
+        train = data_arrays.as_dataset(train, y, "fit")
+        data_arrays.check_targets(self.loss_name, train, "fit")
+        if validation_data is not None:
+            validation_data = data_arrays.as_dataset(validation_data, None,
+                                                     "fit(validation_data=...)")
+            data_arrays.check_targets(self.loss_name, validation_data, "fit(validation_data=...)")
+        self._use_targets_of(train)
         check_can_train(train, self.comm.size, batch_size, accumulation_steps)
         self.sampler = DistributedSampler(len(train), batch_size, self.comm.rank, self.comm.size,
                                           seed=seed, shuffle=shuffle)
@@ -219,6 +238,8 @@ class Model:
                 if validation_data is not None:
                     logs.update({f"val_{k}": v for k, v in
                                  self.evaluate(validation_data, batch_size=max(batch_size, 256)).items()})
+                if hasattr(self.schedule, "on_epoch_end"):  # ReduceLROnPlateau
+                    self.schedule.on_epoch_end(logs)
                 history.append(logs)
                 if verbose and self.comm.rank == 0:
                     print(f"epoch {epoch + 1}/{epochs}: " +
@@ -292,9 +313,15 @@ class Model:
             self.save_checkpoint(self.checkpoint_dir, keep=self.keep_checkpoints)
 
     # ---- evaluate / predict ---------------------------------------------------------------
-    def evaluate(self, data, batch_size: int = 256, transform=None) -> dict:
+    def _use_targets_of(self, data) -> None:
+        """Padded per-step targets (SequenceDataset) are skipped by the class-label losses."""
+        self.trainstep.ignore_index = data_arrays.PAD_TARGET \
+            if data_arrays.has_padded_targets(data) else None
+
+    def evaluate(self, data, y=None, batch_size: int = 256, transform=None) -> dict:
         """Loss and metrics over ``data``, each sample counted exactly once across ranks.
 
+        ``data``: a dataset, or NumPy inputs x with targets ``y`` (Keras' ``evaluate(x, y)``).
         ``transform`` defaults to the ``eval_transform`` given to ``fit`` (normalization), else
         ``preprocess``. Without compile() (a loaded model): its recorded loss and metrics."""
         if self.dp is not None:
@@ -303,6 +330,10 @@ class Model:
                 self.dp.average_buffers()
         loss_fn = self.loss_name or "cross_entropy"
         metrics = self.metrics or ("accuracy",)
+        data = data_arrays.as_dataset(data, y, "evaluate")
+        data_arrays.check_targets(loss_fn, data, "evaluate")
+        # Padded per-step targets (SequenceDataset) are skipped by the class-label losses.
+        ignore = data_arrays.PAD_TARGET if data_arrays.has_padded_targets(data) else None
         sampler = ShardSampler(len(data), batch_size, self.comm.rank, self.comm.size)
         self.network.eval()
         sums: dict = {}
@@ -311,11 +342,11 @@ class Model:
             loader = DataLoader(data, sampler, prefetch=1,
                                 transform=transform or self.eval_transform or self.preprocess)
             for x, y, _ in loader:
-                n = int(x.shape[0])
+                n = data_arrays.num_samples(x)
                 if n == 0:
                     continue
                 out = self._predict_forward(x)
-                loss = compute_loss(loss_fn, out, y, self.label_smoothing)
+                loss = compute_loss(loss_fn, out, y, self.label_smoothing, ignore)
                 sums["loss"] = sums.get("loss", 0) + loss.data * n
                 for k, v in metric_sums(metrics, out.data, y).items():
                     sums[k] = sums.get(k, 0) + v
@@ -329,7 +360,10 @@ class Model:
     def predict(self, x, batch_size: int = 256) -> np.ndarray:
         """Network outputs for host array ``x`` (N, ...) in [0, 1] (the eval_transform given to
         ``fit``, else ``preprocess``, is applied), computed in shards over the ranks and
-        gathered so every rank returns the full (N, ...) NumPy array. No compile() needed."""
+        gathered so every rank returns the full (N, ...) NumPy array. No compile() needed.
+        ``x`` may also be a dataset with ``batch()`` (e.g. a SequenceDataset: padded per batch,
+        its targets unused); then each sample's output must have one shape (per-sequence
+        outputs, or per-step ones of a fixed length)."""
         if self._compiled:
             self.dp.synchronize()
         n = len(x)
@@ -338,9 +372,15 @@ class Model:
         outs = []
         with no_grad():
             for start in range(lo, hi, batch_size):
-                xb = backend.to_device(np.asarray(x[start:min(start + batch_size, hi)], np.float32))
+                stop = min(start + batch_size, hi)
+                if hasattr(x, "batch"):  # the dataset protocol: arrays or (padded, lengths)
+                    rows = x.batch(np.arange(start, stop))[0]
+                    xb = tuple(backend.to_device(a) for a in rows) if isinstance(rows, tuple) \
+                        else backend.to_device(data_arrays.model_input(rows))
+                else:
+                    xb = backend.to_device(data_arrays.model_input(x[start:stop]))
                 transform = self.eval_transform or self.preprocess
-                if transform is not None:
+                if transform is not None and not isinstance(xb, tuple):  # image transforms only
                     xb, _ = transform(xb, None, None)
                 outs.append(backend.to_numpy(self._predict_forward(xb).data))
         self.network.train()
@@ -354,10 +394,11 @@ class Model:
         if self.trainstep is not None:
             return self.trainstep.forward(x)
         precision = Precision.parse(self.precision)
+        x, extra = (x[0], x[1:]) if isinstance(x, tuple) else (x, ())  # (padded, lengths)
         if precision.compute_dtype is None:
-            return self.network(Variable(x))
+            return self.network(Variable(x), *extra)
         with autocast(precision):
-            return self.network(Variable(x))
+            return self.network(Variable(x), *extra)
 
     # ---- checkpoints ----------------------------------------------------------------------
     def training_state(self) -> dict:

@@ -29,6 +29,7 @@ import numpy as np
 
 from .. import amp, backend, random
 from ..autograd import Variable
+from ..data.arrays import num_samples, take_rows
 from ..nn.dropout import Dropout
 from ..optim.loss_scaler import LossScaler
 from . import metrics as metric_ops
@@ -56,6 +57,7 @@ class TrainStep:
         self.metrics = tuple(metrics)
         self.label_smoothing = float(label_smoothing)
         self.clip = clip
+        self.ignore_index = None  # the padded-target value while training on padded sequences
         self.scaler = LossScaler() if precision.loss_scaling else None
         # Only fp16 and compressed gradients can overflow; only they read the host in update().
         self.checks_overflow = self.scaler is not None or dp.grad_dtype is not None
@@ -68,17 +70,20 @@ class TrainStep:
 
     # ---- the step's computation -------------------------------------------------------------
     def forward(self, x) -> Variable:
-        """The network's output for device array ``x`` under the step's precision."""
+        """The network's output for device array ``x`` under the step's precision; a tuple
+        batch (padded sequences, lengths, ...) calls network(Variable(x[0]), *x[1:])."""
+        x, extra = (x[0], x[1:]) if isinstance(x, tuple) else (x, ())
         if self.precision.compute_dtype is None:
-            return self.network(Variable(x))
+            return self.network(Variable(x), *extra)
         # All weights cast in one pass per forward, unless the "forward" data-parallel mode
         # updates layers during the forward pass (then each layer casts its own weight).
         flat = self.dp.flat if self.dp.mode != "forward" else None
         with amp.autocast(self.precision, params=flat):
-            return self.network(Variable(x))
+            return self.network(Variable(x), *extra)
 
     def loss(self, out: Variable, y) -> Variable:
-        return metric_ops.compute_loss(self.loss_fn, out, y, self.label_smoothing)
+        return metric_ops.compute_loss(self.loss_fn, out, y, self.label_smoothing,
+                                       self.ignore_index)
 
     def metric_sums(self, out, y) -> dict:
         return metric_ops.metric_sums(self.metrics, out, y)
@@ -86,7 +91,7 @@ class TrainStep:
     def __call__(self, x, y, global_count: int, accumulation_steps: int = 1) -> dict:
         """One optimizer step on this rank's share ``x, y`` of a global batch of
         ``global_count`` samples; returns device sums (loss*n, metric sums) for logging."""
-        n_local = int(x.shape[0])
+        n_local = num_samples(x)
         if self.graphs is not None and accumulation_steps == 1 and n_local > 0:
             # Eager for the first steps of each batch shape, then one graph replay per step.
             return self.graphs.run(x, y, global_count)
@@ -96,7 +101,8 @@ class TrainStep:
         else:
             chunks = np.array_split(np.arange(n_local), min(accumulation_steps, n_local))
             for i, idx in enumerate(chunks):
-                xs, ys = (x, y) if len(chunks) == 1 else (x[idx[0]:idx[-1] + 1], y[idx[0]:idx[-1] + 1])
+                xs, ys = (x, y) if len(chunks) == 1 else (take_rows(x, idx[0], idx[-1] + 1),
+                                                          y[idx[0]:idx[-1] + 1])
                 out = self.forward(xs)
                 loss = self.loss(out, ys)
                 weight = len(idx) / global_count
@@ -118,8 +124,8 @@ class TrainStep:
         hooks), update. What a CUDA graph captures: no host reads in here."""
         out = self.forward(x)
         loss = self.loss(out, y)
-        self.dp.backward(loss, weight=int(x.shape[0]) / global_count)
-        sums = {"loss": loss.data * int(x.shape[0]), **self.metric_sums(out.data, y)}
+        self.dp.backward(loss, weight=num_samples(x) / global_count)
+        sums = {"loss": loss.data * num_samples(x), **self.metric_sums(out.data, y)}
         self.update()
         return sums
 

@@ -149,14 +149,12 @@ def test_host_array_refused_by_nccl(comm):
         comm.allreduce(np.ones(3, np.float32))
 
 
-@pytest.mark.parametrize("env, expected", [({}, "nccl"), ({"MPINET_EMULATE_NODES": "2"}, "hierarchical"),
-                                           ({"MPINET_EMULATE_NODES": "2",
-                                             "MPINET_NCCL_ACROSS_NODES": "1"}, "nccl")])
+# auto is nccl on GPUs whatever the node count (hierarchical only when asked for).
+@pytest.mark.parametrize("env, expected", [({}, "nccl"), ({"MPINET_EMULATE_NODES": "2"}, "nccl")])
 def test_auto_choice_on_gpu(comm, monkeypatch, env, expected):
     from mpinet.comm import create_communicator
 
     monkeypatch.delenv("MPINET_EMULATE_NODES", raising=False)
-    monkeypatch.delenv("MPINET_NCCL_ACROSS_NODES", raising=False)
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     if comm.name != "nccl":
@@ -164,5 +162,27 @@ def test_auto_choice_on_gpu(comm, monkeypatch, env, expected):
     auto = create_communicator("auto")
     try:
         assert auto.name == expected
+        assert auto.choice.startswith(f"comm={expected} (auto: every rank has a GPU"), auto.choice
     finally:
         auto.close()
+
+
+@pytest.mark.parametrize("nodes", [2, "all"], ids=["2nodes", "allnodes"])
+def test_hierarchical_staging_in_small_chunks(monkeypatch, gpu_index, nodes):
+    """Host staging cut into 10 KiB chunks (several per shard): handles in flight, exact sums."""
+    from mpi4py import MPI
+
+    monkeypatch.setenv("MPINET_STAGING_CHUNK_MB", "0.01")
+    cp = backend.current().xp
+    with communicator("hierarchical", nodes, MPI.COMM_WORLD.Get_size()) as c:
+        if c.num_nodes == 1:
+            pytest.skip("one node: nothing is staged")
+        assert not c.mpi_cuda_aware, c.mpi_cuda_aware_reason  # the machine's MPI is not
+        sizes = [1, 2561, 40_003, 1 << 18]
+        xs = [ramp(n, c.rank, np.float32, xp=cp) for n in sizes]
+        results = wait_all([c.iallreduce(x) for x in xs])
+        for n, r in zip(sizes, results):
+            np.testing.assert_array_equal(host(r), ramp_sum(n, c.size))
+        m = ramp(5000, c.rank, np.float32, xp=cp)
+        c.allreduce(m, op="mean", out=m)
+        np.testing.assert_allclose(host(m), ramp_sum(5000, c.size) / c.size, rtol=1e-6)

@@ -123,6 +123,8 @@ SUMMARY_OPTS = {
     "resnet34": dict(num_classes=10, input_size=32, stem="imagenet"),
     "resnet50": dict(num_classes=10, input_size=32, stem="imagenet"),
     "unet": dict(num_classes=3, input_size=16, base_width=4, depth=2),
+    "char-lstm": dict(num_classes=10, hidden_size=8, embed_dim=4),
+    "char-transformer": dict(num_classes=10, embed_dim=8, num_heads=2, num_layers=1, max_len=16),
 }
 
 
@@ -138,9 +140,11 @@ def test_summary_lists_layers_with_shapes_and_the_parameter_total(name):
     lines = text.splitlines()
     last = lines[lines.index(f"Total params: {model.num_parameters():,}") - 2]  # above the rule
     out = {"linear-regression": "(1, 1)", "unet": "(1, 3, 16, 16)",
-           "squeezenet1_0": "(1, 10, 1, 1)", "squeezenet1_1": "(1, 10, 1, 1)"}.get(name, "(1, 10)")
+           "squeezenet1_0": "(1, 10, 1, 1)", "squeezenet1_1": "(1, 10, 1, 1)",
+           "char-lstm": "(1, 16, 10)", "char-transformer": "(1, 16, 10)"}.get(name, "(1, 10)")
     assert out in last, f"{name}: last row {last!r} should show the output shape {out}"
-    assert len(lines) > 8 or name in ("linear-regression", "mlp"), text  # one row per layer
+    # one row per layer
+    assert len(lines) > 8 or name in ("linear-regression", "mlp", "char-lstm"), text
     assert model.training  # summary() restores the mode it found
 
 

@@ -139,6 +139,16 @@ PartitionName=debug Nodes=$NODE Default=YES MaxTime=INFINITE State=UP
 EOF
 )
 running() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+# The daemons are started and stopped by their pidfiles, not through /etc/init.d: Debian's init
+# scripts find daemons by executable (start-stop-daemon --exec), so they would take the slurmd of
+# an emulated host (tests/multihost/slurm.sh, same binary) for this one, or stop it.
+stop_daemon() {  # name
+  local pid i
+  pid=$(cat "/run/$1.pid")
+  kill "$pid" 2>/dev/null || return 0
+  for ((i = 0; i < 50; i++)); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
+  kill -9 "$pid" 2>/dev/null || true
+}
 if [ ! -f "$CONF" ] || [ "$(cat "$CONF")" != "$new_conf" ]; then
   log "writing $CONF (node $NODE, $CPUS CPUs, ${node_gres:-no GPUs})"
   printf '%s\n' "$new_conf" >"$CONF"
@@ -146,7 +156,7 @@ if [ ! -f "$CONF" ] || [ "$(cat "$CONF")" != "$new_conf" ]; then
   for daemon in slurmd slurmctld; do
     if running "/run/$daemon.pid"; then
       log "stopping $daemon (configuration changed)"
-      /etc/init.d/$daemon stop >/dev/null
+      stop_daemon "$daemon"
     fi
   done
 elif usable; then
@@ -157,11 +167,11 @@ fi
 # --- daemons: start whichever is not running (pidfile + live process).
 if ! running /run/slurmctld.pid; then
   log "starting slurmctld"
-  /etc/init.d/slurmctld start >/dev/null
+  slurmctld
 fi
 if ! running /run/slurmd.pid; then
   log "starting slurmd"
-  /etc/init.d/slurmd start >/dev/null
+  slurmd
 fi
 
 # --- wait until the node is schedulable; a node left DOWN/DRAIN by an earlier run is resumed.
