@@ -139,6 +139,20 @@ def loader_worker_threads(workers: int) -> int:
     return worker_budget(rank_cores(), workers)
 
 
+LOCAL_SIZE_VARS = ("OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS", "MV2_COMM_WORLD_LOCAL_SIZE",
+                   "PMI_LOCAL_SIZE")
+
+
+def launcher_local_size(env=None) -> int:
+    """Processes the MPI launcher started on this node (Open MPI, MPICH hydra, MVAPICH), else 1."""
+    env = os.environ if env is None else env
+    for var in LOCAL_SIZE_VARS:
+        value = env.get(var, "").strip()
+        if value.isdigit() and int(value) >= 1:
+            return int(value)
+    return 1
+
+
 def _local_masks(mpi_comm) -> tuple[list[set[int]], int]:
     """Affinity masks of the ranks on this node (gathered over a shared-memory split)."""
     mine = (
@@ -147,7 +161,9 @@ def _local_masks(mpi_comm) -> tuple[list[set[int]], int]:
         else set(range(os.cpu_count() or 1))
     )
     if mpi_comm is None or mpi_comm.Get_size() == 1:
-        return [mine], 0
+        # A communicator of one (COMM_SELF under mpirun, or no MPI): the launcher's count of
+        # processes on this node, if it says, shares the same mask.
+        return [mine] * launcher_local_size(), 0
     from mpi4py import MPI  # initialises MPI
 
     node = mpi_comm.Split_type(MPI.COMM_TYPE_SHARED)

@@ -117,3 +117,9 @@ def test_cli_prints_its_choice_once(env, want):
         assert lines[0] == "[mpinet] threads: 3 per rank (from OMP_NUM_THREADS)"
     else:
         assert "rank(s) on this node; set OMP_NUM_THREADS or --threads to override" in lines[0]
+
+
+def test_launcher_local_size_for_a_communicator_of_one():
+    assert threads.launcher_local_size({"MPI_LOCALNRANKS": "4"}) == 4
+    assert threads.launcher_local_size({"OMPI_COMM_WORLD_LOCAL_SIZE": "2"}) == 2
+    assert threads.launcher_local_size({}) == 1

@@ -73,7 +73,7 @@ class Model:
         # Each rank's BLAS pools sized to its cores (once per process; mpinet.threads).
         from ..threads import apply_thread_budget  # collective: needs the comm
 
-        apply_thread_budget(getattr(comm, "mpi_comm", None))
+        apply_thread_budget(getattr(comm, "mpi_comm", None), verbose=False)  # the CLIs print
         self.network = network.to(backend.current())
         self.comm = comm
         if comm.size > 1:
