@@ -19,11 +19,11 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import numpy as np  # noqa: E402
-from mpi4py import MPI  # noqa: E402
+import numpy as np
+from mpi4py import MPI
 
-from mpinet import backend  # noqa: E402
-from mpinet.comm import create_communicator  # noqa: E402
+from mpinet import backend
+from mpinet.comm import create_communicator
 
 
 def parse_args():

@@ -10,13 +10,13 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("CUPY_TF32", "1")
 
-import cupy as cp  # noqa: E402
-import numpy as np  # noqa: E402
+import cupy as cp
+import numpy as np
 
-from mpinet import amp, backend  # noqa: E402
-from mpinet.autograd import Variable  # noqa: E402
-from mpinet.models import build_model  # noqa: E402
-from mpinet.ops import loss as loss_ops  # noqa: E402
+from mpinet import amp, backend
+from mpinet.autograd import Variable
+from mpinet.models import build_model
+from mpinet.ops import loss as loss_ops
 
 
 def timed(fn, n=10, warm=3):

@@ -31,10 +31,10 @@ def read_jsonl(path: str) -> list[dict]:
 
 
 def plot_metrics(records: list[dict], out: str) -> None:
-    import matplotlib  # noqa: PLC0415
+    import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    import matplotlib.pyplot as plt
 
     steps = [r for r in records if r.get("kind") == "step"]
     epochs = [r for r in records if r.get("kind") == "epoch"]
@@ -58,10 +58,10 @@ def plot_metrics(records: list[dict], out: str) -> None:
 
 
 def plot_scaling(records: list[dict], out: str) -> None:
-    import matplotlib  # noqa: PLC0415
+    import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    import matplotlib.pyplot as plt
 
     def series(r):  # one line per model and step mode
         return r.get("model", "") + (" (CUDA graph)" if r.get("cuda_graph") else "")

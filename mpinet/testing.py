@@ -74,7 +74,7 @@ def check_forward(fn: Callable[..., Variable], reference: Callable[..., np.ndarr
 def check_gpu_matches_cpu(fn: Callable[..., Variable], inputs: Sequence[np.ndarray], *,
                           atol: float = 1e-4, rtol: float = 1e-4, seed: int = 0) -> None:
     """Run ``fn`` and its backward on NumPy and on CuPy copies of ``inputs``; compare both."""
-    import cupy as cp  # noqa: PLC0415 - GPU tests only
+    import cupy as cp
 
     rng = np.random.default_rng(seed)
     results = []

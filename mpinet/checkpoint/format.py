@@ -87,7 +87,7 @@ def dtype_name(arr: np.ndarray) -> str:
 def serialize(tensors: dict, metadata: dict) -> bytes:
     """safetensors bytes of NumPy ``tensors`` (bfloat16 included: its dtype name is
     safetensors' "bfloat16")."""
-    from safetensors.numpy import save  # noqa: PLC0415
+    from safetensors.numpy import save
 
     return save(tensors, metadata=metadata)
 
@@ -210,7 +210,7 @@ def _numpy_dtype(code: str, where: str) -> np.dtype:
         return np.dtype(_SAFETENSORS_DTYPES[code])
     if code == "BF16":
         try:
-            import ml_dtypes  # noqa: PLC0415
+            import ml_dtypes
         except ImportError:
             raise CheckpointError(f"{where}: holds bfloat16 tensors; install ml_dtypes "
                                   f"(pip install ml_dtypes) to read them") from None
@@ -221,7 +221,7 @@ def _numpy_dtype(code: str, where: str) -> np.dtype:
 
 def deserialize(data: bytes, where: str) -> dict:
     """name -> NumPy array from safetensors bytes; a malformed file raises CheckpointError."""
-    from safetensors import SafetensorError, deserialize  # noqa: PLC0415
+    from safetensors import SafetensorError, deserialize
 
     try:
         views = deserialize(data)

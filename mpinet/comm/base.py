@@ -147,7 +147,7 @@ class Communicator:
 
     def __init__(self, mpi_comm=None, timeout_s=None, debug=None, layout=None, check=None):
         if mpi_comm is None:
-            from mpi4py import MPI  # noqa: PLC0415
+            from mpi4py import MPI
 
             mpi_comm = MPI.COMM_WORLD
         self.mpi_comm = mpi_comm
@@ -283,7 +283,7 @@ class Communicator:
     def _wait_requests(self, reqs, info: OpInfo) -> None:
         """Finish a collective: settle its signature check (a mismatch raises CommError before
         its possibly wrong result is used), then poll its requests, bounded."""
-        from mpi4py import MPI  # noqa: PLC0415
+        from mpi4py import MPI
 
         ticket = None
         if self.check:
@@ -313,7 +313,7 @@ class Communicator:
         """Poll MPI requests to completion, or abort the job with a report: after timeout_s,
         once a peer has been silent (no heartbeat) for silence_s or is seen stopped or gone, or
         when MPI reports a failed peer."""
-        from mpi4py import MPI  # noqa: PLC0415
+        from mpi4py import MPI
 
         self.wait_until(lambda: MPI.Request.Testall(reqs), info)
 
@@ -329,7 +329,7 @@ class Communicator:
             self.waited_s += time.monotonic() - start
 
     def _watched_poll(self, test, info, extra) -> None:
-        from mpi4py import MPI  # noqa: PLC0415
+        from mpi4py import MPI
 
         start = time.monotonic()
         deadline = start + self.timeout_s
@@ -358,7 +358,7 @@ class Communicator:
             else None
 
     def _abort_timeout(self, info: OpInfo, extra: str = "", failed: bool = False) -> None:
-        from mpi4py import MPI  # noqa: PLC0415
+        from mpi4py import MPI
 
         # The NCCL watchdog calls this from its own thread: reading peers' positions is an MPI
         # call, safe there only under MPI_THREAD_MULTIPLE.
@@ -485,7 +485,7 @@ class Communicator:
 
     def _allgather_payload(self, obj, info: OpInfo, comm) -> list:
         """Every rank's ``obj``, in rank order, bounded."""
-        from mpi4py import MPI  # noqa: PLC0415
+        from mpi4py import MPI
 
         data = np.frombuffer(wire.encode(obj), np.uint8)
         sizes = np.empty(comm.Get_size(), np.int64)

@@ -36,7 +36,7 @@ def load_digits(split: str = "train", raw: bool = False, split_seed: int = 0,
                 test_fraction: float = 0.2) -> ArrayDataset:
     """scikit-learn's digits: images (N, 1, 8, 8), labels (N,) in [0, 10)."""
     _check_split(split)
-    from sklearn.datasets import load_digits as sk_load_digits  # noqa: PLC0415 - optional dependency
+    from sklearn.datasets import load_digits as sk_load_digits
 
     bunch = sk_load_digits()
     images = np.asarray(bunch.images)  # (1797, 8, 8) float64, values 0..16

@@ -65,7 +65,7 @@ def _parse_size(size) -> tuple[int, int] | None:
 
 def _decode(path: Path, mode: str, size_hw: tuple[int, int] | None) -> np.ndarray:
     """One image file -> (C, H, W) uint8."""
-    from PIL import Image, UnidentifiedImageError  # noqa: PLC0415 - optional dependency (data extra)
+    from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as im:

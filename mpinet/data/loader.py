@@ -90,7 +90,7 @@ class DataLoader:
             return self._read_files(idx)
         images, labels = self.dataset.images, self.dataset.labels
         if self.device.is_gpu and len(idx):  # (an empty batch needs no pinned buffer)
-            import cupyx  # noqa: PLC0415 - GPU only
+            import cupyx
 
             x = cupyx.empty_pinned((len(idx),) + images.shape[1:], dtype=images.dtype)
             y = cupyx.empty_pinned((len(idx),) + labels.shape[1:], dtype=labels.dtype)
@@ -238,7 +238,7 @@ class DataLoader:
                     if not put(item):
                         return
                 put(_DONE)
-            except BaseException as e:  # noqa: BLE001 - carried to the consumer and re-raised there
+            except BaseException as e:
                 put(_Failure(e, self._where))
 
         thread = threading.Thread(target=produce, name="mpinet-data-loader", daemon=True)

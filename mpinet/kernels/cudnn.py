@@ -66,7 +66,7 @@ def _cudnn():
     global _cudnn_mod
     if _cudnn_mod is None:
         try:
-            import cudnn  # noqa: PLC0415 - GPU-only dependency
+            import cudnn
         except ImportError as e:
             raise ImportError("the cuDNN convolution path needs nvidia-cudnn-frontend 1.23.x: "
                               "pip install 'nvidia-cudnn-frontend>=1.23,<1.24' "

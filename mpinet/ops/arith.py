@@ -182,7 +182,7 @@ def neg(x):
     return Neg().apply(x)
 
 
-def pow(x, exponent: float):  # noqa: A001 - mirrors the operator it implements
+def pow(x, exponent: float):
     return Pow(exponent).apply(x)
 
 
@@ -194,7 +194,7 @@ def log(x):
     return Log().apply(x)
 
 
-def sum(x, axis=None, keepdims: bool = False):  # noqa: A001
+def sum(x, axis=None, keepdims: bool = False):
     return Sum(axis, keepdims).apply(x)
 
 

@@ -123,7 +123,7 @@ class StepGraphs:
 
 class _CapturedStep:
     def __init__(self, step_fn, optimizer, x, y, state=()):
-        import cupy as cp  # noqa: PLC0415 - GPU only
+        import cupy as cp
 
         self._cp = cp
         self.state = state  # referenced: the graph writes into these arrays
@@ -144,7 +144,7 @@ class _CapturedStep:
             except BaseException as error:
                 try:
                     self.stream.end_capture()
-                except Exception:  # noqa: BLE001 - the capture is invalid anyway
+                except Exception:
                     pass
                 raise RuntimeError(
                     f"capturing the training step as a CUDA graph failed ({type(error).__name__}:"

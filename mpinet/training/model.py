@@ -67,7 +67,7 @@ class Model:
 
     def __init__(self, network: Module, comm=None):
         if comm is None:
-            from ..comm import create_communicator  # noqa: PLC0415 - initialises MPI
+            from ..comm import create_communicator
 
             comm = create_communicator("auto")
         # Each rank's BLAS pools sized to its cores (once per process; mpinet.threads).
@@ -79,7 +79,7 @@ class Model:
         if comm.size > 1:
             # An uncaught error on one rank must end the job, not leave the other ranks waiting
             # in the next allreduce until the comm timeout: report the rank and MPI_Abort.
-            from ..comm.failure import install_abort_handler  # noqa: PLC0415 - loads MPI
+            from ..comm.failure import install_abort_handler
 
             install_abort_handler()
         self.optimizer = None
