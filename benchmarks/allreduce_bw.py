@@ -127,8 +127,8 @@ def main():
                   f"{' (emulated)' if t.emulated else ''}", flush=True)
         for mib in mibs:
             x = xp.ones(mib * 2**20 // itemsize, dtype=dtype)
-            rows[impl, mib] = timed(lambda: comm.allreduce(x, out=x), backend.synchronize, world,
-                                    args.seconds)
+            rows[impl, mib] = timed(lambda comm=comm, x=x: comm.allreduce(x, out=x),
+                                    backend.synchronize, world, args.seconds)
             del x
         comm.close()
 

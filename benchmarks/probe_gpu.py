@@ -39,7 +39,7 @@ def main():
     for dt in (np.float32, np.float16, bf16):
         a = cp.asarray(np.random.rand(64, 25088).astype(np.float32)).astype(dt)
         w = cp.asarray(np.random.rand(4096, 25088).astype(np.float32)).astype(dt)
-        ms = timed(lambda: a @ w.T)
+        ms = timed(lambda a=a, w=w: a @ w.T)
         print(f"matmul (64x25088)@(25088x4096) {np.dtype(dt).name}: {ms:.3f} ms "
               f"({2 * 64 * 25088 * 4096 / ms / 1e9:.1f} TFLOP/s)", flush=True)
     for name in ("vgg16", "resnet50"):
@@ -47,11 +47,11 @@ def main():
         x = cp.random.standard_normal((64, 3, 224, 224), dtype=cp.float32)
         y = cp.random.randint(0, 1000, 64).astype(cp.int64)
         for precision in ("fp32", "bf16"):
-            def fwd():
+            def fwd(net=net, x=x, precision=precision):
                 with amp.autocast(precision):
                     return net(Variable(x))
 
-            def step():
+            def step(fwd=fwd, y=y):
                 out = fwd()
                 loss_ops.cross_entropy(amp.cast(out, np.dtype(np.float32)), y).backward()
 
@@ -61,7 +61,7 @@ def main():
         if name == "vgg16":
             feats = net.features
             with amp.autocast("bf16"):
-                print(f"vgg16 bf16 features forward {timed(lambda: feats(Variable(x))):.2f} ms",
+                print(f"vgg16 bf16 features forward {timed(lambda feats=feats, x=x: feats(Variable(x))):.2f} ms",
                       flush=True)
 
 

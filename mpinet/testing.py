@@ -89,6 +89,6 @@ def check_gpu_matches_cpu(fn: Callable[..., Variable], inputs: Sequence[np.ndarr
                         [backend.to_numpy(v.grad) if v.grad is not None else None for v in variables]))
     (y_cpu, g_cpu), (y_gpu, g_gpu) = results
     np.testing.assert_allclose(y_gpu, y_cpu, atol=atol, rtol=rtol, err_msg="forward GPU vs CPU")
-    for i, (a, b) in enumerate(zip(g_gpu, g_cpu)):
+    for i, (a, b) in enumerate(zip(g_gpu, g_cpu, strict=True)):
         if b is not None:
             np.testing.assert_allclose(a, b, atol=atol, rtol=rtol, err_msg=f"grad {i} GPU vs CPU")

@@ -250,7 +250,7 @@ class DataLoader:
                     item = q.get(timeout=_POLL_S)
                 except queue.Empty:
                     if not thread.is_alive() and q.empty():
-                        raise RuntimeError("data loader thread ended without finishing the epoch")
+                        raise RuntimeError("data loader thread ended without finishing the epoch") from None
                     continue
                 if item is _DONE:
                     return

@@ -93,7 +93,7 @@ class DataParallel:
     def _make_buckets(self, bucket_bytes: int) -> list[Bucket]:
         itemsize = self.flat.data.dtype.itemsize
         buckets, current, start = [], [], 0
-        for p, offset in zip(self.flat.params, self.flat.offsets):
+        for p, offset in zip(self.flat.params, self.flat.offsets, strict=True):
             current.append(p)
             stop = offset + p.size
             if (stop - start) * itemsize >= bucket_bytes:

@@ -67,7 +67,7 @@ def reduce_sums(comm, sums: dict) -> dict:
     local = np.array([float(backend.to_numpy(sums[k])) for k in keys], dtype=np.float64)
     # A NumPy array, so the object reduction adds elementwise (a list would concatenate).
     total = comm.allreduce_obj(local, op="sum") if comm.size > 1 else local
-    return dict(zip(keys, np.asarray(total, dtype=np.float64).tolist()))
+    return dict(zip(keys, np.asarray(total, dtype=np.float64).tolist(), strict=True))
 
 
 def logs_from_sums(sums: dict, count: int) -> dict:

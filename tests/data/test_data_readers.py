@@ -313,9 +313,9 @@ def test_digits_split_is_fixed_stratified_and_disjoint():
 
     full = load_digits()
     # Every real image lands in exactly one split: compare as byte rows.
-    rows = {r.tobytes() + bytes([t]) for r, t in zip((full.images / 16).astype(np.float32), full.target)}
+    rows = {r.tobytes() + bytes([t]) for r, t in zip((full.images / 16).astype(np.float32), full.target, strict=True)}
     got = [r[0].tobytes() + bytes([t]) for r, t in zip(np.concatenate([tr.images, te.images]),
-                                                       np.concatenate([tr.labels, te.labels]))]
+                                                       np.concatenate([tr.labels, te.labels]), strict=True)]
     assert len(got) == 1797 and set(got) == rows
     frac = np.bincount(te.labels, minlength=10) / np.bincount(full.target, minlength=10)
     assert np.all(np.abs(frac - 0.2) < 0.02)

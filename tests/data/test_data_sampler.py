@@ -14,7 +14,7 @@ def all_ranks(n, batch, world, **kw):
 
 def run_epoch(samplers):
     """Iterate all ranks in lockstep -> list of steps, each a list of per-rank Batches."""
-    steps = list(zip(*[list(s) for s in samplers]))
+    steps = list(zip(*[list(s) for s in samplers], strict=True))
     assert all(len(s) == len(steps[0]) for s in steps)
     return steps
 
@@ -173,7 +173,7 @@ def test_shard_indices_partition_without_padding(n, world):
 def test_shard_sampler_same_steps_everywhere_and_counts(world):
     n, batch = 13, 2
     samplers = [ShardSampler(n, batch, r, world) for r in range(world)]
-    steps = list(zip(*[list(s) for s in samplers]))
+    steps = list(zip(*[list(s) for s in samplers], strict=False))  # lengths asserted below
     assert all(len(s) == len(steps) for s in samplers)
     seen = np.concatenate([b.indices for st in steps for b in st])
     np.testing.assert_array_equal(np.sort(seen), np.arange(n))

@@ -27,7 +27,7 @@ def grad_sequence(steps, dtype=np.float64, seed=1):
 
 
 def set_grads(params, grads, flat=None):
-    for p, g in zip(params, grads):
+    for p, g in zip(params, grads, strict=True):
         if flat is not None:
             p.grad[...] = g  # write into the flat gradient buffer's view
         else:
@@ -144,7 +144,7 @@ def test_flat_mode_is_bitwise_identical_to_per_parameter(case):
     flat = FlatParameters(fl)
     opt = run(lambda f: cls(f, **kw), fl, grads, flat=flat)
     flat.check_views()  # the update wrote into the flat buffer, never replaced a view
-    for a, b in zip(per, fl):
+    for a, b in zip(per, fl, strict=True):
         assert np.array_equal(a.data, b.data)
     # flat mode's per-parameter state entries are views into one flat buffer per name
     for name, buf in opt._flat_state.items():
@@ -200,7 +200,7 @@ def test_state_dict_round_trip_continues_bitwise(case, mode):
         opt2.zero_grad()
         set_grads(resumed, gs, f2)
         opt2.step()
-    for a, b in zip(straight, resumed):
+    for a, b in zip(straight, resumed, strict=True):
         assert np.array_equal(a.data, b.data)
 
 
