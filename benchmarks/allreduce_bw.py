@@ -84,7 +84,8 @@ def timed(run, sync, world, seconds):
 
 
 def raw_nccl(world, xp, dtype):
-    """The reference: cupy.cuda.nccl allreduce on its own stream, as in benchmarks/anchors/nccl_allreduce_bw.py."""
+    """The reference: cupy.cuda.nccl allreduce on its own stream, as in
+    benchmarks/anchors/nccl_allreduce_bw.py."""
     from cupy.cuda import nccl
 
     from mpinet.comm.nccl import NCCL_TYPES

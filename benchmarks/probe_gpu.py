@@ -57,11 +57,13 @@ def main():
 
             f = timed(fwd)
             s = timed(step)
-            print(f"{name} {precision}: forward {f:.2f} ms, forward+backward {s:.2f} ms", flush=True)
+            print(f"{name} {precision}: forward {f:.2f} ms, forward+backward {s:.2f} ms",
+                  flush=True)
         if name == "vgg16":
             feats = net.features
             with amp.autocast("bf16"):
-                print(f"vgg16 bf16 features forward {timed(lambda feats=feats, x=x: feats(Variable(x))):.2f} ms",
+                print("vgg16 bf16 features forward "
+                      f"{timed(lambda feats=feats, x=x: feats(Variable(x))):.2f} ms",
                       flush=True)
 
 

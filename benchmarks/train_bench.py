@@ -43,7 +43,8 @@ def parser():
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default=None)
     p.add_argument("--cuda-graph", action="store_true",
-                   help="replay each step as one CUDA graph after warm-up (mpinet.training.cuda_graph)")
+                   help="replay each step as one CUDA graph after warm-up "
+                        "(mpinet.training.cuda_graph)")
     p.add_argument("--stem", default="imagenet", choices=["imagenet", "cifar"],
                    help="ResNet stem; imagenet (7x7/2 conv + max-pool) is torchvision's, which the "
                         "anchor torch_ddp_bench.py trains at every image size")

@@ -86,7 +86,8 @@ def check_gpu_matches_cpu(fn: Callable[..., Variable], inputs: Sequence[np.ndarr
             gy = rng.standard_normal(y.shape).astype(y.dtype)
         y.backward(to_dev(gy))
         results.append((backend.to_numpy(y.data),
-                        [backend.to_numpy(v.grad) if v.grad is not None else None for v in variables]))
+                        [backend.to_numpy(v.grad) if v.grad is not None else None
+                         for v in variables]))
     (y_cpu, g_cpu), (y_gpu, g_gpu) = results
     np.testing.assert_allclose(y_gpu, y_cpu, atol=atol, rtol=rtol, err_msg="forward GPU vs CPU")
     for i, (a, b) in enumerate(zip(g_gpu, g_cpu, strict=True)):

@@ -111,7 +111,8 @@ def describe(tree: dict, per_rank_tree: list, tensors: dict, blob: bytes, step: 
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "mpinet_version": __version__,
         "files": {TENSORS_FILE: {"sha256": hashlib.sha256(blob).hexdigest(), "bytes": len(blob)}},
-        "tensors": {k: {"dtype": dtype_name(a), "shape": list(a.shape)} for k, a in tensors.items()},
+        "tensors": {k: {"dtype": dtype_name(a), "shape": list(a.shape)}
+                    for k, a in tensors.items()},
         "state": tree,
         "per_rank": per_rank_tree,
     }
@@ -131,9 +132,9 @@ def check_metadata(meta, meta_path: str) -> dict:
     if meta["format"] != FORMAT:
         raise CheckpointError(f"{meta_path}: format is {meta['format']!r}, expected {FORMAT!r}")
     if not isinstance(meta["format_version"], int) or meta["format_version"] > FORMAT_VERSION:
-        raise CheckpointError(f"{meta_path}: format version {meta['format_version']!r}; this mpinet "
-                              f"({__version__}) reads versions up to {FORMAT_VERSION}: upgrade "
-                              f"mpinet")
+        raise CheckpointError(f"{meta_path}: format version {meta['format_version']!r}; this "
+                              f"mpinet ({__version__}) reads versions up to {FORMAT_VERSION}: "
+                              "upgrade mpinet")
     if meta_digest(meta) != meta["meta_sha256"]:
         raise CheckpointError(f"{meta_path}: checksum mismatch (meta_sha256): the file was "
                               f"modified or damaged after it was written")

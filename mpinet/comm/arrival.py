@@ -124,7 +124,8 @@ class ArrivalTracker:
         return f"pid {self.pids[rank]} on host {self.hosts[rank]}"
 
     def enter(self, op: str) -> int:
-        """Record that this rank entered collective ``op``; return its sequence number (1, 2, ...)."""
+        """Record that this rank entered collective ``op``; return its sequence number
+        (1, 2, ...)."""
         self.seq += 1
         if self._win is None:
             return self.seq

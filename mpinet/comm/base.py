@@ -248,7 +248,8 @@ class Communicator:
         seq = self._tracker.enter(op)
         count = int(x.size) if x is not None else 0
         dtype = _dtype_name(x.dtype) if x is not None else "object"
-        detail = (f", op={reduce_op}" if reduce_op else "") + (f", root={root}" if root >= 0 else "")
+        detail = ((f", op={reduce_op}" if reduce_op else "")
+                  + (f", root={root}" if root >= 0 else ""))
         info = OpInfo(self.name, op, seq, count, dtype, detail)
         if self.check and not self.debug:  # debug mode's check below is stricter and eager
             self._sig.settle_finished()
@@ -423,9 +424,9 @@ class Communicator:
         self._check_array("reduce_scatter", x)
         self._check_reduce_op("reduce_scatter", x, op)
         if x.ndim != 1 or x.size % self.size:
-            raise ValueError(f"{self.name} reduce_scatter: x has shape {tuple(x.shape)} ({x.dtype});"
-                             f" it must be 1-D with a length divisible by the {self.size} ranks; "
-                             f"flatten it and pad to a multiple of {self.size}")
+            raise ValueError(f"{self.name} reduce_scatter: x has shape {tuple(x.shape)} "
+                             f"({x.dtype}); it must be 1-D with a length divisible by the "
+                             f"{self.size} ranks; flatten it and pad to a multiple of {self.size}")
         out = self._resolve_out("reduce_scatter", x, None, (x.size // self.size,))
         return self._ireduce_scatter(x, op, out, self._enter("reduce_scatter", x, reduce_op=op))
 

@@ -133,7 +133,8 @@ class HierarchicalCommunicator(Communicator):
         self._lane.close()
 
     def _drain(self):
-        info = OpInfo(self.name, "barrier (finishing queued collectives)", self._tracker.seq, 0, "-")
+        info = OpInfo(self.name, "barrier (finishing queued collectives)", self._tracker.seq, 0,
+                      "-")
         for h in list(self._pending):
             self.wait_until(lambda h=h: self._advance(upto=h) or h.done, h._info)
         if self._lane.nccl is not None:
@@ -156,7 +157,7 @@ class HierarchicalCommunicator(Communicator):
         self._pending.append(h)
         return h
 
-    # ---- allreduce --------------------------------------------------------------------------------
+    # ---- allreduce ----------------------------------------------------------------------------
 
     def _iallreduce(self, x, op, out, info):
         if backend.is_gpu_array(x):

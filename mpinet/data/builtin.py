@@ -74,7 +74,8 @@ def load_synthetic(split: str = "train", num_samples: int | None = None, input_s
     return ArrayDataset(to_pixels(images, raw), labels, num_classes=num_classes, name="synthetic")
 
 
-def load_synthetic_segmentation(split: str = "train", num_samples: int | None = None, size: int = 64,
+def load_synthetic_segmentation(split: str = "train", num_samples: int | None = None,
+                                size: int = 64,
                                 channels: int = 1, max_shapes: int = 3, noise: float = 0.1,
                                 shape_classes: bool = False, seed: int = 0) -> ArrayDataset:
     """Circles and rectangles on noise; labels are per-pixel masks (N, H, W).

@@ -147,7 +147,8 @@ class MatMul(Function):
 
     def forward(self, a, b):
         if a.shape[-1] != b.shape[-2 if b.ndim > 1 else 0]:
-            raise ValueError(f"matmul: inner dimensions differ: {tuple(a.shape)} @ {tuple(b.shape)}")
+            raise ValueError(f"matmul: inner dimensions differ: {tuple(a.shape)} @ "
+                             f"{tuple(b.shape)}")
         self.save(a, b)
         return a @ b
 

@@ -59,7 +59,8 @@ class PoolGeometry:
         """Per-output divisor (OH, OW) counting padding but not the ceil_mode overhang
         (PyTorch's count_include_pad=True), or None when every window is kh*kw."""
         counts = []
-        for n, k, s, p, o in zip(in_hw, self.kernel, self.stride, self.pad_lo, self.out, strict=True):
+        for n, k, s, p, o in zip(in_hw, self.kernel, self.stride, self.pad_lo, self.out,
+                                 strict=True):
             start = np.arange(o) * s - p
             counts.append(np.minimum(start + k, n + p) - start)
         if all((c == k).all() for c, k in zip(counts, self.kernel, strict=True)):

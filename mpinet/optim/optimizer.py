@@ -50,7 +50,8 @@ class Optimizer:
                 raise TypeError(f"{type(self).__name__}: params[{i}] is a {type(p).__name__}, "
                                 f"expected a Parameter (pass model.parameters())")
         if flat is not None and (len(flat.params) != len(params)
-                                 or any(a is not b for a, b in zip(flat.params, params, strict=True))):
+                                 or any(a is not b
+                                        for a, b in zip(flat.params, params, strict=True))):
             raise ValueError(f"{type(self).__name__}: params must be exactly flat.params, in the "
                              f"same order ({len(flat.params)} parameters); got {len(params)} "
                              f"others. Pass the FlatParameters alone.")

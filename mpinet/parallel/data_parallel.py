@@ -3,7 +3,8 @@
 The flow of one step (default mode "backward")::
 
     loss = criterion(model(x), y)
-    dp.backward(loss, weight=n_local / n_global)  # hooks start each bucket's allreduce (Push+PullReq)
+    # hooks start each bucket's allreduce (Push+PullReq)
+    dp.backward(loss, weight=n_local / n_global)
     dp.step(optimizer)                            # wait for the buckets (PullWait), then update
                                                   # (mpinet.training.TrainStep: the full sequence)
 

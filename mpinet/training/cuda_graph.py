@@ -156,7 +156,8 @@ class _CapturedStep:
 
     def state_is(self, state: tuple) -> bool:
         """True if ``state`` holds the very arrays this graph was captured on."""
-        return len(state) == len(self.state) and all(a is b for a, b in zip(state, self.state, strict=True))
+        return len(state) == len(self.state) and all(
+            a is b for a, b in zip(state, self.state, strict=True))
 
     def replay(self, x, y, first: bool = False) -> dict:
         """Copy in ``x, y``, run the graph after the caller's queued work, and return copies of

@@ -17,7 +17,8 @@ METRICS = ("accuracy", "iou", "mae")
 def check_names(loss, metrics) -> None:
     """Raise ValueError for a loss or metric name this module does not know."""
     if loss not in LOSSES and not callable(loss):
-        raise ValueError(f"loss must be one of {LOSSES} or a callable(output, target), got {loss!r}")
+        raise ValueError(f"loss must be one of {LOSSES} or a callable(output, target), got "
+                         f"{loss!r}")
     bad = [m for m in metrics if m not in METRICS]
     if bad:
         raise ValueError(f"unknown metrics {bad}; available: {METRICS}")

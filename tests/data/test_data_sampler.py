@@ -100,7 +100,8 @@ def test_drop_last():
         DistributedSampler(5, 4, 0, 2, drop_last=True)
 
 
-def remaining_after_resume(n, batch, world_before, world_after, steps_before, seed=11, drop_last=False):
+def remaining_after_resume(n, batch, world_before, world_after, steps_before, seed=11,
+                           drop_last=False):
     """Take steps_before steps at world_before, save, resume at world_after: indices of the rest."""
     before = all_ranks(n, batch, world_before, seed=seed, drop_last=drop_last)
     its = [iter(s) for s in before]
@@ -117,7 +118,8 @@ def remaining_after_resume(n, batch, world_before, world_after, steps_before, se
     return state, np.concatenate(taken), (np.concatenate(rest) if rest else np.zeros(0, np.int64))
 
 
-@pytest.mark.parametrize("world_before,world_after", [(4, 4), (4, 2), (2, 4), (3, 1), (1, 3), (2, 3)])
+@pytest.mark.parametrize("world_before,world_after",
+                         [(4, 4), (4, 2), (2, 4), (3, 1), (1, 3), (2, 3)])
 def test_resume_continues_with_order_from_consumed(world_before, world_after):
     n, batch = 53, 3
     state, taken, rest = remaining_after_resume(n, batch, world_before, world_after, steps_before=2)

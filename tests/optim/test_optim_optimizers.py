@@ -169,7 +169,8 @@ def to_checkpoint_and_back(state):
     return {"scalars": json.loads(json.dumps(state["scalars"])), "tensors": st_load(blob)}
 
 
-@pytest.mark.parametrize("case", ["sgd_momentum_dampening_wd", "sgd_nesterov_wd", "adam_l2", "adamw"])
+@pytest.mark.parametrize("case", ["sgd_momentum_dampening_wd", "sgd_nesterov_wd", "adam_l2",
+                                  "adamw"])
 @pytest.mark.parametrize("mode", ["per_param", "flat", "flat_to_per_param", "per_param_to_flat"])
 def test_state_dict_round_trip_continues_bitwise(case, mode):
     cls, kw = ALL_CASES[case]
@@ -185,7 +186,8 @@ def test_state_dict_round_trip_continues_bitwise(case, mode):
     f1 = FlatParameters(first) if save_flat else None
     opt = run(lambda ps: cls(ps, **kw), first, grads[:k], flat=f1)
     state = to_checkpoint_and_back(opt.state_dict())
-    assert set(state["tensors"]) == {f"{i}.{b}" for i in range(len(SHAPES)) for b in opt._buffer_names()}
+    assert set(state["tensors"]) == {f"{i}.{b}" for i in range(len(SHAPES))
+                                     for b in opt._buffer_names()}
     assert state["scalars"]["step"] == {str(i): k for i in range(len(SHAPES))}
 
     # Resume in a fresh process's objects: new params (from the saved values), new optimizer
@@ -225,7 +227,8 @@ def test_load_state_dict_rejects_mismatches_with_clear_messages():
         SGD(make_params()[:2], lr=0.1, momentum=0.9).load_state_dict(state)
     bad = {"scalars": state["scalars"], "tensors": dict(state["tensors"])}
     bad["tensors"]["1.momentum_buffer"] = np.zeros((5,))
-    with pytest.raises(ValueError, match=r"'1.momentum_buffer' has shape \(5,\), the parameter has \(3,\)"):
+    with pytest.raises(ValueError, match=r"'1.momentum_buffer' has shape \(5,\), the parameter "
+                                         r"has \(3,\)"):
         SGD(make_params(), lr=0.1, momentum=0.9).load_state_dict(bad)
     del bad["tensors"]["2.momentum_buffer"]
     with pytest.raises(KeyError, match="2.momentum_buffer"):
