@@ -19,11 +19,11 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import numpy as np  # noqa: E402
-from mpi4py import MPI  # noqa: E402
+import numpy as np
+from mpi4py import MPI
 
-from mpinet import backend  # noqa: E402
-from mpinet.comm import create_communicator  # noqa: E402
+from mpinet import backend
+from mpinet.comm import create_communicator
 
 
 def parse_args():
@@ -84,7 +84,8 @@ def timed(run, sync, world, seconds):
 
 
 def raw_nccl(world, xp, dtype):
-    """The reference: cupy.cuda.nccl allreduce on its own stream, as in benchmarks/anchors/nccl_allreduce_bw.py."""
+    """The reference: cupy.cuda.nccl allreduce on its own stream, as in
+    benchmarks/anchors/nccl_allreduce_bw.py."""
     from cupy.cuda import nccl
 
     from mpinet.comm.nccl import NCCL_TYPES
@@ -127,8 +128,8 @@ def main():
                   f"{' (emulated)' if t.emulated else ''}", flush=True)
         for mib in mibs:
             x = xp.ones(mib * 2**20 // itemsize, dtype=dtype)
-            rows[impl, mib] = timed(lambda: comm.allreduce(x, out=x), backend.synchronize, world,
-                                    args.seconds)
+            rows[impl, mib] = timed(lambda comm=comm, x=x: comm.allreduce(x, out=x),
+                                    backend.synchronize, world, args.seconds)
             del x
         comm.close()
 

@@ -60,18 +60,21 @@ def main():
             _, tmean, tinv = aten.native_batch_norm(tx, tg, tb, rm, rv, True, 0.1, 1e-5)
             tag = f"{dname} {shape}"
             rows.append((f"bn_train_fwd {tag}",
-                         _time(lambda: batch_norm.batch_norm_train(x, g, b, 1e-5)),
-                         _time(lambda: aten.native_batch_norm(tx, tg, tb, rm, rv, True, 0.1,
-                                                              1e-5))))
+                         _time(lambda x=x, g=g, b=b: batch_norm.batch_norm_train(x, g, b, 1e-5)),
+                         _time(lambda tx=tx, tg=tg, tb=tb, rm=rm, rv=rv: aten.native_batch_norm(
+                             tx, tg, tb, rm, rv, True, 0.1, 1e-5))))
             rows.append((f"bn_train_bwd {tag}",
-                         _time(lambda: batch_norm.batch_norm_backward(x, gy, g, mean, invstd)),
-                         _time(lambda: aten.native_batch_norm_backward(
+                         _time(lambda x=x, gy=gy, g=g, mean=mean, invstd=invstd:
+                               batch_norm.batch_norm_backward(x, gy, g, mean, invstd)),
+                         _time(lambda tgy=tgy, tx=tx, tg=tg, rm=rm, rv=rv, tmean=tmean,
+                                      tinv=tinv: aten.native_batch_norm_backward(
                              tgy, tx, tg, rm, rv, tmean, tinv, True, 1e-5,
                              [True, True, True]))))
-            rows.append((f"relu_bwd {tag}", _time(lambda: activation.relu_backward(x, gy)),
-                         _time(lambda: aten.threshold_backward(tgy, tx, 0))))
-            rows.append((f"gelu_fwd {tag}", _time(lambda: activation.gelu_forward(x)),
-                         _time(lambda: torch.nn.functional.gelu(tx))))
+            rows.append((f"relu_bwd {tag}",
+                         _time(lambda x=x, gy=gy: activation.relu_backward(x, gy)),
+                         _time(lambda tgy=tgy, tx=tx: aten.threshold_backward(tgy, tx, 0))))
+            rows.append((f"gelu_fwd {tag}", _time(lambda x=x: activation.gelu_forward(x)),
+                         _time(lambda tx=tx: torch.nn.functional.gelu(tx))))
     n = 11_689_512  # ResNet-18 parameters
     p, gr = cp.asarray(rng.standard_normal(n), cp.float32), cp.asarray(
         rng.standard_normal(n), cp.float32)

@@ -10,13 +10,13 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("CUPY_TF32", "1")
 
-import cupy as cp  # noqa: E402
-import numpy as np  # noqa: E402
+import cupy as cp
+import numpy as np
 
-from mpinet import amp, backend  # noqa: E402
-from mpinet.autograd import Variable  # noqa: E402
-from mpinet.models import build_model  # noqa: E402
-from mpinet.ops import loss as loss_ops  # noqa: E402
+from mpinet import amp, backend
+from mpinet.autograd import Variable
+from mpinet.models import build_model
+from mpinet.ops import loss as loss_ops
 
 
 def timed(fn, n=10, warm=3):
@@ -39,7 +39,7 @@ def main():
     for dt in (np.float32, np.float16, bf16):
         a = cp.asarray(np.random.rand(64, 25088).astype(np.float32)).astype(dt)
         w = cp.asarray(np.random.rand(4096, 25088).astype(np.float32)).astype(dt)
-        ms = timed(lambda: a @ w.T)
+        ms = timed(lambda a=a, w=w: a @ w.T)
         print(f"matmul (64x25088)@(25088x4096) {np.dtype(dt).name}: {ms:.3f} ms "
               f"({2 * 64 * 25088 * 4096 / ms / 1e9:.1f} TFLOP/s)", flush=True)
     for name in ("vgg16", "resnet50"):
@@ -47,21 +47,23 @@ def main():
         x = cp.random.standard_normal((64, 3, 224, 224), dtype=cp.float32)
         y = cp.random.randint(0, 1000, 64).astype(cp.int64)
         for precision in ("fp32", "bf16"):
-            def fwd():
+            def fwd(net=net, x=x, precision=precision):
                 with amp.autocast(precision):
                     return net(Variable(x))
 
-            def step():
+            def step(fwd=fwd, y=y):
                 out = fwd()
                 loss_ops.cross_entropy(amp.cast(out, np.dtype(np.float32)), y).backward()
 
             f = timed(fwd)
             s = timed(step)
-            print(f"{name} {precision}: forward {f:.2f} ms, forward+backward {s:.2f} ms", flush=True)
+            print(f"{name} {precision}: forward {f:.2f} ms, forward+backward {s:.2f} ms",
+                  flush=True)
         if name == "vgg16":
             feats = net.features
             with amp.autocast("bf16"):
-                print(f"vgg16 bf16 features forward {timed(lambda: feats(Variable(x))):.2f} ms",
+                print("vgg16 bf16 features forward "
+                      f"{timed(lambda feats=feats, x=x: feats(Variable(x))):.2f} ms",
                       flush=True)
 
 

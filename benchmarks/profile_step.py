@@ -32,14 +32,14 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 try:
-    import torch  # noqa: E402 - the profiler (CUPTI kernel trace); also the anchor framework
+    import torch
 except ImportError:
     sys.exit("profile_step.py needs PyTorch for its profiler: pip install torch (the GPU "
              "machines have it); mpinet itself does not")
 
 
 def mpinet_step(a):
-    import train_bench  # noqa: PLC0415 - benchmarks/train_bench.py
+    import train_bench
 
     args = train_bench.parser().parse_args(
         ["--model", a.model, "--batch", str(a.batch), "--size", str(a.size),
@@ -50,7 +50,7 @@ def mpinet_step(a):
     def step():
         model.train_step(x, y, global_count)
 
-    from mpinet import backend  # noqa: PLC0415
+    from mpinet import backend
 
     return step, backend.synchronize
 
@@ -63,7 +63,7 @@ def _world():
 
 
 def torch_step(a):
-    import torchvision  # noqa: PLC0415
+    import torchvision
 
     torch.backends.cudnn.benchmark = True
     torch.backends.cuda.matmul.allow_tf32 = True
@@ -71,7 +71,7 @@ def torch_step(a):
     m = getattr(torchvision.models, a.model)(num_classes=a.classes).cuda()
     rank, size = _world()
     if size > 1:  # the anchor's set-up (torch_ddp_bench.py)
-        import torch.distributed as dist  # noqa: PLC0415
+        import torch.distributed as dist
 
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
         os.environ.setdefault("MASTER_PORT", "29533")
@@ -183,7 +183,7 @@ def main():
     sync()
     wall = (time.perf_counter() - t) / a.steps * 1e3
 
-    from torch.profiler import ProfilerActivity, profile  # noqa: PLC0415
+    from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         for _ in range(a.steps):
@@ -206,7 +206,7 @@ def main():
     timeline = stats["nccl_timeline"]
     if timeline:
         per_step = len(timeline) // a.steps or 1
-        print(f"  NCCL kernels of the last 2 steps (start ms, ms, share overlapped by compute): "
+        print("  NCCL kernels of the last 2 steps (start ms, ms, share overlapped by compute): "
               + ", ".join(f"({t:.1f}, {d:.2f}, {o:.0%})" for t, d, o in timeline[-2 * per_step:]))
     top = sorted(per_name.items(), key=lambda kv: -kv[1][1])[:a.top]
     for name, (count, us) in top:

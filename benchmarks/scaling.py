@@ -3,7 +3,8 @@ efficiency and the communication time per step that compute did not hide, for ea
 
     python3 benchmarks/scaling.py --gpus 2 --model resnet50 --batch 64 --size 224 --precision bf16 \
         --mpirun "mpirun --allow-run-as-root --bind-to none -x NCCL_NVLS_ENABLE -x PYTHONPATH"
-    python3 benchmarks/scaling.py --gpus 2 --model mlp --batch 64 --size 8 --device cpu   # CPU smoke run
+    # CPU smoke run:
+    python3 benchmarks/scaling.py --gpus 2 --model mlp --batch 64 --size 8 --device cpu
 
 It launches benchmarks/train_bench.py once per world size (synthetic data, fixed batch), reads
 the JSON lines it appends, and reports

@@ -18,11 +18,11 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from mpi4py import MPI  # noqa: E402
+from mpi4py import MPI
 
-from mpinet import backend  # noqa: E402
-from mpinet.comm import create_communicator, topology  # noqa: E402
-from mpinet.comm.failure import install_abort_handler  # noqa: E402
+from mpinet import backend
+from mpinet.comm import create_communicator, topology
+from mpinet.comm.failure import install_abort_handler
 
 
 def parser():
@@ -43,7 +43,8 @@ def parser():
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default=None)
     p.add_argument("--cuda-graph", action="store_true",
-                   help="replay each step as one CUDA graph after warm-up (mpinet.training.cuda_graph)")
+                   help="replay each step as one CUDA graph after warm-up "
+                        "(mpinet.training.cuda_graph)")
     p.add_argument("--stem", default="imagenet", choices=["imagenet", "cifar"],
                    help="ResNet stem; imagenet (7x7/2 conv + max-pool) is torchvision's, which the "
                         "anchor torch_ddp_bench.py trains at every image size")
@@ -59,8 +60,8 @@ def setup(a):
     be = backend.select_device(topo.local_rank, a.device)
     comm = create_communicator(a.comm, world)
 
-    from mpinet.training import Model  # noqa: PLC0415
-    from mpinet.models import build_model  # noqa: PLC0415
+    from mpinet.training import Model
+    from mpinet.models import build_model
 
     opts = {"stem": a.stem} if a.model.startswith("resnet") else {}
     net = build_model(a.model, num_classes=a.classes, in_channels=3, input_size=a.size, **opts)

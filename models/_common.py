@@ -65,7 +65,7 @@ def pooled_side(model: str, side: int, target: int, input_size: int) -> int:
 def init_conv_bn_(model) -> None:
     """torchvision's ResNet/U-Net initialisation: He-normal (fan_out) conv weights, batch-norm
     weight 1 and bias 0, for every Conv2d and BatchNorm2d inside ``model``."""
-    from mpinet import nn  # noqa: PLC0415 - nn imports are cheap; keeps this module light
+    from mpinet import nn
 
     for _, m in model.named_modules():
         if isinstance(m, nn.Conv2d):

@@ -65,6 +65,7 @@ def alexnet(num_classes: int = 1000, in_channels: int = 3, input_size: int = 224
         raise ValueError(f"alexnet: input_size {input_size} is too small (the feature map "
                          f"vanishes); use input_size >= 63, or a CIFAR-sized model such as "
                          f"resnet18 with stem='cifar'")
-    model = AlexNet(in_channels, num_classes, dropout, pooled=pooled_side("alexnet", side, 6, input_size))
+    model = AlexNet(in_channels, num_classes, dropout,
+                    pooled=pooled_side("alexnet", side, 6, input_size))
     model.input_shape = (in_channels, input_size, input_size)
     return model

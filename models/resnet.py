@@ -1,7 +1,8 @@
 """ResNet-18/34/50 (He et al. 2016) in torchvision's layout.
 
 Parameter and buffer names equal ``torchvision.models.resnet18/34/50``'s: ``conv1``, ``bn1``,
-``layer<k>.<i>.conv1`` / ``bn1`` / ... / ``downsample.0`` (1x1 conv) / ``downsample.1`` (BN), ``fc``.
+``layer<k>.<i>.conv1`` / ``bn1`` / ... / ``downsample.0`` (1x1 conv) / ``downsample.1`` (BN),
+``fc``.
 A torchvision state dict loads by name unchanged (``num_batches_tracked`` included). Bottleneck
 is torchvision's "v1.5": the stride sits on the 3x3 convolution.
 

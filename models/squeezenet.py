@@ -18,7 +18,8 @@ from ._common import check_positive, constant_, kaiming_uniform_, normal_
 
 
 class Fire(nn.Module):
-    """squeeze 1x1 -> ReLU -> [expand 1x1 -> ReLU || expand 3x3 -> ReLU] concatenated on channels."""
+    """squeeze 1x1 -> ReLU -> [expand 1x1 -> ReLU || expand 3x3 -> ReLU] concatenated on
+    channels."""
 
     def __init__(self, inplanes: int, squeeze_planes: int, expand1x1_planes: int,
                  expand3x3_planes: int):

@@ -8,7 +8,7 @@ __version__ = "0.1.0"
 # by letting this package's path include the checkout root.
 _checkout = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
 if _os.path.isfile(_os.path.join(_checkout, "models", "__init__.py")):
-    __path__.append(_checkout)  # noqa: F821 - module __path__ of this package
+    __path__.append(_checkout)
 
 
 # Variable's operators are attached by mpinet.ops (autograd never imports ops): import it

@@ -29,7 +29,7 @@ def resolve_dtype(name):
         raise ValueError(f"precision must be one of 'fp32', 'bf16', 'fp16', got {name!r}")
     kind = _NAMES[name]
     if kind == "bfloat16":
-        from .backend import bfloat16  # noqa: PLC0415 - ml_dtypes is optional
+        from .backend import bfloat16
 
         return bfloat16()
     return None if kind is None else np.dtype(kind)

@@ -55,7 +55,7 @@ def current() -> Backend:
 
 
 def _cupy() -> ModuleType:
-    import cupy  # noqa: PLC0415 - lazily: the backend's (the other lazy imports: see above)
+    import cupy
 
     return cupy
 
@@ -159,6 +159,6 @@ def synchronize() -> None:
 
 def bfloat16():
     """The bfloat16 dtype (``ml_dtypes.bfloat16``, which CuPy also accepts)."""
-    import ml_dtypes  # noqa: PLC0415 - optional dependency, GPU extra
+    import ml_dtypes
 
     return np.dtype(ml_dtypes.bfloat16)

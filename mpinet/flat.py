@@ -54,7 +54,7 @@ class FlatParameters:
         self.data = xp.zeros(total, self.dtype)  # zeros: the alignment gaps must stay zero
         self.grad = xp.zeros(total, self.dtype)
         self._cast_buffers: dict = {}  # dtype -> (flat buffer, {id(param): view}): cast_copies
-        for p, start in zip(self.params, self.offsets):
+        for p, start in zip(self.params, self.offsets, strict=True):
             view = self.data[start:start + p.size]
             view[...] = p.data.reshape(-1)
             p.data = view.reshape(p.shape)
@@ -80,7 +80,7 @@ class FlatParameters:
             xp = backend.xp_of(self.data)
             buffer = xp.empty(self.size, dtype)
             views = {id(p): buffer[start:start + p.size].reshape(p.shape)
-                     for p, start in zip(self.params, self.offsets)}
+                     for p, start in zip(self.params, self.offsets, strict=True)}
             cached = self._cast_buffers[dtype] = (buffer, views)
         buffer, views = cached
         cast_into(buffer, self.data)
@@ -101,7 +101,7 @@ class FlatParameters:
 
     def check_views(self) -> None:
         """Raise if code replaced a parameter's data or grad instead of writing into it."""
-        for p, start in zip(self.params, self.offsets):
+        for p in self.params:
             for what, arr, buf in (("data", p.data, self.data), ("grad", p.grad, self.grad)):
                 base = arr.base if arr is not None else None
                 ok = base is not None and (base is buf or getattr(base, "base", None) is buf)

@@ -24,30 +24,35 @@ def read_jsonl(path: str) -> list[dict]:
             try:
                 records.append(json.loads(line))
             except json.JSONDecodeError as e:
-                raise SystemExit(f"{path}:{n}: not a JSON line ({e}); is this a metrics file?")
+                raise SystemExit(f"{path}:{n}: not a JSON line ({e}); "
+                                 "is this a metrics file?") from e
     if not records:
         raise SystemExit(f"{path}: no records")
     return records
 
 
 def plot_metrics(records: list[dict], out: str) -> None:
-    import matplotlib  # noqa: PLC0415
+    import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    import matplotlib.pyplot as plt
 
     steps = [r for r in records if r.get("kind") == "step"]
     epochs = [r for r in records if r.get("kind") == "epoch"]
     keys = [k for k in ("loss", "accuracy", "iou") if any(k in r for r in steps + epochs)]
-    fig, axes = plt.subplots(1, max(1, len(keys)), figsize=(5 * max(1, len(keys)), 4), squeeze=False)
-    for ax, key in zip(axes[0], keys):
+    fig, axes = plt.subplots(1, max(1, len(keys)), figsize=(5 * max(1, len(keys)), 4),
+                             squeeze=False)
+    # strict=False: with no keys there is still one (empty) axis
+    for ax, key in zip(axes[0], keys, strict=False):
         xs = [r["step"] for r in steps if key in r]
-        ax.plot(xs, [r[key] for r in steps if key in r], label=f"train {key} (per window)", alpha=0.6)
+        ax.plot(xs, [r[key] for r in steps if key in r], label=f"train {key} (per window)",
+                alpha=0.6)
         ep = [r for r in epochs if f"val_{key}" in r]
         if ep and steps:
             # place each epoch's validation point at the last logged step of that epoch
             last_step = {r["epoch"]: r["step"] for r in steps}
-            ax.plot([last_step.get(r["epoch"], r["epoch"]) for r in ep], [r[f"val_{key}"] for r in ep],
+            ax.plot([last_step.get(r["epoch"], r["epoch"]) for r in ep],
+                    [r[f"val_{key}"] for r in ep],
                     "o-", label=f"validation {key}")
         ax.set_xlabel("step")
         ax.set_title(key)
@@ -58,10 +63,10 @@ def plot_metrics(records: list[dict], out: str) -> None:
 
 
 def plot_scaling(records: list[dict], out: str) -> None:
-    import matplotlib  # noqa: PLC0415
+    import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    import matplotlib.pyplot as plt
 
     def series(r):  # one line per model and step mode
         return r.get("model", "") + (" (CUDA graph)" if r.get("cuda_graph") else "")
@@ -73,7 +78,9 @@ def plot_scaling(records: list[dict], out: str) -> None:
         gpus = [r["gpus"] for r in rs]
         ax1.plot(gpus, [r["img_per_s"] for r in rs], "o-", label=name or "run")
         if base:
-            ax2.plot(gpus, [r["img_per_s"] / (g * base) for r, g in zip(rs, gpus)], "o-",
+            ax2.plot(gpus,
+                     [r["img_per_s"] / (g * base) for r, g in zip(rs, gpus, strict=True)],
+                     "o-",
                      label=name or "run")
     ax1.set(xlabel="GPUs", ylabel="img/s", title="throughput")
     ax2.set(xlabel="GPUs", ylabel="efficiency", title="scaling efficiency", ylim=(0, 1.1))

@@ -104,7 +104,7 @@ class DropoutGenerator:
     def state_on_device_of(self, x):
         """The state array on ``x``'s GPU (moved there once; a kernel reads and advances it)."""
         if not backend.is_gpu_array(self.state) or self.state.device.id != x.device.id:
-            import cupy  # noqa: PLC0415 - GPU only
+            import cupy
 
             with x.device:
                 self.state = cupy.asarray(backend.to_numpy(self.state))

@@ -74,7 +74,7 @@ def check_forward(fn: Callable[..., Variable], reference: Callable[..., np.ndarr
 def check_gpu_matches_cpu(fn: Callable[..., Variable], inputs: Sequence[np.ndarray], *,
                           atol: float = 1e-4, rtol: float = 1e-4, seed: int = 0) -> None:
     """Run ``fn`` and its backward on NumPy and on CuPy copies of ``inputs``; compare both."""
-    import cupy as cp  # noqa: PLC0415 - GPU tests only
+    import cupy as cp
 
     rng = np.random.default_rng(seed)
     results = []
@@ -86,9 +86,10 @@ def check_gpu_matches_cpu(fn: Callable[..., Variable], inputs: Sequence[np.ndarr
             gy = rng.standard_normal(y.shape).astype(y.dtype)
         y.backward(to_dev(gy))
         results.append((backend.to_numpy(y.data),
-                        [backend.to_numpy(v.grad) if v.grad is not None else None for v in variables]))
+                        [backend.to_numpy(v.grad) if v.grad is not None else None
+                         for v in variables]))
     (y_cpu, g_cpu), (y_gpu, g_gpu) = results
     np.testing.assert_allclose(y_gpu, y_cpu, atol=atol, rtol=rtol, err_msg="forward GPU vs CPU")
-    for i, (a, b) in enumerate(zip(g_gpu, g_cpu)):
+    for i, (a, b) in enumerate(zip(g_gpu, g_cpu, strict=True)):
         if b is not None:
             np.testing.assert_allclose(a, b, atol=atol, rtol=rtol, err_msg=f"grad {i} GPU vs CPU")

@@ -168,8 +168,8 @@ def load_config(argv=None, rank: int = 0) -> TrainConfig:
 
 def validate(cfg: dict) -> None:
     """Everything that can be checked before touching data or devices."""
-    from mpinet.data.registry import DATASET_NAMES  # noqa: PLC0415
-    from mpinet.models import available_models  # noqa: PLC0415
+    from mpinet.data.registry import DATASET_NAMES
+    from mpinet.models import available_models
 
     if cfg["model"] not in available_models():
         raise ConfigError(f"--model {cfg['model']!r} is unknown; choose one of: "
@@ -206,7 +206,7 @@ def _check_writable_file(flag: str, path: str) -> None:
 def _validate_sequence_flags(cfg: dict) -> None:
     """Text data sets need a language model, and --sample one on a text data set (the
     values themselves are checked by TrainConfig)."""
-    from mpinet.data.registry import dataset_options  # noqa: PLC0415
+    from mpinet.data.registry import dataset_options
 
     text = "seq_len" in dataset_options(cfg["dataset"])
     language_models = ("char-lstm", "char-transformer")
@@ -261,7 +261,7 @@ def _pick_loss(cfg: dict, train):
 
 def apply_device_options(cfg: dict) -> None:
     """Settings of the GPU paths that the config selects (no effect on the CPU)."""
-    from mpinet.kernels import cudnn  # noqa: PLC0415 - imports no CUDA module
+    from mpinet.kernels import cudnn
 
     if cfg["cudnn_benchmark"]:
         cudnn.benchmark = True
@@ -271,11 +271,11 @@ def apply_device_options(cfg: dict) -> None:
 
 def setup(cfg: dict, comm):
     """Data, model, compiled Model; raises ConfigError/ValueError/OSError on bad input."""
-    from mpinet.optim.factory import build_schedule  # noqa: PLC0415
-    from mpinet.data.registry import dataset_options, get_dataset  # noqa: PLC0415
-    from mpinet.training import Model, check_can_train  # noqa: PLC0415
-    from mpinet.models import build_model  # noqa: PLC0415
-    from mpinet.nn import init  # noqa: PLC0415
+    from mpinet.optim.factory import build_schedule
+    from mpinet.data.registry import dataset_options, get_dataset
+    from mpinet.training import Model, check_can_train
+    from mpinet.models import build_model
+    from mpinet.nn import init
 
     # uint8 where the reader offers it: a quarter of the host memory and host-to-device copy.
     opts = {"raw": True} if "raw" in dataset_options(cfg["dataset"]) else {}
@@ -298,7 +298,7 @@ def setup(cfg: dict, comm):
     elif cfg["train_samples"] and hasattr(train, "head"):  # TensorDataset (e.g. text)
         train = train.head(int(cfg["train_samples"]))
     elif cfg["train_samples"]:
-        from mpinet.data.dataset import ArrayDataset  # noqa: PLC0415
+        from mpinet.data.dataset import ArrayDataset
 
         n = int(cfg["train_samples"])
         train = ArrayDataset(train.images[:n], train.labels[:n], train.num_classes, train.name,
@@ -311,11 +311,11 @@ def setup(cfg: dict, comm):
     net = build_model(cfg["model"], **_pick_model_opts(cfg, train))
     # Same initial weights everywhere (rank 0's are broadcast anyway), but each rank its own
     # dropout masks: the ranks see different samples and must not share their noise.
-    from mpinet.ops import dropout  # noqa: PLC0415
+    from mpinet.ops import dropout
 
     dropout.manual_seed(cfg["seed"] * 100_003 + comm.rank)
     if cfg["sync_batchnorm"]:
-        from mpinet.parallel.sync_batchnorm import convert_sync_batchnorm  # noqa: PLC0415
+        from mpinet.parallel.sync_batchnorm import convert_sync_batchnorm
 
         net = convert_sync_batchnorm(net, comm)
     model = Model(net, comm)
@@ -388,14 +388,14 @@ def _all_fine(world, error, limit: float, deadline) -> bool:
 
 
 def main(argv=None) -> int:
-    from mpinet import backend  # noqa: PLC0415
-    from mpinet.comm import create_communicator, topology  # noqa: PLC0415
-    from mpinet.comm.base import env_timeout_s  # noqa: PLC0415
-    from mpinet.comm.failure import deadline, install_abort_handler  # noqa: PLC0415
-    from mpinet.training import preflight  # noqa: PLC0415
-    from mpi4py import MPI  # noqa: PLC0415
+    from mpinet import backend
+    from mpinet.comm import create_communicator, topology
+    from mpinet.comm.base import env_timeout_s
+    from mpinet.comm.failure import deadline, install_abort_handler
+    from mpinet.training import preflight
+    from mpi4py import MPI
 
-    from mpinet.training.preemption import PreemptionFlag  # noqa: PLC0415
+    from mpinet.training.preemption import PreemptionFlag
 
     world = MPI.COMM_WORLD
     rank = world.Get_rank()
@@ -431,7 +431,7 @@ def main(argv=None) -> int:
     try:
         gpus = backend.gpu_count() if cfg.device != "cpu" else 0
         mine = (host, backend.gpu_identity(topo.local_rank) if gpus else None)
-    except Exception:  # noqa: BLE001 - a broken driver: judged below as "no usable GPU"
+    except Exception:
         gpus, mine = 0, (host, None)
     with deadline("start-up (GPU placement)", limit, world):
         placements = world.allgather(mine)  # every rank then judges the same list
@@ -461,7 +461,7 @@ def main(argv=None) -> int:
     if rank == 0:  # which communicator, why, and which ranks run on which host
         print(f"mpinet: {getattr(comm, 'choice', 'comm=' + comm.name)}", flush=True)
     if cfg["preflight"]:
-        from mpinet.comm.check import preflight as run_preflight  # noqa: PLC0415
+        from mpinet.comm.check import preflight as run_preflight
 
         if run_preflight(world, [comm.name], size_mb=16.0, iters=3,
                          out=lambda line: print(line, flush=True)):
@@ -497,7 +497,7 @@ def main(argv=None) -> int:
         model.save_weights(cfg["save_weights"])
     final = model.evaluate(test)
     if hasattr(test, "vocab_size"):  # a language model: the loss in bits per character too
-        from mpinet.sample import report_language_model  # noqa: PLC0415
+        from mpinet.sample import report_language_model
 
         final = report_language_model(model, final, cfg, rank)
     if rank == 0:

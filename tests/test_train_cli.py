@@ -25,7 +25,7 @@ def run_train(n, *flags, timeout=170):
 def test_default_run_on_two_ranks_reaches_95_percent_in_under_two_minutes():
     proc, seconds = run_train(2, "--quiet")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    final = [l for l in proc.stdout.splitlines() if l.startswith("final test:")]
+    final = [line for line in proc.stdout.splitlines() if line.startswith("final test:")]
     assert len(final) == 1, proc.stdout[-2000:]  # rank 0 alone reports
     accuracy = float(final[0].split("accuracy")[1].split(",")[0])
     print(f"default run: accuracy {accuracy:.4f} in {seconds:.1f} s")
@@ -43,7 +43,7 @@ def test_default_run_on_two_ranks_reaches_95_percent_in_under_two_minutes():
 def test_bad_configuration_stops_every_rank_with_one_message(flags, message):
     proc, seconds = run_train(2, "--quiet", *flags, timeout=60)
     assert proc.returncode != 0
-    errors = [l for l in proc.stderr.splitlines() if l.startswith("mpinet.train: error")]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("mpinet.train: error")]
     assert len(errors) == 1, proc.stderr[-2000:]
     assert message in errors[0]
     assert "Traceback" not in proc.stderr
@@ -67,7 +67,7 @@ def test_config_file_with_command_line_override_and_metrics_plot(tmp_path):
                         "--metrics", str(metrics), "--log-every", "5")
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = metrics.read_text().splitlines()
-    epochs = [l for l in lines if '"kind": "epoch"' in l]
+    epochs = [line for line in lines if '"kind": "epoch"' in line]
     assert len(epochs) == 1  # --epochs 1 on the command line beat epochs = 2 in the file
     out = tmp_path / "curves.png"
     plot = subprocess.run([sys.executable, "-m", "mpinet.plot", str(metrics), "-o", str(out)],
@@ -80,7 +80,7 @@ def test_unknown_config_key_is_one_clear_error(tmp_path):
     config = tmp_path / "run.json"
     config.write_text('{"modle": "mlp"}')
     proc, _ = run_train(2, "--config", str(config), timeout=60)
-    errors = [l for l in proc.stderr.splitlines() if l.startswith("mpinet.train: error")]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("mpinet.train: error")]
     assert proc.returncode == 2 and len(errors) == 1, proc.stderr[-2000:]
     assert "unknown key 'modle'; did you mean 'model'?" in errors[0]
 

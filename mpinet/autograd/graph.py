@@ -86,7 +86,7 @@ def backward(root: Variable, grad=None, retain_graph: bool = False) -> None:
                for out in outputs]
         if any(g is not None for g in gys):
             gys = [g if g is not None else out_zeros(out, func, i) for i, (g, out) in
-                   enumerate(zip(gys, outputs))]
+                   enumerate(zip(gys, outputs, strict=True))]
             gxs = func.backward(*gys)
             if not isinstance(gxs, tuple):
                 gxs = (gxs,)
@@ -96,7 +96,7 @@ def backward(root: Variable, grad=None, retain_graph: bool = False) -> None:
         else:  # nothing flows through this node; still count its uses of leaves
             gxs = (None,) * len(func.inputs)
 
-        for x, gx in zip(func.inputs, gxs):
+        for x, gx in zip(func.inputs, gxs, strict=True):
             if not x.requires_grad:
                 continue
             if gx is not None and tuple(gx.shape) != tuple(x.shape):

@@ -73,7 +73,7 @@ class Variable:
     # ---- autograd -----------------------------------------------------------------------
     def backward(self, grad=None, retain_graph: bool = False) -> None:
         """Accumulate d(self)/d(leaf) into every leaf's ``.grad`` that requires grad."""
-        from .graph import backward  # noqa: PLC0415 - graph imports Variable
+        from .graph import backward
 
         backward(self, grad, retain_graph=retain_graph)
 

@@ -87,7 +87,7 @@ def dtype_name(arr: np.ndarray) -> str:
 def serialize(tensors: dict, metadata: dict) -> bytes:
     """safetensors bytes of NumPy ``tensors`` (bfloat16 included: its dtype name is
     safetensors' "bfloat16")."""
-    from safetensors.numpy import save  # noqa: PLC0415
+    from safetensors.numpy import save
 
     return save(tensors, metadata=metadata)
 
@@ -111,7 +111,8 @@ def describe(tree: dict, per_rank_tree: list, tensors: dict, blob: bytes, step: 
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "mpinet_version": __version__,
         "files": {TENSORS_FILE: {"sha256": hashlib.sha256(blob).hexdigest(), "bytes": len(blob)}},
-        "tensors": {k: {"dtype": dtype_name(a), "shape": list(a.shape)} for k, a in tensors.items()},
+        "tensors": {k: {"dtype": dtype_name(a), "shape": list(a.shape)}
+                    for k, a in tensors.items()},
         "state": tree,
         "per_rank": per_rank_tree,
     }
@@ -131,9 +132,9 @@ def check_metadata(meta, meta_path: str) -> dict:
     if meta["format"] != FORMAT:
         raise CheckpointError(f"{meta_path}: format is {meta['format']!r}, expected {FORMAT!r}")
     if not isinstance(meta["format_version"], int) or meta["format_version"] > FORMAT_VERSION:
-        raise CheckpointError(f"{meta_path}: format version {meta['format_version']!r}; this mpinet "
-                              f"({__version__}) reads versions up to {FORMAT_VERSION}: upgrade "
-                              f"mpinet")
+        raise CheckpointError(f"{meta_path}: format version {meta['format_version']!r}; this "
+                              f"mpinet ({__version__}) reads versions up to {FORMAT_VERSION}: "
+                              "upgrade mpinet")
     if meta_digest(meta) != meta["meta_sha256"]:
         raise CheckpointError(f"{meta_path}: checksum mismatch (meta_sha256): the file was "
                               f"modified or damaged after it was written")
@@ -210,7 +211,7 @@ def _numpy_dtype(code: str, where: str) -> np.dtype:
         return np.dtype(_SAFETENSORS_DTYPES[code])
     if code == "BF16":
         try:
-            import ml_dtypes  # noqa: PLC0415
+            import ml_dtypes
         except ImportError:
             raise CheckpointError(f"{where}: holds bfloat16 tensors; install ml_dtypes "
                                   f"(pip install ml_dtypes) to read them") from None
@@ -221,7 +222,7 @@ def _numpy_dtype(code: str, where: str) -> np.dtype:
 
 def deserialize(data: bytes, where: str) -> dict:
     """name -> NumPy array from safetensors bytes; a malformed file raises CheckpointError."""
-    from safetensors import SafetensorError, deserialize  # noqa: PLC0415
+    from safetensors import SafetensorError, deserialize
 
     try:
         views = deserialize(data)

@@ -28,7 +28,7 @@ def rank0_then_broadcast(comm, work, failure: str):
     if comm.rank == 0:
         try:
             outcome = {"result": work()}
-        except Exception as e:  # noqa: BLE001 - sent to every rank, re-raised everywhere
+        except Exception as e:
             outcome = {"error": str(e) if isinstance(e, CheckpointError)
                        else f"{type(e).__name__}: {e}"}
     outcome = comm.bcast_obj(outcome, root=0)

@@ -24,7 +24,8 @@ from collections import OrderedDict
 import numpy as np
 
 from .. import __version__
-from .format import (FORMAT, META_FILE, TENSORS_FILE, WEIGHTS_FORMAT, CheckpointError, check_metadata,
+from .format import (FORMAT, META_FILE, TENSORS_FILE, WEIGHTS_FORMAT, CheckpointError,
+                     check_metadata,
                      check_tensor_table, describe, deserialize, host_contiguous, join_tensors,
                      read_safetensors_metadata, serialize, split_tensors, tensors_digest)
 
@@ -123,7 +124,8 @@ def write_weights_file(path: str, state: "OrderedDict") -> None:
 
 # ---- reading -----------------------------------------------------------------------------
 def read_metadata(path) -> dict:
-    """The checked contents of ``<path>/meta.json`` (format, step, world size, files, state tree)."""
+    """The checked contents of ``<path>/meta.json`` (format, step, world size, files, state
+    tree)."""
     path = os.fspath(path)
     meta_path = os.path.join(path, META_FILE)
     if not os.path.isdir(path):
@@ -132,7 +134,8 @@ def read_metadata(path) -> dict:
     if not os.path.isfile(meta_path):
         hint = (" — it holds checkpoints: pass one of them, or use resume='auto' with this "
                 "directory" if checkpoint_dirs(path) else "")
-        raise CheckpointError(f"{meta_path}: missing, so {path!r} is not a complete checkpoint{hint}")
+        raise CheckpointError(f"{meta_path}: missing, so {path!r} is not a complete "
+                              f"checkpoint{hint}")
     with open(meta_path, "rb") as f:
         raw = f.read()
     try:

@@ -50,7 +50,7 @@ def create_communicator(impl: str = "auto", mpi_comm=None, timeout_s=None,
     if impl not in IMPLS:
         raise ValueError(f"impl={impl!r} is not one of {', '.join(IMPLS)}")
     if mpi_comm is None:
-        from mpi4py import MPI  # noqa: PLC0415 - importing mpi4py initialises MPI
+        from mpi4py import MPI
 
         mpi_comm = MPI.COMM_WORLD
     # Creating MPI communicators blocks with no timeout of its own: a timer bounds it.
@@ -64,11 +64,11 @@ def create_communicator(impl: str = "auto", mpi_comm=None, timeout_s=None,
         else:
             why = "asked for"
         if impl == "mpi":
-            from mpinet.comm.mpi import MpiCommunicator as cls  # noqa: PLC0415
+            from mpinet.comm.mpi import MpiCommunicator as cls
         elif impl == "nccl":
-            from mpinet.comm.nccl import NcclCommunicator as cls  # noqa: PLC0415
+            from mpinet.comm.nccl import NcclCommunicator as cls
         else:
-            from mpinet.comm.hierarchical import HierarchicalCommunicator as cls  # noqa: PLC0415
+            from mpinet.comm.hierarchical import HierarchicalCommunicator as cls
         comm = cls(mpi_comm, timeout_s=timeout_s, debug=debug, layout=layout)
     comm.choice = f"comm={impl} ({why}); {topology.describe(layout[0])}"
     return comm

@@ -42,7 +42,7 @@ _registered: list = []  # non-empty once the exit hook is registered
 def _free_open_trackers():
     # Windows are freed collectively before MPI_Finalize (mpi4py's finalizer was registered at
     # import, so this runs first); every rank creates the same communicators in the same order.
-    from mpi4py import MPI  # noqa: PLC0415
+    from mpi4py import MPI
 
     if MPI.Is_finalized():  # the program finalized MPI itself: nothing can be freed now
         return
@@ -74,7 +74,7 @@ def _process_identity(pid: int):
 
 class ArrivalTracker:
     def __init__(self, mpi_comm, timeout_s: float = 600.0):
-        from mpi4py import MPI  # noqa: PLC0415
+        from mpi4py import MPI
 
         self._MPI = MPI
         self._comm = mpi_comm
@@ -124,7 +124,8 @@ class ArrivalTracker:
         return f"pid {self.pids[rank]} on host {self.hosts[rank]}"
 
     def enter(self, op: str) -> int:
-        """Record that this rank entered collective ``op``; return its sequence number (1, 2, ...)."""
+        """Record that this rank entered collective ``op``; return its sequence number
+        (1, 2, ...)."""
         self.seq += 1
         if self._win is None:
             return self.seq

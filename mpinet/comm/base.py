@@ -147,7 +147,7 @@ class Communicator:
 
     def __init__(self, mpi_comm=None, timeout_s=None, debug=None, layout=None, check=None):
         if mpi_comm is None:
-            from mpi4py import MPI  # noqa: PLC0415
+            from mpi4py import MPI
 
             mpi_comm = MPI.COMM_WORLD
         self.mpi_comm = mpi_comm
@@ -248,7 +248,8 @@ class Communicator:
         seq = self._tracker.enter(op)
         count = int(x.size) if x is not None else 0
         dtype = _dtype_name(x.dtype) if x is not None else "object"
-        detail = (f", op={reduce_op}" if reduce_op else "") + (f", root={root}" if root >= 0 else "")
+        detail = ((f", op={reduce_op}" if reduce_op else "")
+                  + (f", root={root}" if root >= 0 else ""))
         info = OpInfo(self.name, op, seq, count, dtype, detail)
         if self.check and not self.debug:  # debug mode's check below is stricter and eager
             self._sig.settle_finished()
@@ -283,7 +284,7 @@ class Communicator:
     def _wait_requests(self, reqs, info: OpInfo) -> None:
         """Finish a collective: settle its signature check (a mismatch raises CommError before
         its possibly wrong result is used), then poll its requests, bounded."""
-        from mpi4py import MPI  # noqa: PLC0415
+        from mpi4py import MPI
 
         ticket = None
         if self.check:
@@ -313,7 +314,7 @@ class Communicator:
         """Poll MPI requests to completion, or abort the job with a report: after timeout_s,
         once a peer has been silent (no heartbeat) for silence_s or is seen stopped or gone, or
         when MPI reports a failed peer."""
-        from mpi4py import MPI  # noqa: PLC0415
+        from mpi4py import MPI
 
         self.wait_until(lambda: MPI.Request.Testall(reqs), info)
 
@@ -329,7 +330,7 @@ class Communicator:
             self.waited_s += time.monotonic() - start
 
     def _watched_poll(self, test, info, extra) -> None:
-        from mpi4py import MPI  # noqa: PLC0415
+        from mpi4py import MPI
 
         start = time.monotonic()
         deadline = start + self.timeout_s
@@ -358,7 +359,7 @@ class Communicator:
             else None
 
     def _abort_timeout(self, info: OpInfo, extra: str = "", failed: bool = False) -> None:
-        from mpi4py import MPI  # noqa: PLC0415
+        from mpi4py import MPI
 
         # The NCCL watchdog calls this from its own thread: reading peers' positions is an MPI
         # call, safe there only under MPI_THREAD_MULTIPLE.
@@ -423,9 +424,9 @@ class Communicator:
         self._check_array("reduce_scatter", x)
         self._check_reduce_op("reduce_scatter", x, op)
         if x.ndim != 1 or x.size % self.size:
-            raise ValueError(f"{self.name} reduce_scatter: x has shape {tuple(x.shape)} ({x.dtype});"
-                             f" it must be 1-D with a length divisible by the {self.size} ranks; "
-                             f"flatten it and pad to a multiple of {self.size}")
+            raise ValueError(f"{self.name} reduce_scatter: x has shape {tuple(x.shape)} "
+                             f"({x.dtype}); it must be 1-D with a length divisible by the "
+                             f"{self.size} ranks; flatten it and pad to a multiple of {self.size}")
         out = self._resolve_out("reduce_scatter", x, None, (x.size // self.size,))
         return self._ireduce_scatter(x, op, out, self._enter("reduce_scatter", x, reduce_op=op))
 
@@ -485,7 +486,7 @@ class Communicator:
 
     def _allgather_payload(self, obj, info: OpInfo, comm) -> list:
         """Every rank's ``obj``, in rank order, bounded."""
-        from mpi4py import MPI  # noqa: PLC0415
+        from mpi4py import MPI
 
         data = np.frombuffer(wire.encode(obj), np.uint8)
         sizes = np.empty(comm.Get_size(), np.int64)

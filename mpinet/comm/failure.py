@@ -19,7 +19,7 @@ _PREFIX = "[mpinet]"
 def _world(mpi_comm=None):
     if mpi_comm is not None:
         return mpi_comm
-    from mpi4py import MPI  # noqa: PLC0415 - only touch MPI when it is actually needed
+    from mpi4py import MPI
 
     return MPI.COMM_WORLD
 
@@ -46,7 +46,7 @@ def _abort_now(comm, code: int, before_exit=None):
     if before_exit is not None:
         try:
             before_exit()
-        except Exception:  # noqa: BLE001 - the job is being torn down either way
+        except Exception:
             pass
     comm.Abort(code)
     # MPICH's MPI_Abort was seen to return while the launcher tears the job down; this rank

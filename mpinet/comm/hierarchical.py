@@ -133,7 +133,8 @@ class HierarchicalCommunicator(Communicator):
         self._lane.close()
 
     def _drain(self):
-        info = OpInfo(self.name, "barrier (finishing queued collectives)", self._tracker.seq, 0, "-")
+        info = OpInfo(self.name, "barrier (finishing queued collectives)", self._tracker.seq, 0,
+                      "-")
         for h in list(self._pending):
             self.wait_until(lambda h=h: self._advance(upto=h) or h.done, h._info)
         if self._lane.nccl is not None:
@@ -156,7 +157,7 @@ class HierarchicalCommunicator(Communicator):
         self._pending.append(h)
         return h
 
-    # ---- allreduce --------------------------------------------------------------------------------
+    # ---- allreduce ----------------------------------------------------------------------------
 
     def _iallreduce(self, x, op, out, info):
         if backend.is_gpu_array(x):
@@ -179,7 +180,7 @@ class HierarchicalCommunicator(Communicator):
         return src, dst, m, unpad
 
     def _iallreduce_cpu(self, x, op, out, info):
-        from mpi4py import MPI  # noqa: PLC0415
+        from mpi4py import MPI
 
         src, dst, m, unpad = self._padded(np, x, out)
         shard = np.empty(m, dtype=x.dtype)
@@ -211,9 +212,9 @@ class HierarchicalCommunicator(Communicator):
         return self._chain(stages, out, info, finish, keep=(x, out, src, dst, shard))
 
     def _iallreduce_gpu(self, x, op, out, info):
-        import cupyx  # noqa: PLC0415 - GPU only
+        import cupyx
 
-        from mpi4py import MPI  # noqa: PLC0415
+        from mpi4py import MPI
 
         cp = self._lane.ensure(x, "allreduce")
         lane, t = self._lane, NCCL_TYPES[x.dtype.name]
@@ -281,7 +282,7 @@ class HierarchicalCommunicator(Communicator):
     def _iallreduce_gpu_direct(self, cp, src, dst, shard, m, t, in_node_op, op, out, unpad,
                                info):
         """CUDA-aware MPI: the device shard goes to MPI as it is, no host copy."""
-        from mpi4py import MPI  # noqa: PLC0415
+        from mpi4py import MPI
 
         lane = self._lane
         keep = (src, dst, shard, out)
@@ -339,7 +340,7 @@ class HierarchicalCommunicator(Communicator):
         if not backend.is_gpu_array(x):
             fin = finish(out) if finish else None
             return RequestsHandle(self, [post(x, out)], out, info, fin, keep=(x, out))
-        import cupyx  # noqa: PLC0415
+        import cupyx
 
         cp = self._lane.ensure(x, info.op)
         hin = cupyx.empty_pinned(x.shape, dtype=x.dtype)

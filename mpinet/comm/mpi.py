@@ -18,7 +18,7 @@ _user_sum_ops: dict = {}
 
 def _half_sum_op(dtype):
     """An MPI user op summing 16-bit floats stored as uint16 words (cached per dtype)."""
-    from mpi4py import MPI  # noqa: PLC0415
+    from mpi4py import MPI
 
     name = np.dtype(dtype).name
     if name not in _user_sum_ops:
@@ -35,7 +35,7 @@ def _half_sum_op(dtype):
 
 def buffer_and_op(x):
     """(MPI buffer spec, MPI sum op) for a contiguous host array of a supported dtype."""
-    from mpi4py import MPI  # noqa: PLC0415
+    from mpi4py import MPI
 
     if x.dtype.name in _HALF:
         return [x.view(np.uint16), MPI.UINT16_T], _half_sum_op(x.dtype)
@@ -57,7 +57,7 @@ class RequestsHandle(Handle):
         self._done, self._reqs, self._keep = True, None, ()
 
     def test(self) -> bool:
-        from mpi4py import MPI  # noqa: PLC0415
+        from mpi4py import MPI
 
         if not self._done and MPI.Request.Testall(self._reqs):
             if self._comm.check:  # its signature check completes beside it (done: no wait)
@@ -84,7 +84,7 @@ def divide_by(arr, n):
 # mpi impl and the hierarchical one (which runs them on host copies of GPU arrays).
 
 def post_allreduce(comm, x, out):
-    from mpi4py import MPI  # noqa: PLC0415
+    from mpi4py import MPI
 
     if out is x:
         buf, mpi_op = buffer_and_op(x)

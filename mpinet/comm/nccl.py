@@ -65,7 +65,7 @@ class DeviceLane:
         """Create the NCCL communicator on first use (after the caller chose its GPU)."""
         cp = backend.xp_of(x)
         if self.nccl is None:
-            from cupy.cuda import nccl  # noqa: PLC0415
+            from cupy.cuda import nccl
 
             # NCCL init blocks until every rank joins: gate with a timed barrier first so a
             # missing rank is reported instead of hanging in ncclCommInitRank.
@@ -153,7 +153,7 @@ class DeviceLane:
         self._owner._abort_timeout(info, extra=f"; NCCL reported an asynchronous error: {error}")
 
     def _watchdog(self, device_id):
-        import cupy  # noqa: PLC0415 - GPU only
+        import cupy
 
         # CUDA's current device is per thread: without this, the first event query here would
         # create a context on GPU 0 (hundreds of MB) in every rank's process.

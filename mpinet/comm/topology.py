@@ -70,7 +70,7 @@ def build(mpi_comm):
         per_node = size // k
         local = mpi_comm.Split(color=rank // per_node, key=rank)
     else:
-        from mpi4py import MPI  # noqa: PLC0415 - mpi4py initialises MPI on import
+        from mpi4py import MPI
 
         local = mpi_comm.Split_type(MPI.COMM_TYPE_SHARED, key=rank)
     local_rank, local_size = local.Get_rank(), local.Get_size()

@@ -2,7 +2,8 @@
 per-channel normalization. Works on NumPy and CuPy arrays alike (``backend.xp_of``).
 
 Randomness and exact resume: the random choices for a sample (crop offset, flip) are a pure
-function of (seed, epoch, sample index) — ``mpinet.random.keyed_*`` — not draws from a running generator.
+function of (seed, epoch, sample index) — ``mpinet.random.keyed_*`` — not draws from a running
+generator.
 So the only state is the seed (``Augment.state_dict() == {"seed": seed}``, JSON-serialisable):
 a resumed run, a run at another world size, and a loader whose thread prepares batches ahead all
 produce the same augmentation for the same sample in the same epoch. The choices are made on the
@@ -19,7 +20,8 @@ _CROP_Y, _CROP_X, _FLIP = 0, 1, 2
 
 
 def pad_crop(x, padding: int, dy, dx):
-    """Crop each sample from its zero-padded image: out[n] = pad(x[n])[:, dy[n]:dy[n]+H, dx[n]:dx[n]+W].
+    """Crop each sample from its zero-padded image:
+    out[n] = pad(x[n])[:, dy[n]:dy[n]+H, dx[n]:dx[n]+W].
 
     x: (N, C, H, W) or (N, H, W) (e.g. segmentation masks); dy, dx: (N,) ints in [0, 2 * padding].
     """
@@ -87,8 +89,8 @@ class Augment:
     is the evaluation transform. Use the same seed on every rank.
     """
 
-    def __init__(self, crop_padding: int = 0, flip: bool = False, mean=None, std=None, seed: int = 0,
-                 labels_too: bool = False):
+    def __init__(self, crop_padding: int = 0, flip: bool = False, mean=None, std=None,
+                 seed: int = 0, labels_too: bool = False):
         if crop_padding < 0:
             raise ValueError(f"crop_padding must be >= 0, got {crop_padding}")
         if (mean is None) != (std is None):

@@ -36,7 +36,7 @@ def load_digits(split: str = "train", raw: bool = False, split_seed: int = 0,
                 test_fraction: float = 0.2) -> ArrayDataset:
     """scikit-learn's digits: images (N, 1, 8, 8), labels (N,) in [0, 10)."""
     _check_split(split)
-    from sklearn.datasets import load_digits as sk_load_digits  # noqa: PLC0415 - optional dependency
+    from sklearn.datasets import load_digits as sk_load_digits
 
     bunch = sk_load_digits()
     images = np.asarray(bunch.images)  # (1797, 8, 8) float64, values 0..16
@@ -74,7 +74,8 @@ def load_synthetic(split: str = "train", num_samples: int | None = None, input_s
     return ArrayDataset(to_pixels(images, raw), labels, num_classes=num_classes, name="synthetic")
 
 
-def load_synthetic_segmentation(split: str = "train", num_samples: int | None = None, size: int = 64,
+def load_synthetic_segmentation(split: str = "train", num_samples: int | None = None,
+                                size: int = 64,
                                 channels: int = 1, max_shapes: int = 3, noise: float = 0.1,
                                 shape_classes: bool = False, seed: int = 0) -> ArrayDataset:
     """Circles and rectangles on noise; labels are per-pixel masks (N, H, W).

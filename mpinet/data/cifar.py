@@ -32,15 +32,17 @@ def read_cifar_records(path, label_bytes: int, num_classes: tuple[int, ...]):
     raw = np.fromfile(path, dtype=np.uint8)
     if raw.size == 0 or raw.size % record:
         raise DataFormatError(path, f"size {raw.size} bytes is not a positive multiple of the "
-                                    f"{record}-byte record ({label_bytes} label byte(s) + {_PIXELS} "
-                                    "pixels); the file is truncated or not the CIFAR binary version")
+                                    f"{record}-byte record ({label_bytes} label byte(s) + "
+                                    f"{_PIXELS} pixels); the file is truncated or not the CIFAR "
+                                    "binary version")
     rec = raw.reshape(-1, record)
     labels = rec[:, :label_bytes].astype(np.int64)
     for j, bound in enumerate(num_classes):
         bad = np.flatnonzero(labels[:, j] >= bound)
         if bad.size:
-            raise DataFormatError(path, f"record {bad[0]} has label byte {j} = {labels[bad[0], j]}, "
-                                        f"expected < {bound}; the file is corrupt or of another format")
+            raise DataFormatError(path, f"record {bad[0]} has label byte {j} = "
+                                        f"{labels[bad[0], j]}, expected < {bound}; the file is "
+                                        "corrupt or of another format")
     images = rec[:, label_bytes:].reshape(-1, 3, 32, 32)
     return images, labels
 
@@ -76,7 +78,8 @@ def load_cifar10(data_dir, split: str = "train", raw: bool = False) -> ArrayData
 
 def load_cifar100(data_dir, split: str = "train", raw: bool = False,
                   label: str = "fine") -> ArrayDataset:
-    """CIFAR-100: labels are the 100 fine classes (default) or, with label="coarse", the 20 superclasses."""
+    """CIFAR-100: labels are the 100 fine classes (default) or, with label="coarse", the 20
+    superclasses."""
     check_split(split)
     if label not in ("fine", "coarse"):
         raise ValueError(f"label must be 'fine' or 'coarse', got {label!r}")

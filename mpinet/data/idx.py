@@ -35,10 +35,11 @@ def _read_bytes(path: Path) -> bytes:
     try:
         return gzip.decompress(data)
     except EOFError as e:
-        raise DataFormatError(path, f"gzip stream is truncated ({len(data)} compressed bytes; {e}); "
-                                    "download or copy the file again") from e
+        raise DataFormatError(path, f"gzip stream is truncated ({len(data)} compressed bytes; "
+                                    f"{e}); download or copy the file again") from e
     except (gzip.BadGzipFile, zlib.error) as e:
-        raise DataFormatError(path, f"gzip data is corrupt ({e}); download or copy the file again") from e
+        raise DataFormatError(path, f"gzip data is corrupt ({e}); download or copy the file "
+                                    "again") from e
 
 
 def read_idx(path) -> np.ndarray:
@@ -46,12 +47,14 @@ def read_idx(path) -> np.ndarray:
     path = Path(path)
     data = _read_bytes(path)
     if len(data) < 4:
-        raise DataFormatError(path, f"only {len(data)} bytes; an IDX file starts with a 4-byte magic number")
+        raise DataFormatError(path, f"only {len(data)} bytes; an IDX file starts with a 4-byte "
+                                    "magic number")
     zero0, zero1, type_code, ndim = data[0], data[1], data[2], data[3]
     if zero0 != 0 or zero1 != 0 or type_code not in _IDX_TYPES:
-        raise DataFormatError(path, f"bad IDX magic number {data[:4].hex()} (expected 0000 followed by a "
-                                    f"type byte in {sorted(hex(t) for t in _IDX_TYPES)} and the number "
-                                    "of dimensions); is this an MNIST-format file?")
+        raise DataFormatError(path, f"bad IDX magic number {data[:4].hex()} (expected 0000 "
+                                    "followed by a type byte in "
+                                    f"{sorted(hex(t) for t in _IDX_TYPES)} and the number of "
+                                    "dimensions); is this an MNIST-format file?")
     header_len = 4 + 4 * ndim
     if ndim == 0 or len(data) < header_len:
         raise DataFormatError(path, f"header declares {ndim} dimensions but the file has only "
@@ -62,8 +65,8 @@ def read_idx(path) -> np.ndarray:
     actual = len(data) - header_len
     if actual != expected:
         what = "truncated" if actual < expected else "has trailing bytes"
-        raise DataFormatError(path, f"{what}: header says shape {dims} of {dtype.name} = {expected} data "
-                                    f"bytes, but the file holds {actual}")
+        raise DataFormatError(path, f"{what}: header says shape {dims} of {dtype.name} = "
+                                    f"{expected} data bytes, but the file holds {actual}")
     arr = np.frombuffer(data, dtype=dtype, offset=header_len).reshape(dims)
     return arr.astype(dtype.newbyteorder("="), copy=True)
 
@@ -77,8 +80,9 @@ def _find(data_dir: Path, stem_variants: list[str]) -> Path:
             tried.append(name)
             if p.is_file():
                 return p
-    raise FileNotFoundError(f"no {stem_variants[0]}[.gz] in {data_dir} (looked for {', '.join(tried)}); "
-                            "point data_dir (--data-dir) at the folder holding the four IDX files")
+    raise FileNotFoundError(f"no {stem_variants[0]}[.gz] in {data_dir} (looked for "
+                            f"{', '.join(tried)}); point data_dir (--data-dir) at the folder "
+                            "holding the four IDX files")
 
 
 def load_idx_dataset(data_dir, split: str = "train", raw: bool = False, name: str = "mnist",
@@ -91,22 +95,23 @@ def load_idx_dataset(data_dir, split: str = "train", raw: bool = False, name: st
     check_split(split)
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
-        raise FileNotFoundError(f"{name} data dir {data_dir} does not exist; point data_dir (--data-dir) "
-                                "at the folder holding the IDX files")
+        raise FileNotFoundError(f"{name} data dir {data_dir} does not exist; point data_dir "
+                                "(--data-dir) at the folder holding the IDX files")
     prefix = _SPLIT_PREFIX[split]
     img_path = _find(data_dir, [f"{prefix}-images-idx3-ubyte", f"{prefix}-images.idx3-ubyte"])
     lbl_path = _find(data_dir, [f"{prefix}-labels-idx1-ubyte", f"{prefix}-labels.idx1-ubyte"])
     images = read_idx(img_path)
     labels = read_idx(lbl_path)
     if images.ndim != 3 or images.dtype != np.uint8:
-        raise DataFormatError(img_path, f"expected uint8 images of shape (N, H, W), got {images.dtype} "
-                                        f"{images.shape}")
+        raise DataFormatError(img_path, "expected uint8 images of shape (N, H, W), got "
+                                        f"{images.dtype} {images.shape}")
     if labels.ndim != 1:
         raise DataFormatError(lbl_path, f"expected labels of shape (N,), got {labels.shape}")
     if len(labels) != len(images):
-        raise DataFormatError(lbl_path, f"{len(labels)} labels but {os.path.basename(img_path)} holds "
-                                        f"{len(images)} images")
+        raise DataFormatError(lbl_path, f"{len(labels)} labels but {os.path.basename(img_path)} "
+                                        f"holds {len(images)} images")
     if labels.size and (labels.min() < 0 or labels.max() > 9):
-        raise DataFormatError(lbl_path, f"labels span [{labels.min()}, {labels.max()}], expected 0..9")
+        raise DataFormatError(lbl_path, f"labels span [{labels.min()}, {labels.max()}], expected "
+                                        "0..9")
     return ArrayDataset(to_pixels(images[:, None], raw), labels.astype(np.int64), num_classes=10,
                         name=name, class_names=class_names)

@@ -46,11 +46,12 @@ def _split_root(data_dir: Path, split: str) -> tuple[Path, Path]:
         if (data_dir / name).is_dir():
             return data_dir / name, (train_root if train_root.is_dir() else data_dir / name)
     if any((data_dir / n).is_dir() for names in _SPLIT_DIRS.values() for n in names):
-        raise FileNotFoundError(f"image-folder: {data_dir} has no {'/ or '.join(_SPLIT_DIRS[split])}/ "
-                                f"folder for split {split!r}")
+        raise FileNotFoundError(f"image-folder: {data_dir} has no "
+                                f"{'/ or '.join(_SPLIT_DIRS[split])}/ folder for split {split!r}")
     if split == "test":
-        raise FileNotFoundError(f"image-folder: {data_dir} has no test/ or val/ folder; put held-out "
-                                "images in data_dir/test/<class>/ (the class tree itself is the train split)")
+        raise FileNotFoundError(f"image-folder: {data_dir} has no test/ or val/ folder; put "
+                                "held-out images in data_dir/test/<class>/ (the class tree itself "
+                                "is the train split)")
     return data_dir, data_dir
 
 
@@ -65,7 +66,7 @@ def _parse_size(size) -> tuple[int, int] | None:
 
 def _decode(path: Path, mode: str, size_hw: tuple[int, int] | None) -> np.ndarray:
     """One image file -> (C, H, W) uint8."""
-    from PIL import Image, UnidentifiedImageError  # noqa: PLC0415 - optional dependency (data extra)
+    from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as im:
@@ -81,12 +82,14 @@ def _decode(path: Path, mode: str, size_hw: tuple[int, int] | None) -> np.ndarra
 
 def load_image_folder(data_dir, split: str = "train", size=None, grayscale: bool = False,
                       raw: bool = False) -> ArrayDataset:
-    """Decode a class-per-folder tree: images (N, 3 or 1, H, W), labels (N,) = index of sorted class."""
+    """Decode a class-per-folder tree: images (N, 3 or 1, H, W), labels (N,) = index of sorted
+    class."""
     check_split(split)
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise FileNotFoundError(f"image-folder data dir {data_dir} does not exist; point data_dir "
-                                "(--data-dir) at a folder of <class>/ subfolders (or train/ and test/)")
+                                "(--data-dir) at a folder of <class>/ subfolders (or train/ and "
+                                "test/)")
     size_hw = _parse_size(size)
     root, class_root = _split_root(data_dir, split)
     classes = _class_dirs(class_root)
@@ -106,12 +109,14 @@ def load_image_folder(data_dir, split: str = "train", size=None, grayscale: bool
         for path in files:
             img = _decode(path, mode, size_hw)
             if images and img.shape != images[0].shape:
-                raise DataFormatError(path, f"image is {img.shape[1]}x{img.shape[2]} but earlier images "
-                                            f"are {images[0].shape[1]}x{images[0].shape[2]}; pass "
+                raise DataFormatError(path, f"image is {img.shape[1]}x{img.shape[2]} but earlier "
+                                            "images are "
+                                            f"{images[0].shape[1]}x{images[0].shape[2]}; pass "
                                             "size=(H, W) to resize all images")
             images.append(img)
             labels.append(label)
     if not images:
-        raise FileNotFoundError(f"image-folder: no {'/'.join(IMAGE_SUFFIXES)} files under {root}/<class>/")
+        raise FileNotFoundError(f"image-folder: no {'/'.join(IMAGE_SUFFIXES)} files under "
+                                f"{root}/<class>/")
     return ArrayDataset(to_pixels(np.stack(images), raw), np.asarray(labels, dtype=np.int64),
                         num_classes=len(classes), name="image-folder", class_names=classes)

@@ -46,7 +46,8 @@ class _Failure:
 
 class DataLoader:
     """Batches of ``dataset`` in the order of ``sampler`` (a ``DistributedSampler`` or
-    ``ShardSampler``), delivered as (x, y, global_count) on ``device`` (default: the current backend).
+    ``ShardSampler``), delivered as (x, y, global_count) on ``device`` (default: the current
+    backend).
 
     prefetch: batches prepared ahead (>= 1); 0 prepares each batch in the consumer's thread, which
     is simpler to debug and gives the same batches.
@@ -90,7 +91,7 @@ class DataLoader:
             return self._read_files(idx)
         images, labels = self.dataset.images, self.dataset.labels
         if self.device.is_gpu and len(idx):  # (an empty batch needs no pinned buffer)
-            import cupyx  # noqa: PLC0415 - GPU only
+            import cupyx
 
             x = cupyx.empty_pinned((len(idx),) + images.shape[1:], dtype=images.dtype)
             y = cupyx.empty_pinned((len(idx),) + labels.shape[1:], dtype=labels.dtype)
@@ -116,7 +117,8 @@ class DataLoader:
             return x, y
         xp = backend_mod.xp_of(x)
         if x.dtype == np.uint8:
-            x = x.astype(xp.float32) / xp.float32(255.0)  # as the readers do: raw or not, same floats
+            # as the readers do: raw or not, same floats
+            x = x.astype(xp.float32) / xp.float32(255.0)
         if self.transform is not None:
             x, y = self.transform(x, y, batch)
         return x, y
@@ -173,7 +175,8 @@ class DataLoader:
         return gen
 
     def close(self) -> None:
-        """Stop the running iteration, if any, join its thread, rewind the sampler to what was delivered."""
+        """Stop the running iteration, if any, join its thread, rewind the sampler to what was
+        delivered."""
         gen = self._active() if self._active is not None else None
         self._active = None
         if gen is not None:
@@ -186,7 +189,8 @@ class DataLoader:
         self.close()
 
     def _iterate(self):
-        pending = collections.deque()  # (event, pinned x, pinned y): kept alive until the copy is done
+        # (event, pinned x, pinned y): kept alive until the copy is done
+        pending = collections.deque()
         if self.prefetch == 0:
             source, stop = self._host_items(), None
         else:
@@ -238,7 +242,7 @@ class DataLoader:
                     if not put(item):
                         return
                 put(_DONE)
-            except BaseException as e:  # noqa: BLE001 - carried to the consumer and re-raised there
+            except BaseException as e:
                 put(_Failure(e, self._where))
 
         thread = threading.Thread(target=produce, name="mpinet-data-loader", daemon=True)
@@ -250,7 +254,8 @@ class DataLoader:
                     item = q.get(timeout=_POLL_S)
                 except queue.Empty:
                     if not thread.is_alive() and q.empty():
-                        raise RuntimeError("data loader thread ended without finishing the epoch")
+                        raise RuntimeError("data loader thread ended without finishing the "
+                                           "epoch") from None
                     continue
                 if item is _DONE:
                     return

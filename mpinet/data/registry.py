@@ -83,8 +83,9 @@ def get_dataset(name: str, split: str = "train", data_dir=None, **opts) -> Array
     loader, needs_dir, default_dir = _DATASETS[name]
     if not needs_dir:
         if data_dir is not None:
-            raise ValueError(f"data set {name!r} is built in and reads no files, but data_dir="
-                             f"{str(data_dir)!r} was given; drop --data-dir or pick a file-based data set")
+            raise ValueError(f"data set {name!r} is built in and reads no files, but "
+                             f"data_dir={str(data_dir)!r} was given; drop --data-dir or pick a "
+                             "file-based data set")
         return loader(split=split, **opts)
     if data_dir is None:
         if default_dir is None:

@@ -95,8 +95,8 @@ class DistributedSampler:
             raise ValueError(f"batch_size (per rank) must be > 0, got {batch_size}")
         if drop_last and num_samples < batch_size * world_size:
             raise ValueError(f"drop_last with {num_samples} samples and a global batch of "
-                             f"{batch_size} x {world_size} ranks = {batch_size * world_size} leaves "
-                             "no step; lower batch_size or use drop_last=False")
+                             f"{batch_size} x {world_size} ranks = {batch_size * world_size} "
+                             "leaves no step; lower batch_size or use drop_last=False")
         self.num_samples = int(num_samples)
         self.batch_size = int(batch_size)
         self.rank = int(rank)
@@ -151,12 +151,13 @@ class DistributedSampler:
         missing = {"seed", "epoch", "consumed"} - set(state)
         if missing:
             raise ValueError(f"sampler state lacks {sorted(missing)}; expected keys seed, epoch, "
-                             f"consumed (from DistributedSampler.state_dict()), got {sorted(state)}")
+                             "consumed (from DistributedSampler.state_dict()), got "
+                             f"{sorted(state)}")
         seed, epoch, consumed = int(state["seed"]), int(state["epoch"]), int(state["consumed"])
         if epoch < 0 or not 0 <= consumed <= self.num_samples:
-            raise ValueError(f"sampler state epoch={epoch}, consumed={consumed} does not fit a data "
-                             f"set of {self.num_samples} samples (need epoch >= 0, 0 <= consumed <= "
-                             f"{self.num_samples}); was it saved for another data set?")
+            raise ValueError(f"sampler state epoch={epoch}, consumed={consumed} does not fit a "
+                             f"data set of {self.num_samples} samples (need epoch >= 0, 0 <= "
+                             f"consumed <= {self.num_samples}); was it saved for another data set?")
         self.seed, self.epoch, self.consumed = seed, epoch, consumed
         if len(self) == 0:  # nothing left of that epoch at this batch size: start the next one
             self.epoch, self.consumed = epoch + 1, 0

@@ -93,7 +93,7 @@ KERNEL_DTYPES = ("float32", "float16", "bfloat16", "float64")  # by K
 
 def cp():
     """cupy, imported on the first launch (never at import time)."""
-    import cupy  # noqa: PLC0415 - GPU only: importing a kernels module must load no CUDA
+    import cupy
 
     return cupy
 
@@ -106,7 +106,7 @@ def is_bf16(a) -> bool:
     # several times per kernel call.
     if not _BF16:
         try:
-            import ml_dtypes  # noqa: PLC0415 - optional; without it no array is bfloat16
+            import ml_dtypes
 
             _BF16.append(np.dtype(ml_dtypes.bfloat16))
         except ImportError:

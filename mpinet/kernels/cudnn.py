@@ -66,7 +66,7 @@ def _cudnn():
     global _cudnn_mod
     if _cudnn_mod is None:
         try:
-            import cudnn  # noqa: PLC0415 - GPU-only dependency
+            import cudnn
         except ImportError as e:
             raise ImportError("the cuDNN convolution path needs nvidia-cudnn-frontend 1.23.x: "
                               "pip install 'nvidia-cudnn-frontend>=1.23,<1.24' "
@@ -270,7 +270,7 @@ def _plan_benchmarked(cp, g, uid_of, ptrs, handle, rebuild, device_id):
             continue
     if not built:
         return _plan_heuristic(g, uid_of)
-    pack = dict(zip(uid_of, ptrs))
+    pack = dict(zip(uid_of, ptrs, strict=True))
     start, stop = cp.cuda.Event(), cp.cuda.Event()
     timed, error = [], None
     for i, w in built:
@@ -356,10 +356,10 @@ def _execute(cp, plan, ptrs, handle, device_id):
     if plan.raw_ptrs:
         plan.graph._execute_with_ptrs([ptrs[r] for r in plan.roles], ws_ptr, handle)
     elif plan.plan_index >= 0:
-        plan.graph._execute_plan_at_index(dict(zip(plan.uid_of, ptrs)), ws_ptr,
+        plan.graph._execute_plan_at_index(dict(zip(plan.uid_of, ptrs, strict=True)), ws_ptr,
                                           plan.plan_index, handle, [], [], [])
     else:
-        plan.graph._execute(dict(zip(plan.uid_of, ptrs)), ws_ptr, handle)
+        plan.graph._execute(dict(zip(plan.uid_of, ptrs, strict=True)), ws_ptr, handle)
 
 
 def _check_gradient(where, x_shape, w_shape, gy_shape, groups, stride, padding, dilation):

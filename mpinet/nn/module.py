@@ -62,8 +62,8 @@ class Module:
         """Write ``value`` into buffer ``name`` in place (nothing to do if it is that array).
 
         Training updates buffers in place rather than rebinding them: a CUDA graph of the
-        training step (mpinet.training.cuda_graph) replays kernels on the arrays it saw at capture, so a
-        rebound buffer would never see the replays' updates."""
+        training step (mpinet.training.cuda_graph) replays kernels on the arrays it saw at
+        capture, so a rebound buffer would never see the replays' updates."""
         buf = self._buffers.get(name)
         if buf is None:
             raise KeyError(f"{self.path}: no buffer named {name!r}; has {list(self._buffers)}")
@@ -135,9 +135,9 @@ class Module:
             if tuple(value.shape) != tuple(target.shape):
                 raise ValueError(f"load_state_dict: {key!r} has shape {tuple(value.shape)} in the "
                                  f"state but {tuple(target.shape)} in the model")
-            converted = backend.xp_of(target).asarray(backend.to_numpy(value)
-                                                       if not backend.is_gpu_array(target) else value,
-                                                       dtype=target.dtype)
+            converted = backend.xp_of(target).asarray(
+                backend.to_numpy(value) if not backend.is_gpu_array(target) else value,
+                dtype=target.dtype)
             if key in own:
                 own[key].data[...] = converted  # in place: data may view a flat buffer
             else:

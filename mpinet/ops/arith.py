@@ -147,7 +147,8 @@ class MatMul(Function):
 
     def forward(self, a, b):
         if a.shape[-1] != b.shape[-2 if b.ndim > 1 else 0]:
-            raise ValueError(f"matmul: inner dimensions differ: {tuple(a.shape)} @ {tuple(b.shape)}")
+            raise ValueError(f"matmul: inner dimensions differ: {tuple(a.shape)} @ "
+                             f"{tuple(b.shape)}")
         self.save(a, b)
         return a @ b
 
@@ -182,7 +183,7 @@ def neg(x):
     return Neg().apply(x)
 
 
-def pow(x, exponent: float):  # noqa: A001 - mirrors the operator it implements
+def pow(x, exponent: float):
     return Pow(exponent).apply(x)
 
 
@@ -194,7 +195,7 @@ def log(x):
     return Log().apply(x)
 
 
-def sum(x, axis=None, keepdims: bool = False):  # noqa: A001
+def sum(x, axis=None, keepdims: bool = False):
     return Sum(axis, keepdims).apply(x)
 
 

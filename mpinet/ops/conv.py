@@ -61,13 +61,13 @@ class ConvGeometry:
     def out_size(self, in_hw, kernel_hw) -> Pair:
         """conv2d's output (OH, OW) for input (H, W) and kernel (kh, kw); may be <= 0."""
         return tuple((n + 2 * p - d * (k - 1) - 1) // s + 1 for n, k, s, p, d in
-                     zip(in_hw, kernel_hw, self.stride, self.padding, self.dilation))
+                     zip(in_hw, kernel_hw, self.stride, self.padding, self.dilation, strict=True))
 
     def transposed_out_size(self, in_hw, kernel_hw, output_padding: Pair) -> Pair:
         """conv_transpose2d's output (H, W): the conv input whose conv output is ``in_hw``."""
         return tuple((n - 1) * s - 2 * p + d * (k - 1) + op + 1 for n, k, s, p, d, op in
                      zip(in_hw, kernel_hw, self.stride, self.padding, self.dilation,
-                         output_padding))
+                         output_padding, strict=True))
 
 
 # ---- im2col / col2im (the xp path) --------------------------------------------------------
@@ -142,8 +142,8 @@ def _dgrad_col2im(gy, w, x_shape, geom: ConvGeometry):
 
 
 def _wgrad_columns(col, gy, w_shape):
-    n, g, k, l = col.shape
-    gy_g = gy.reshape(n, g, w_shape[0] // g, l)
+    n, g, k, cols = col.shape
+    gy_g = gy.reshape(n, g, w_shape[0] // g, cols)
     gw = backend.xp_of(col).matmul(gy_g, col.transpose(0, 1, 3, 2)).sum(axis=0)  # (G, O/G, K)
     return gw.reshape(w_shape).astype(col.dtype, copy=False)
 
@@ -295,7 +295,7 @@ class ConvTranspose2d(Function):
             raise ValueError(f"conv_transpose2d: input has {c_in} channels but weight "
                              f"{tuple(w.shape)} expects {w.shape[0]}; weight must be "
                              f"(in, out/groups, kh, kw)")
-        for op_, s, d in zip(self.output_padding, g.stride, g.dilation):
+        for op_, s, d in zip(self.output_padding, g.stride, g.dilation, strict=True):
             if op_ >= max(s, d):
                 raise ValueError(f"conv_transpose2d: output_padding {self.output_padding} must "
                                  f"be smaller than stride {g.stride} or dilation {g.dilation}")

@@ -72,7 +72,7 @@ def dropout(x, p: float = 0.5, training: bool = True, rng: DropoutGenerator | No
     if not training or p == 0.0:
         return x
     if p == 1.0:  # everything dropped; 1 / (1 - p) would be inf
-        from .arith import mul  # noqa: PLC0415
+        from .arith import mul
 
         return mul(x, 0.0)
     return Dropout(p, rng if rng is not None else default_generator()).apply(x)

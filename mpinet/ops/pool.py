@@ -59,10 +59,11 @@ class PoolGeometry:
         """Per-output divisor (OH, OW) counting padding but not the ceil_mode overhang
         (PyTorch's count_include_pad=True), or None when every window is kh*kw."""
         counts = []
-        for n, k, s, p, o in zip(in_hw, self.kernel, self.stride, self.pad_lo, self.out):
+        for n, k, s, p, o in zip(in_hw, self.kernel, self.stride, self.pad_lo, self.out,
+                                 strict=True):
             start = np.arange(o) * s - p
             counts.append(np.minimum(start + k, n + p) - start)
-        if all((c == k).all() for c, k in zip(counts, self.kernel)):
+        if all((c == k).all() for c, k in zip(counts, self.kernel, strict=True)):
             return None
         return np.outer(counts[0], counts[1])
 
@@ -77,7 +78,7 @@ def _geometry(op: str, x, kernel_size, stride, padding, ceil_mode: bool) -> Pool
         raise ValueError(f"{op}: padding {padding} must be at most half the kernel size "
                          f"{kernel} (a window must not lie entirely in the padding)")
     out, pad_hi = [], []
-    for n, k, s, p in zip(x.shape[2:], kernel, stride, padding):
+    for n, k, s, p in zip(x.shape[2:], kernel, stride, padding, strict=True):
         span = n + 2 * p - k
         o = (-(-span // s) if ceil_mode else span // s) + 1
         if ceil_mode and (o - 1) * s >= n + p:

@@ -63,7 +63,7 @@ class Upsample(Function):
         compute = dtype if dtype in (np.float16, np.float32, np.float64) else np.dtype(np.float32)
         ah, aw = (xp.asarray(interpolation_matrix(n, m, self.mode, self.align_corners, s),
                              dtype=compute)
-                  for n, m, s in zip(x_shape[2:], self.out_hw, self.scale_factors))
+                  for n, m, s in zip(x_shape[2:], self.out_hw, self.scale_factors, strict=True))
         return ah, aw, compute
 
     def forward(self, x):

@@ -173,7 +173,7 @@ class WarmupThen(LRSchedule):
         self.after._load(state["after"])
 
 
-def LinearWarmup(optimizer: Optimizer, warmup_steps: int) -> WarmupThen:  # noqa: N802 - a schedule
+def LinearWarmup(optimizer: Optimizer, warmup_steps: int) -> WarmupThen:
     """Linear warmup to the optimizer's lr, then constant."""
     return WarmupThen(Constant(optimizer), warmup_steps)
 

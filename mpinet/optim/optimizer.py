@@ -50,7 +50,8 @@ class Optimizer:
                 raise TypeError(f"{type(self).__name__}: params[{i}] is a {type(p).__name__}, "
                                 f"expected a Parameter (pass model.parameters())")
         if flat is not None and (len(flat.params) != len(params)
-                                 or any(a is not b for a, b in zip(flat.params, params))):
+                                 or any(a is not b
+                                        for a, b in zip(flat.params, params, strict=True))):
             raise ValueError(f"{type(self).__name__}: params must be exactly flat.params, in the "
                              f"same order ({len(flat.params)} parameters); got {len(params)} "
                              f"others. Pass the FlatParameters alone.")
@@ -172,7 +173,7 @@ class Optimizer:
         self.steps = [self.steps[0] + 1] * len(self.params)
 
     def _bind_flat_views(self) -> None:
-        for i, (p, start) in enumerate(zip(self.params, self.flat.offsets)):
+        for i, (p, start) in enumerate(zip(self.params, self.flat.offsets, strict=True)):
             self.state[i] = {name: buf[start:start + p.size].reshape(p.shape)
                              for name, buf in self._flat_state.items()}
 

@@ -3,7 +3,8 @@
 The flow of one step (default mode "backward")::
 
     loss = criterion(model(x), y)
-    dp.backward(loss, weight=n_local / n_global)  # hooks start each bucket's allreduce (Push+PullReq)
+    # hooks start each bucket's allreduce (Push+PullReq)
+    dp.backward(loss, weight=n_local / n_global)
     dp.step(optimizer)                            # wait for the buckets (PullWait), then update
                                                   # (mpinet.training.TrainStep: the full sequence)
 
@@ -93,7 +94,7 @@ class DataParallel:
     def _make_buckets(self, bucket_bytes: int) -> list[Bucket]:
         itemsize = self.flat.data.dtype.itemsize
         buckets, current, start = [], [], 0
-        for p, offset in zip(self.flat.params, self.flat.offsets):
+        for p, offset in zip(self.flat.params, self.flat.offsets, strict=True):
             current.append(p)
             stop = offset + p.size
             if (stop - start) * itemsize >= bucket_bytes:

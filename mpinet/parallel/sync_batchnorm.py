@@ -61,7 +61,7 @@ class SyncBatchNorm(Module):
 def convert_sync_batchnorm(module: Module, comm) -> Module:
     """Replace every BatchNorm1d/BatchNorm2d inside ``module`` by a SyncBatchNorm (in place),
     sharing its parameters and buffers; returns the module (or the replacement if it is one)."""
-    from ..nn import BatchNorm1d, BatchNorm2d  # noqa: PLC0415
+    from ..nn import BatchNorm1d, BatchNorm2d
 
     if isinstance(module, (BatchNorm1d, BatchNorm2d)):
         return SyncBatchNorm(module, comm)

@@ -27,7 +27,8 @@ class EarlyStopping(Callback):
         if mode not in ("auto", "min", "max"):
             raise ValueError(f"EarlyStopping mode must be auto, min or max, got {mode!r}")
         self.monitor, self.patience, self.min_delta = monitor, patience, abs(min_delta)
-        self.mode = ("max" if "acc" in monitor or "iou" in monitor else "min") if mode == "auto" else mode
+        self.mode = (("max" if "acc" in monitor or "iou" in monitor else "min")
+                     if mode == "auto" else mode)
         self.best = -math.inf if self.mode == "max" else math.inf
         self.wait = 0
         self.stopped_epoch = None

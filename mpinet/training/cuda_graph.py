@@ -123,7 +123,7 @@ class StepGraphs:
 
 class _CapturedStep:
     def __init__(self, step_fn, optimizer, x, y, state=()):
-        import cupy as cp  # noqa: PLC0415 - GPU only
+        import cupy as cp
 
         self._cp = cp
         self.state = state  # referenced: the graph writes into these arrays
@@ -144,7 +144,7 @@ class _CapturedStep:
             except BaseException as error:
                 try:
                     self.stream.end_capture()
-                except Exception:  # noqa: BLE001 - the capture is invalid anyway
+                except Exception:
                     pass
                 raise RuntimeError(
                     f"capturing the training step as a CUDA graph failed ({type(error).__name__}:"
@@ -156,7 +156,8 @@ class _CapturedStep:
 
     def state_is(self, state: tuple) -> bool:
         """True if ``state`` holds the very arrays this graph was captured on."""
-        return len(state) == len(self.state) and all(a is b for a, b in zip(state, self.state))
+        return len(state) == len(self.state) and all(
+            a is b for a, b in zip(state, self.state, strict=True))
 
     def replay(self, x, y, first: bool = False) -> dict:
         """Copy in ``x, y``, run the graph after the caller's queued work, and return copies of

@@ -17,7 +17,8 @@ METRICS = ("accuracy", "iou", "mae")
 def check_names(loss, metrics) -> None:
     """Raise ValueError for a loss or metric name this module does not know."""
     if loss not in LOSSES and not callable(loss):
-        raise ValueError(f"loss must be one of {LOSSES} or a callable(output, target), got {loss!r}")
+        raise ValueError(f"loss must be one of {LOSSES} or a callable(output, target), got "
+                         f"{loss!r}")
     bad = [m for m in metrics if m not in METRICS]
     if bad:
         raise ValueError(f"unknown metrics {bad}; available: {METRICS}")
@@ -67,7 +68,7 @@ def reduce_sums(comm, sums: dict) -> dict:
     local = np.array([float(backend.to_numpy(sums[k])) for k in keys], dtype=np.float64)
     # A NumPy array, so the object reduction adds elementwise (a list would concatenate).
     total = comm.allreduce_obj(local, op="sum") if comm.size > 1 else local
-    return dict(zip(keys, np.asarray(total, dtype=np.float64).tolist()))
+    return dict(zip(keys, np.asarray(total, dtype=np.float64).tolist(), strict=True))
 
 
 def logs_from_sums(sums: dict, count: int) -> dict:

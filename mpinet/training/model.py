@@ -67,7 +67,7 @@ class Model:
 
     def __init__(self, network: Module, comm=None):
         if comm is None:
-            from ..comm import create_communicator  # noqa: PLC0415 - initialises MPI
+            from ..comm import create_communicator
 
             comm = create_communicator("auto")
         # Each rank's BLAS pools sized to its cores (once per process; mpinet.threads).
@@ -79,7 +79,7 @@ class Model:
         if comm.size > 1:
             # An uncaught error on one rank must end the job, not leave the other ranks waiting
             # in the next allreduce until the comm timeout: report the rank and MPI_Abort.
-            from ..comm.failure import install_abort_handler  # noqa: PLC0415 - loads MPI
+            from ..comm.failure import install_abort_handler
 
             install_abort_handler()
         self.optimizer = None
@@ -133,8 +133,8 @@ class Model:
         self.optimizer = optimizer
         self.base_lr = optimizer.lr
         # A schedule object, or a factory(optimizer) -> schedule when the optimizer is built here.
-        self.schedule = schedule(optimizer) if callable(schedule) and not hasattr(schedule, "step") \
-            else schedule
+        self.schedule = (schedule(optimizer)
+                         if callable(schedule) and not hasattr(schedule, "step") else schedule)
         self.trainstep = TrainStep(self.network, self.dp, optimizer, self.comm,
                                    precision=self.precision, loss=loss, metrics=self.metrics,
                                    label_smoothing=self.label_smoothing,
@@ -237,7 +237,8 @@ class Model:
                     break
                 if validation_data is not None:
                     logs.update({f"val_{k}": v for k, v in
-                                 self.evaluate(validation_data, batch_size=max(batch_size, 256)).items()})
+                                 self.evaluate(validation_data,
+                                               batch_size=max(batch_size, 256)).items()})
                 if hasattr(self.schedule, "on_epoch_end"):  # ReduceLROnPlateau
                     self.schedule.on_epoch_end(logs)
                 history.append(logs)
@@ -367,7 +368,8 @@ class Model:
         if self._compiled:
             self.dp.synchronize()
         n = len(x)
-        lo, hi = (n * self.comm.rank) // self.comm.size, (n * (self.comm.rank + 1)) // self.comm.size
+        lo = (n * self.comm.rank) // self.comm.size
+        hi = (n * (self.comm.rank + 1)) // self.comm.size
         self.network.eval()
         outs = []
         with no_grad():
@@ -428,7 +430,8 @@ class Model:
 
     def save(self, path: str, **options) -> str:
         """The model file: architecture, weights, preprocessing, class names, precision (see
-        mpinet.training.model_file; ``mpinet.load_model`` reads it). Collective: every rank calls."""
+        mpinet.training.model_file; ``mpinet.load_model`` reads it). Collective: every rank
+        calls."""
         from . import model_file  # loaded when first saving
 
         return model_file.save(self, path, **options)

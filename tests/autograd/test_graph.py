@@ -145,11 +145,11 @@ def test_zeroed_buffers_receive_first_gradients_in_place_and_values_match():
 
     params, flat = _flat_params(*arrays)
     views = [p.grad for p in params]
-    for step in range(2):                          # twice: zero_grad re-arms the direct writes
+    for _step in range(2):                         # twice: zero_grad re-arms the direct writes
         flat.zero_grad()
         assert all(p._grad_zeroed is p.grad for p in params)
         _linear_bn_loss(x, *params).backward()
-        for p, r, v in zip(params, ref, views):
+        for p, r, v in zip(params, ref, views, strict=True):
             assert p.grad is v                     # still the view into the flat buffer
             assert p._grad_zeroed is None          # the next gradient must be added
             np.testing.assert_allclose(p.grad, r.grad, rtol=1e-12, atol=1e-12)
@@ -182,7 +182,7 @@ def test_without_zeroing_gradients_still_accumulate():
     _linear_bn_loss(x, *params).backward()
     once = [p.grad.copy() for p in params]
     _linear_bn_loss(x, *params).backward()        # second micro-batch: accumulates
-    for p, g in zip(params, once):
+    for p, g in zip(params, once, strict=True):
         np.testing.assert_allclose(p.grad, 2 * g, rtol=1e-12)
 
 

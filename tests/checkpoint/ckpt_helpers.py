@@ -117,7 +117,8 @@ def sample_state(step: int = 3, scale: float = 1.0) -> dict:
         "optimizer": {"scalars": {"optimizer": "SGD", "num_params": 2,
                                   "hyper": {"lr": np.float32(0.1), "momentum": 0.9},
                                   "step": {"0": step, "1": step}},
-                      "tensors": {"0.momentum_buffer": rng.standard_normal((4, 3, 3, 3)).astype(np.float32),
+                      "tensors": {"0.momentum_buffer":
+                                  rng.standard_normal((4, 3, 3, 3)).astype(np.float32),
                                   "1.momentum_buffer": np.zeros((2, 4), np.float64)}},
         "schedule": {"type": "CosineAnnealing", "last_step": step, "base_lr": 0.1,
                      "after": None, "milestones": (1, 2)},

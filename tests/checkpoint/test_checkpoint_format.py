@@ -138,7 +138,8 @@ def test_unstorable_values_are_refused_by_name(tmp_path):
 def test_write_failure_is_raised_with_the_cause(tmp_path):
     blocker = tmp_path / "not_a_dir"
     blocker.write_text("a file where the checkpoint folder should go")
-    with pytest.raises(CheckpointError, match=r"failed on rank 0: (FileExistsError|NotADirectoryError)"):
+    with pytest.raises(CheckpointError, match=r"failed on rank 0: "
+                                              r"(FileExistsError|NotADirectoryError)"):
         checkpoint.save(blocker, sample_state(), 1, LocalComm())
 
 
@@ -228,7 +229,8 @@ def test_latest_falls_back_to_the_newest_good_one(tmp_path):
     with pytest.warns(UserWarning, match=r"skipping .*ckpt-12: .*sha256"):
         assert checkpoint.latest(tmp_path) == os.path.join(tmp_path, "ckpt-8")
     with pytest.warns(UserWarning, match=r"ckpt-12"):
-        assert checkpoint.resolve_resume("auto", tmp_path, LocalComm()) == os.path.join(tmp_path, "ckpt-8")
+        assert checkpoint.resolve_resume("auto", tmp_path, LocalComm()) == os.path.join(tmp_path,
+                                                                                      "ckpt-8")
 
 
 def test_resolve_resume(tmp_path):

@@ -26,7 +26,8 @@ def test_cupy_state_round_trip(tmp_path):
     state = dict(host)
     state["model"] = {k: cp.asarray(v) for k, v in host["model"].items()}
     state["optimizer"] = dict(host["optimizer"],
-                              tensors={k: cp.asarray(v) for k, v in host["optimizer"]["tensors"].items()})
+                              tensors={k: cp.asarray(v)
+                                       for k, v in host["optimizer"]["tensors"].items()})
     loaded = checkpoint.load(checkpoint.save(tmp_path, state, 3, LocalComm()))
     for k, v in host["model"].items():
         assert isinstance(loaded["model"][k], np.ndarray)

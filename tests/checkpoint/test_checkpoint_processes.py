@@ -1,8 +1,8 @@
 """Checkpoints across processes: elastic resume (saved on 4 ranks, resumed on 2), SIGKILL in the
 middle of a save, SIGTERM to ``python -m mpinet.train`` and ``--resume auto``.
 
-Each test starts its programs with ``timeout``; mpiexec ranks run with the threads mpinet chooses and
-MPICH's heavy yield so oversubscribed ranks on a 2-core machine do not spin.
+Each test starts its programs with ``timeout``; mpiexec ranks run with the threads mpinet chooses
+and MPICH's heavy yield so oversubscribed ranks on a 2-core machine do not spin.
 """
 from __future__ import annotations
 
@@ -64,7 +64,8 @@ def test_resume_on_fewer_ranks_sees_each_remaining_sample_once(tmp_path):
     assert set(counts.values()) == {1}, \
         f"samples trained twice: {sorted(i for i, c in counts.items() if c > 1)}"
     # The 2-rank run continued the same epoch order where the 4-rank run stopped.
-    order = DistributedSampler(NUM_SAMPLES, 4, 0, 2, seed=saved["sampler"]["seed"]).epoch_order(epoch)
+    order = DistributedSampler(NUM_SAMPLES, 4, 0, 2,
+                               seed=saved["sampler"]["seed"]).epoch_order(epoch)
     resumed = sorted((off, r, idx) for r, e, off, idx in b["batches"] if e == epoch)
     assert resumed[0][0] == consumed
     assert [i for _, _, idx in resumed for i in idx] == order[consumed:].tolist()
@@ -139,8 +140,9 @@ def _timeout(cmd, seconds: int = 90) -> list:
 def test_sigterm_checkpoints_and_resume_auto_finishes_identically(tmp_path):
     ref_weights = tmp_path / "ref.safetensors"
     # The uninterrupted reference runs alongside the interrupted run.
-    ref = subprocess.Popen(_timeout(_train_cmd(tmp_path / "ref_ckpt", ref_weights)), stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, text=True, env=mpi_env(), cwd=REPO)
+    ref = subprocess.Popen(_timeout(_train_cmd(tmp_path / "ref_ckpt", ref_weights)),
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           env=mpi_env(), cwd=REPO)
     ckpt_dir, weights = tmp_path / "ckpt", tmp_path / "final.safetensors"
     proc = subprocess.Popen(_timeout(_train_cmd(ckpt_dir, weights)), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=mpi_env(), cwd=REPO)

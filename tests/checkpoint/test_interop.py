@@ -35,7 +35,8 @@ def _as_torchvision_dict(net, prefix: str = "") -> OrderedDict:
     out = OrderedDict()
     for k, v in net.state_dict().items():
         v = np.asarray(v)
-        out[prefix + k] = v.astype(np.float64) + 0.5 if v.dtype.kind == "f" else np.array(7, np.int64)
+        out[prefix + k] = (v.astype(np.float64) + 0.5 if v.dtype.kind == "f"
+                           else np.array(7, np.int64))
     return out
 
 

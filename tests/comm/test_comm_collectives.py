@@ -137,7 +137,8 @@ def test_mixed_collectives_in_flight(comm):
 
 
 def test_object_collectives_and_barrier(comm):
-    assert comm.bcast_obj({"lr": 0.1 * (comm.rank + 1)}, root=comm.size - 1) == {"lr": 0.1 * comm.size}
+    assert (comm.bcast_obj({"lr": 0.1 * (comm.rank + 1)}, root=comm.size - 1)
+            == {"lr": 0.1 * comm.size})
     assert comm.allgather_obj(("r", comm.rank)) == [("r", r) for r in range(comm.size)]
     assert comm.allreduce_obj(comm.rank + 1) == comm.size * (comm.size + 1) // 2
     assert comm.allreduce_obj(comm.rank, op="max") == comm.size - 1

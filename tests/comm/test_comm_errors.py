@@ -19,7 +19,8 @@ def comm(request):
 
 def test_non_contiguous_is_refused(comm):
     x = np.zeros((4, 6), np.float32)[:, ::2]
-    with pytest.raises(ValueError, match=r"allreduce.*\(4, 3\).*float32.*not C-contiguous.*ascontiguousarray"):
+    with pytest.raises(ValueError, match=r"allreduce.*\(4, 3\).*float32.*not "
+                                         r"C-contiguous.*ascontiguousarray"):
         comm.allreduce(x)
     with pytest.raises(ValueError, match="bcast.*not C-contiguous"):
         comm.bcast(x)
@@ -33,7 +34,8 @@ def test_unsupported_dtype_is_refused(comm, dtype):
 
 def test_out_mismatch_is_refused(comm):
     x = np.zeros(5, np.float32)
-    with pytest.raises(ValueError, match=r"out has shape \(4,\).*expected shape \(5,\) and dtype float32"):
+    with pytest.raises(ValueError, match=r"out has shape \(4,\).*expected shape \(5,\) and dtype "
+                                         r"float32"):
         comm.allreduce(x, out=np.zeros(4, np.float32))
     with pytest.raises(ValueError, match="dtype float64, expected shape"):
         comm.iallreduce(x, out=np.zeros(5, np.float64))
@@ -49,7 +51,8 @@ def test_bad_reduce_op_and_integer_mean(comm):
 
 
 def test_reduce_scatter_shape_is_checked(comm):
-    with pytest.raises(ValueError, match=rf"reduce_scatter.*\({comm.size * 2 + 1},\).*divisible by the {comm.size} ranks"):
+    with pytest.raises(ValueError, match=rf"reduce_scatter.*\({comm.size * 2 + 1},\).*divisible "
+                                         rf"by the {comm.size} ranks"):
         comm.reduce_scatter(np.zeros(comm.size * 2 + 1, np.float32))
     with pytest.raises(ValueError, match="must be 1-D"):
         comm.reduce_scatter(np.zeros((comm.size, 2), np.float32))
@@ -94,7 +97,8 @@ def test_debug_mode_names_first_mismatching_rank(layout):
     with communicator(*layout, MPI.COMM_WORLD.Get_size(), debug=True) as c:
         c.allreduce(np.ones(3, np.float32))  # matched: passes the check
         n = 4 if c.rank == 1 else 3  # rank 1 disagrees on the shape
-        with pytest.raises(CommError, match=r"collective #\d+: rank 0 calls allreduce\(shape=\(3,\), "
+        with pytest.raises(CommError, match=r"collective #\d+: rank 0 calls "
+                                            r"allreduce\(shape=\(3,\), "
                                             r"dtype=float32, op=sum\).* but rank 1 calls "
                                             r"allreduce\(shape=\(4,\)"):
             c.allreduce(np.ones(n, np.float32))

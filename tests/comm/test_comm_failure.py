@@ -59,7 +59,8 @@ def test_timeout_names_op_and_missing_rank(impl):
     assert proc.returncode != 0, out
     assert elapsed < 15, f"rank 0 did not time out (job took {elapsed:.1f} s):\n{out}"
     assert "finished" not in out, out
-    assert f"[mpinet] rank 0/2: {impl} allreduce (collective #2) of 1234 elements of float32" in out, out
+    assert (f"[mpinet] rank 0/2: {impl} allreduce (collective #2) of 1234 elements of float32"
+            in out), out
     assert "did not complete within 1.5 s" in out, out
     assert "ranks that did not arrive: rank 1 (last entered #1 allreduce; pid " in out, out
     assert f"on host {socket.gethostname()})" in out, out

@@ -181,7 +181,7 @@ def test_hierarchical_staging_in_small_chunks(monkeypatch, gpu_index, nodes):
         sizes = [1, 2561, 40_003, 1 << 18]
         xs = [ramp(n, c.rank, np.float32, xp=cp) for n in sizes]
         results = wait_all([c.iallreduce(x) for x in xs])
-        for n, r in zip(sizes, results):
+        for n, r in zip(sizes, results, strict=True):
             np.testing.assert_array_equal(host(r), ramp_sum(n, c.size))
         m = ramp(5000, c.rank, np.float32, xp=cp)
         c.allreduce(m, op="mean", out=m)

@@ -27,7 +27,8 @@ def test_pad_crop_matches_a_loop_oracle():
         np.testing.assert_array_equal(got[n], padded[n, :, dy[n]:dy[n] + 5, dx[n]:dx[n] + 7])
     np.testing.assert_array_equal(got[5], x[5])  # offset = padding is the identity
     masks = (x[:, 0] > 0.5).astype(np.int64)  # (N, H, W) works too
-    np.testing.assert_array_equal(pad_crop(masks, p, dy, dx), got[:, 0] > 0.5)  # padding is 0 in both
+    # padding is 0 in both
+    np.testing.assert_array_equal(pad_crop(masks, p, dy, dx), got[:, 0] > 0.5)
 
 
 def test_flip_and_normalize_match_numpy():

@@ -35,7 +35,7 @@ def test_batches_equal_direct_gather(digits, prefetch):
     got = list(DataLoader(digits, sampler, prefetch=prefetch))
     want = list(reference)
     assert len(got) == len(want) == 15
-    for (x, y, count), b in zip(got, want):
+    for (x, y, count), b in zip(got, want, strict=True):
         np.testing.assert_array_equal(x, digits.images[b.indices])
         np.testing.assert_array_equal(y, digits.labels[b.indices])
         assert count == b.global_count and x.dtype == np.float32 and y.dtype == np.int64
@@ -48,7 +48,7 @@ def test_raw_uint8_gives_the_same_floats_and_transform_is_applied():
     aug = Augment(crop_padding=2, flip=True, mean=[0.5] * 3, std=[0.25] * 3, seed=3)
     a = list(DataLoader(raw, DistributedSampler(40, 8, 0, 1), transform=aug))
     b = list(DataLoader(flt, DistributedSampler(40, 8, 0, 1), transform=aug, prefetch=0))
-    for (xa, ya, _), (xb, yb, _), batch in zip(a, b, DistributedSampler(40, 8, 0, 1)):
+    for (xa, _, _), (xb, _, _), batch in zip(a, b, DistributedSampler(40, 8, 0, 1), strict=True):
         np.testing.assert_array_equal(xa, xb)
         want, _ = aug(flt.images[batch.indices], None, batch)
         np.testing.assert_array_equal(xa, want)
@@ -159,7 +159,7 @@ def test_gpu_loader_equals_cpu_loader(digits):
     dev = backend.select_device(device="gpu")
     gpu = list(DataLoader(digits, DistributedSampler(len(digits), 64, 0, 1),
                           transform=Augment(crop_padding=1, flip=True), device=dev))
-    for (xc, yc, nc), (xg, yg, ng) in zip(cpu, gpu):
+    for (xc, yc, nc), (xg, yg, ng) in zip(cpu, gpu, strict=True):
         assert backend.is_gpu_array(xg) and backend.is_gpu_array(yg)
         np.testing.assert_array_equal(backend.to_numpy(xg), xc)
         np.testing.assert_array_equal(backend.to_numpy(yg), yc)

@@ -17,8 +17,9 @@ from mpinet.data.image_folder import load_image_folder
 
 # ---------------------------------------------------------------- real Fashion-MNIST (Debian)
 
-needs_fashion = pytest.mark.skipif(not Path(FASHION_MNIST_DIR, "train-images-idx3-ubyte.gz").is_file(),
-                                   reason="Debian package dataset-fashion-mnist is not installed")
+needs_fashion = pytest.mark.skipif(
+    not Path(FASHION_MNIST_DIR, "train-images-idx3-ubyte.gz").is_file(),
+    reason="Debian package dataset-fashion-mnist is not installed")
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +72,8 @@ def write_mnist(root: Path, split="train", n=12, gz=True, seed=0):
     labels = rng.integers(0, 10, size=n).astype(np.uint8)
     prefix = "train" if split == "train" else "t10k"
     root.mkdir(parents=True, exist_ok=True)
-    for stem, arr in ((f"{prefix}-images-idx3-ubyte", images), (f"{prefix}-labels-idx1-ubyte", labels)):
+    for stem, arr in ((f"{prefix}-images-idx3-ubyte", images),
+                      (f"{prefix}-labels-idx1-ubyte", labels)):
         data = idx_bytes(arr)
         if gz:
             (root / (stem + ".gz")).write_bytes(gzip.compress(data))
@@ -163,8 +165,10 @@ def test_idx_missing_file_and_dir(tmp_path):
 # ---------------------------------------------------------------- CIFAR fixtures
 
 def cifar_records(labels: np.ndarray, images: np.ndarray) -> bytes:
-    """labels: (n, k) uint8 label bytes; images: (n, 3, 32, 32) uint8 -> the binary-version records."""
-    return np.concatenate([labels, images.reshape(len(images), -1)], axis=1).astype(np.uint8).tobytes()
+    """labels: (n, k) uint8 label bytes; images: (n, 3, 32, 32) uint8 -> the binary-version
+    records."""
+    return np.concatenate([labels, images.reshape(len(images), -1)],
+                          axis=1).astype(np.uint8).tobytes()
 
 
 def write_cifar10(root: Path, per_file=3, seed=0):
@@ -281,7 +285,8 @@ def test_image_folder_jpeg_grayscale_and_resize(tmp_path):
 
 def test_image_folder_truncated_and_garbage_files_named(tmp_path):
     rng = np.random.default_rng(0)
-    write_image(tmp_path / "train" / "a" / "ok.png", rng.integers(0, 256, (8, 8, 3), dtype=np.uint8))
+    write_image(tmp_path / "train" / "a" / "ok.png",
+                rng.integers(0, 256, (8, 8, 3), dtype=np.uint8))
     bad = tmp_path / "train" / "a" / "bad.png"
     write_image(bad, rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))
     bad.write_bytes(bad.read_bytes()[:300])
@@ -313,9 +318,11 @@ def test_digits_split_is_fixed_stratified_and_disjoint():
 
     full = load_digits()
     # Every real image lands in exactly one split: compare as byte rows.
-    rows = {r.tobytes() + bytes([t]) for r, t in zip((full.images / 16).astype(np.float32), full.target)}
-    got = [r[0].tobytes() + bytes([t]) for r, t in zip(np.concatenate([tr.images, te.images]),
-                                                       np.concatenate([tr.labels, te.labels]))]
+    rows = {r.tobytes() + bytes([t])
+            for r, t in zip((full.images / 16).astype(np.float32), full.target, strict=True)}
+    got = [r[0].tobytes() + bytes([t])
+           for r, t in zip(np.concatenate([tr.images, te.images]),
+                           np.concatenate([tr.labels, te.labels]), strict=True)]
     assert len(got) == 1797 and set(got) == rows
     frac = np.bincount(te.labels, minlength=10) / np.bincount(full.target, minlength=10)
     assert np.all(np.abs(frac - 0.2) < 0.02)

@@ -14,7 +14,7 @@ def all_ranks(n, batch, world, **kw):
 
 def run_epoch(samplers):
     """Iterate all ranks in lockstep -> list of steps, each a list of per-rank Batches."""
-    steps = list(zip(*[list(s) for s in samplers]))
+    steps = list(zip(*[list(s) for s in samplers], strict=True))
     assert all(len(s) == len(steps[0]) for s in steps)
     return steps
 
@@ -100,7 +100,8 @@ def test_drop_last():
         DistributedSampler(5, 4, 0, 2, drop_last=True)
 
 
-def remaining_after_resume(n, batch, world_before, world_after, steps_before, seed=11, drop_last=False):
+def remaining_after_resume(n, batch, world_before, world_after, steps_before, seed=11,
+                           drop_last=False):
     """Take steps_before steps at world_before, save, resume at world_after: indices of the rest."""
     before = all_ranks(n, batch, world_before, seed=seed, drop_last=drop_last)
     its = [iter(s) for s in before]
@@ -117,7 +118,8 @@ def remaining_after_resume(n, batch, world_before, world_after, steps_before, se
     return state, np.concatenate(taken), (np.concatenate(rest) if rest else np.zeros(0, np.int64))
 
 
-@pytest.mark.parametrize("world_before,world_after", [(4, 4), (4, 2), (2, 4), (3, 1), (1, 3), (2, 3)])
+@pytest.mark.parametrize("world_before,world_after",
+                         [(4, 4), (4, 2), (2, 4), (3, 1), (1, 3), (2, 3)])
 def test_resume_continues_with_order_from_consumed(world_before, world_after):
     n, batch = 53, 3
     state, taken, rest = remaining_after_resume(n, batch, world_before, world_after, steps_before=2)
@@ -173,7 +175,7 @@ def test_shard_indices_partition_without_padding(n, world):
 def test_shard_sampler_same_steps_everywhere_and_counts(world):
     n, batch = 13, 2
     samplers = [ShardSampler(n, batch, r, world) for r in range(world)]
-    steps = list(zip(*[list(s) for s in samplers]))
+    steps = list(zip(*[list(s) for s in samplers], strict=False))  # lengths asserted below
     assert all(len(s) == len(steps) for s in samplers)
     seen = np.concatenate([b.indices for st in steps for b in st])
     np.testing.assert_array_equal(np.sort(seen), np.arange(n))

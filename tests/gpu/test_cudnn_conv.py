@@ -239,7 +239,7 @@ def test_wgrad_writes_into_given_buffer_and_autograd_skips_the_add(conv):
     for _ in range(2):
         flat.zero_grad()
         loss(*params).backward()
-        for p, q, v in zip(params, plain, views):
+        for p, q, v in zip(params, plain, views, strict=True):
             assert p.grad is v and p._grad_zeroed is None
             np.testing.assert_allclose(p.grad.get(), q.grad.get(), rtol=1e-5, atol=1e-4)
     out = cp.full((6, 3, 3, 3), np.nan, cp.float32)

@@ -363,7 +363,8 @@ def test_vector_elementwise_kernels(cp, dtname, shape):
         s = batch_norm.channel_sum(x)
         assert s.dtype == x.dtype and s.shape == (shape[1],)
         want_s = _host(x).sum(axis=(0, 2, 3))
-        np.testing.assert_allclose(_host(s), want_s, rtol=tol, atol=tol * np.abs(_host(x)).sum() / 10)
+        np.testing.assert_allclose(_host(s), want_s, rtol=tol,
+                                   atol=tol * np.abs(_host(x)).sum() / 10)
 
 
 @pytest.mark.parametrize("dtname", ["float16", "bfloat16", "float64"])

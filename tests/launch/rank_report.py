@@ -1,6 +1,7 @@
 """Tiny MPI program for the launch/ tests: checks an allreduce of ranks and reports placement.
 
-Rank 0 prints one line per rank (gathered, so launchers cannot interleave them): world rank/size, node-local rank from Split_type(COMM_TYPE_SHARED)
+Rank 0 prints one line per rank (gathered, so launchers cannot interleave them): world rank/size,
+node-local rank from Split_type(COMM_TYPE_SHARED)
 (what mpinet uses to pick a GPU), and the launcher's own local-rank variable if it sets one.
 """
 import os

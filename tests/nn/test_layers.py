@@ -65,7 +65,8 @@ def test_linear_under_bf16_autocast_keeps_fp32_master_grads():
 @pytest.mark.parametrize("layer, op", [
     (nn.ReLU(), act.relu), (nn.LeakyReLU(0.1), lambda x: act.leaky_relu(x, 0.1)),
     (nn.Sigmoid(), act.sigmoid), (nn.Tanh(), act.tanh), (nn.GELU(), act.gelu),
-    (nn.Softmax(1), lambda x: act.softmax(x, 1)), (nn.LogSoftmax(1), lambda x: act.log_softmax(x, 1)),
+    (nn.Softmax(1), lambda x: act.softmax(x, 1)),
+    (nn.LogSoftmax(1), lambda x: act.log_softmax(x, 1)),
 ])
 def test_activation_layers_apply_their_op(layer, op):
     x = _x(3, 5)
@@ -121,7 +122,8 @@ def test_batchnorm2d_train_updates_buffers_and_eval_uses_them():
 
 @pytest.mark.parametrize("momentum", [0.1, None])
 def test_batchnorm_fuse_relu_equals_batchnorm_then_relu(momentum):
-    fused, plain = nn.BatchNorm2d(3, momentum=momentum, fuse_relu=True), nn.BatchNorm2d(3, momentum=momentum)
+    fused = nn.BatchNorm2d(3, momentum=momentum, fuse_relu=True)
+    plain = nn.BatchNorm2d(3, momentum=momentum)
     assert list(fused.state_dict()) == list(plain.state_dict())
     assert "fuse_relu=True" in repr(fused) and "fuse_relu" not in repr(plain)
     for step in range(2):
@@ -154,7 +156,8 @@ def test_batchnorm1d_accepts_2d_and_3d_and_names_wrong_input():
     with pytest.raises(ValueError, match=r"^1 \(BatchNorm2d\): expected input \(N, 3, H, W\), "
                                          r"got \(2, 4, 5, 5\)$"):
         model(_x(2, 4, 5, 5))
-    with pytest.raises(ValueError, match=r"expected input \(N, 3\) or \(N, 3, L\), got \(2, 3, 1, 1\)"):
+    with pytest.raises(ValueError, match=r"expected input \(N, 3\) or \(N, 3, L\), "
+                                         r"got \(2, 3, 1, 1\)"):
         bn(_x(2, 3, 1, 1))
 
 

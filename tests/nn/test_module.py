@@ -46,7 +46,7 @@ def test_state_dict_round_trip_reproduces_outputs_and_buffers():
     x = Variable(np.random.default_rng(0).standard_normal((5, 3, 4)).astype(np.float32))
     src(x)  # one training step's forward: running stats move, num_batches_tracked = 1
     dst.load_state_dict(src.state_dict())
-    for (name, a), b in zip(src.state_dict().items(), dst.state_dict().values()):
+    for (name, a), b in zip(src.state_dict().items(), dst.state_dict().values(), strict=True):
         np.testing.assert_array_equal(a, b, err_msg=name)
     src.eval(), dst.eval()
     np.testing.assert_array_equal(src(x).data, dst(x).data)

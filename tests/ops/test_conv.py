@@ -224,7 +224,7 @@ def _torch_compare(ours, theirs, inputs):
     ty = theirs(*tensors)
     ty.backward(torch.tensor(gy))
     np.testing.assert_allclose(y.data, ty.detach().numpy(), atol=1e-10, rtol=1e-10)
-    for v, t in zip(variables, tensors):
+    for v, t in zip(variables, tensors, strict=True):
         np.testing.assert_allclose(v.grad, t.grad.numpy(), atol=1e-10, rtol=1e-10)
 
 

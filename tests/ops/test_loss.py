@@ -15,7 +15,7 @@ def _ce_ref(logits, labels, smoothing=0.0, reduction="mean", ignore_index=None):
     x = np.moveaxis(logits, 1, -1).reshape(-1, logits.shape[1])  # (M, C)
     y = labels.reshape(-1)
     losses, count = [], 0
-    for row, label in zip(x, y):
+    for row, label in zip(x, y, strict=True):
         if ignore_index is not None and label == ignore_index:
             losses.append(0.0)
             continue

@@ -147,7 +147,7 @@ def test_from_stats_on_two_shards_equals_full_batch_batch_norm():
 
     shards = (slice(0, 3), slice(3, 8))  # unequal halves: counts must be summed, not assumed
     stats = [norm.batch_stats(x[s]) for s in shards]
-    total = [sum(parts) for parts in zip(*stats)]  # the allreduce
+    total = [sum(parts) for parts in zip(*stats, strict=True)]  # the allreduce
     mean, var = norm.moments_from_stats(*total)
     local = [norm.batch_stats(x[s]) for s in shards]
     assert total[2] == 8 * 4 and local[0][2] == 3 * 4
@@ -193,5 +193,5 @@ def test_batch_norm_gpu_matches_cpu(shape, training, relu):
         return y
 
     check_gpu_matches_cpu(fn, [x, g, b], atol=1e-4, rtol=1e-4)
-    for a, b_ in zip(stats["gpu"], stats["cpu"]):
+    for a, b_ in zip(stats["gpu"], stats["cpu"], strict=True):
         np.testing.assert_allclose(a, b_, atol=1e-5, rtol=1e-5)

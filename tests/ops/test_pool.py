@@ -133,7 +133,7 @@ def test_bad_inputs_raise_clear_errors(call, match):
 def test_pools_gpu_match_cpu(shape, k, s, p, ceil):
     x = np.random.default_rng(5).standard_normal(shape).astype(np.float32)
     for op in (max_pool2d, avg_pool2d):
-        check_gpu_matches_cpu(lambda x: op(x, k, s, p, ceil), [x], atol=1e-6, rtol=1e-6)
+        check_gpu_matches_cpu(lambda x, op=op: op(x, k, s, p, ceil), [x], atol=1e-6, rtol=1e-6)
     check_gpu_matches_cpu(global_avg_pool2d, [x], atol=1e-6, rtol=1e-6)
 
 

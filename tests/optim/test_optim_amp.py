@@ -94,7 +94,7 @@ def test_weights_cast_in_one_pass_train_exactly_as_per_layer_casts():
             loss.backward()
             opt.step()
         finals[one_pass] = (w.data.copy(), b.data.copy())
-    for got, want in zip(finals[True], finals[False]):
+    for got, want in zip(finals[True], finals[False], strict=True):
         np.testing.assert_array_equal(got, want)
 
 

@@ -61,7 +61,7 @@ def test_fused_adam_update_matches_cpu(decoupled, weight_decay, step):
     dev = [cp.asarray(a) for a in (p, g, m, v)]
     adam_update_xp_(p, g, m, v, **kw)
     adam_update_(*dev, **kw)
-    for name, gpu, cpu in zip("pgmv", dev, (p, g_before, m, v)):
+    for name, gpu, cpu in zip("pgmv", dev, (p, g_before, m, v), strict=True):
         np.testing.assert_allclose(gpu.get(), cpu, rtol=RTOL, atol=ATOL, err_msg=name)
 
 
@@ -99,7 +99,7 @@ def test_gpu_optimizer_matches_cpu_and_flat_matches_per_parameter(name):
     cpu, _ = train(OPTIMIZERS[name], np.asarray, flat_mode=False)
     gpu_flat, opt = train(OPTIMIZERS[name], cp.asarray, flat_mode=True)
     gpu_per, _ = train(OPTIMIZERS[name], cp.asarray, flat_mode=False)
-    for a, b, c in zip(cpu, gpu_flat, gpu_per):
+    for a, b, c in zip(cpu, gpu_flat, gpu_per, strict=True):
         assert backend.is_gpu_array(b.data)
         np.testing.assert_allclose(b.data.get(), a.data, rtol=RTOL, atol=ATOL)
         # The same elementwise kernel over one flat buffer or per parameter: identical numbers.

@@ -27,7 +27,7 @@ def grad_sequence(steps, dtype=np.float64, seed=1):
 
 
 def set_grads(params, grads, flat=None):
-    for p, g in zip(params, grads):
+    for p, g in zip(params, grads, strict=True):
         if flat is not None:
             p.grad[...] = g  # write into the flat gradient buffer's view
         else:
@@ -144,7 +144,7 @@ def test_flat_mode_is_bitwise_identical_to_per_parameter(case):
     flat = FlatParameters(fl)
     opt = run(lambda f: cls(f, **kw), fl, grads, flat=flat)
     flat.check_views()  # the update wrote into the flat buffer, never replaced a view
-    for a, b in zip(per, fl):
+    for a, b in zip(per, fl, strict=True):
         assert np.array_equal(a.data, b.data)
     # flat mode's per-parameter state entries are views into one flat buffer per name
     for name, buf in opt._flat_state.items():
@@ -169,7 +169,8 @@ def to_checkpoint_and_back(state):
     return {"scalars": json.loads(json.dumps(state["scalars"])), "tensors": st_load(blob)}
 
 
-@pytest.mark.parametrize("case", ["sgd_momentum_dampening_wd", "sgd_nesterov_wd", "adam_l2", "adamw"])
+@pytest.mark.parametrize("case", ["sgd_momentum_dampening_wd", "sgd_nesterov_wd", "adam_l2",
+                                  "adamw"])
 @pytest.mark.parametrize("mode", ["per_param", "flat", "flat_to_per_param", "per_param_to_flat"])
 def test_state_dict_round_trip_continues_bitwise(case, mode):
     cls, kw = ALL_CASES[case]
@@ -185,7 +186,8 @@ def test_state_dict_round_trip_continues_bitwise(case, mode):
     f1 = FlatParameters(first) if save_flat else None
     opt = run(lambda ps: cls(ps, **kw), first, grads[:k], flat=f1)
     state = to_checkpoint_and_back(opt.state_dict())
-    assert set(state["tensors"]) == {f"{i}.{b}" for i in range(len(SHAPES)) for b in opt._buffer_names()}
+    assert set(state["tensors"]) == {f"{i}.{b}" for i in range(len(SHAPES))
+                                     for b in opt._buffer_names()}
     assert state["scalars"]["step"] == {str(i): k for i in range(len(SHAPES))}
 
     # Resume in a fresh process's objects: new params (from the saved values), new optimizer
@@ -200,7 +202,7 @@ def test_state_dict_round_trip_continues_bitwise(case, mode):
         opt2.zero_grad()
         set_grads(resumed, gs, f2)
         opt2.step()
-    for a, b in zip(straight, resumed):
+    for a, b in zip(straight, resumed, strict=True):
         assert np.array_equal(a.data, b.data)
 
 
@@ -225,7 +227,8 @@ def test_load_state_dict_rejects_mismatches_with_clear_messages():
         SGD(make_params()[:2], lr=0.1, momentum=0.9).load_state_dict(state)
     bad = {"scalars": state["scalars"], "tensors": dict(state["tensors"])}
     bad["tensors"]["1.momentum_buffer"] = np.zeros((5,))
-    with pytest.raises(ValueError, match=r"'1.momentum_buffer' has shape \(5,\), the parameter has \(3,\)"):
+    with pytest.raises(ValueError, match=r"'1.momentum_buffer' has shape \(5,\), the parameter "
+                                         r"has \(3,\)"):
         SGD(make_params(), lr=0.1, momentum=0.9).load_state_dict(bad)
     del bad["tensors"]["2.momentum_buffer"]
     with pytest.raises(KeyError, match="2.momentum_buffer"):

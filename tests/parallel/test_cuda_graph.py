@@ -1,8 +1,8 @@
-"""CUDA graphs of the training step (mpinet.training.cuda_graph): refused where a replay would be wrong
-(CPU), and on the GPU the replayed steps equal the eager steps: same losses, weights, batch-norm
-running statistics and counters, optimizer step counts, with the learning rate changing every
-step, with dropout (each replay must draw the masks the eager step draws: a repeated mask would
-show), on one GPU and (MPI + GPU) on two ranks through NCCL.
+"""CUDA graphs of the training step (mpinet.training.cuda_graph): refused where a replay would be
+wrong (CPU), and on the GPU the replayed steps equal the eager steps: same losses, weights,
+batch-norm running statistics and counters, optimizer step counts, with the learning rate
+changing every step, with dropout (each replay must draw the masks the eager step draws: a
+repeated mask would show), on one GPU and (MPI + GPU) on two ranks through NCCL.
 """
 from __future__ import annotations
 

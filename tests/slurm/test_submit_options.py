@@ -79,4 +79,5 @@ def test_mpi_plugin_pinned_in_config_and_checked_against_srun(fake_bin):
     assert out.returncode == 0 and out.stdout.strip() == "pmix", out.stderr
     missing = plugin(fake_bin, "none pmi2", choice="pmix")
     assert missing.returncode != 0
-    assert "no 'pmix' MPI plugin" in missing.stderr and "none pmi2" in missing.stderr, missing.stderr
+    assert ("no 'pmix' MPI plugin" in missing.stderr
+            and "none pmi2" in missing.stderr), missing.stderr

@@ -109,7 +109,8 @@ def main(argv=None) -> int:
         if rank == 0 and args.metrics:
             os.makedirs(os.path.dirname(os.path.abspath(args.metrics)), exist_ok=True)
             with open(args.metrics, "a") as f:
-                f.write(json.dumps({"step": step, "loss": float(np.sum((grad / size) ** 2))}) + "\n")
+                f.write(json.dumps({"step": step,
+                                    "loss": float(np.sum((grad / size) ** 2))}) + "\n")
         time.sleep(args.step_time)
     save(step)
     if rank == 0:

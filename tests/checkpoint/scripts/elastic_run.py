@@ -17,10 +17,10 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from ckpt_helpers import build_model, dataset, weights  # noqa: E402
-from mpinet.training.callbacks import Callback  # noqa: E402
+from ckpt_helpers import build_model, dataset, weights
+from mpinet.training.callbacks import Callback
 
 
 class RecordBatches:

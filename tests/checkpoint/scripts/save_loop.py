@@ -11,10 +11,10 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from ckpt_helpers import LocalComm, sample_state  # noqa: E402
-from mpinet import checkpoint  # noqa: E402
+from ckpt_helpers import LocalComm, sample_state
+from mpinet import checkpoint
 
 
 def expected_array(step: int, megabytes: int) -> np.ndarray:
