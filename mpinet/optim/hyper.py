@@ -1,10 +1,10 @@
 """The step's changing hyper-parameters as the GPU update kernels read them (host arithmetic).
 
 They reach the kernels through a small float64 device array, not as kernel arguments: a CUDA
-graph of the training step (mpinet.cuda_graph) bakes kernel arguments in at capture, while it
-reads the array at every replay. The optimizer writes the array (``optim.kernels.write_hyper_``,
-one tiny launch) before each step; inside a capture it does not (the graph runner writes it
-before replays).
+graph of the training step (mpinet.training.cuda_graph) bakes kernel arguments in at capture,
+while it reads the array at every replay. The optimizer writes the array
+(``optim.kernels.write_hyper_``, one tiny launch) before each step; inside a capture it does not
+(the graph runner writes it before replays).
 """
 from __future__ import annotations
 
