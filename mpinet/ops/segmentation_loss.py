@@ -9,7 +9,6 @@ pooled over the whole batch would not split over ranks).
 class_weights (K,): per-class weights. Dice: a weighted mean of the per-class Dice losses.
 Cross-entropy: pixel losses weighted by their true class's weight (not renormalised: the loss
 of a sample stays a plain mean over its pixels, so ranks add up exactly).
-(Helper f-sequence may add a general ``bce_with_logits`` to mpinet.ops.loss; the lead keeps one.)
 """
 
 from __future__ import annotations
@@ -19,6 +18,7 @@ import numpy as np
 from .. import backend
 from ..autograd import Variable
 from . import activation, arith
+from . import loss as loss_ops
 
 SEGMENTATION_LOSSES = ("cross_entropy", "dice", "bce", "dice+ce")
 
@@ -72,23 +72,16 @@ def dice_loss(logits, labels, class_weights=None, smooth: float = 1.0):
 
 
 def bce_with_logits(logits, targets, pos_weight=None):
-    """Mean of max(x, 0) - x t + log(1 + exp(-|x|)) (the stable form), optionally with the
-    positive term weighted by pos_weight. logits and float targets: the same shape."""
+    """Mean binary cross-entropy of sigmoid(logits): ``mpinet.ops.loss``'s stable op, after the
+    targets (labels or floats, the logits' shape) are made an array of the logits' dtype."""
     t = _labels_array(targets)
     if tuple(t.shape) != tuple(logits.shape):
         raise ValueError(
             f"bce_with_logits: targets {tuple(t.shape)} must match logits {tuple(logits.shape)}"
         )
-    t = t.astype(logits.dtype)
-    abs_x = activation.relu(logits) + activation.relu(-logits)
-    log_term = arith.log(arith.exp(-abs_x) + 1.0)  # log(1 + exp(-|x|)) in (0, log 2]
-    if pos_weight is None:
-        per_elem = activation.relu(logits) - logits * t + log_term
-    else:  # pos_weight * t * softplus(-x) + (1 - t) * softplus(x)
-        softplus_neg = activation.relu(-logits) + log_term
-        softplus_pos = activation.relu(logits) + log_term
-        per_elem = softplus_neg * (t * float(pos_weight)) + softplus_pos * (1.0 - t)
-    return arith.mean(per_elem)
+    return loss_ops.binary_cross_entropy_with_logits(
+        logits, t.astype(logits.dtype), pos_weight=pos_weight
+    )
 
 
 def weighted_cross_entropy(logits, labels, class_weights=None):
