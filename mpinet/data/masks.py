@@ -233,10 +233,8 @@ class MaskFolderFiles(FileDataset):
         return img, values_to_classes(raw, self.mask_values, mask_path)
 
     def subset(self, n: int) -> MaskFolderFiles:
-        part = object.__new__(type(self))
-        part.__dict__.update(self.__dict__)
-        part._images, part._masks = self._images[:n], self._masks[:n]
-        return part
+        """The first n samples (``--train-samples``)."""
+        return self._copy_with(_images=self._images[:n], _masks=self._masks[:n])
 
 
 def load_mask_folder(

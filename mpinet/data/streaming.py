@@ -50,6 +50,14 @@ class FileDataset:
     def read(self, i: int):
         raise NotImplementedError
 
+    def _copy_with(self, **attributes):
+        """A shallow copy with ``attributes`` replaced: what ``subset`` returns (the index lists
+        it slices are new; everything else is shared and never mutated)."""
+        part = object.__new__(type(self))
+        part.__dict__.update(self.__dict__)
+        part.__dict__.update(attributes)
+        return part
+
     def read_batch(self, indices, out=None):
         """Samples ``indices`` -> (x (n, C, H, W) uint8, y (n,) or (n, H, W) int64), decoded now.
 
@@ -170,10 +178,7 @@ class ImageFolderFiles(FileDataset):
 
     def subset(self, n: int) -> ImageFolderFiles:
         """The first n samples (``--train-samples``): a copy sharing nothing mutable."""
-        part = object.__new__(type(self))
-        part.__dict__.update(self.__dict__)
-        part._names, part.labels = self._names[:n], self.labels[:n]
-        return part
+        return self._copy_with(_names=self._names[:n], labels=self.labels[:n])
 
 
 def dataset_channel_stats(
